@@ -1,0 +1,30 @@
+"""Error types. Every message says what is wrong and what to do about it."""
+
+
+class EngineError(Exception):
+    """Base class of this package's errors."""
+
+
+class UnknownModelError(EngineError, KeyError):
+    def __str__(self):  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(EngineError):
+    """A checkpoint that cannot be loaded into the model (missing file, keys, shapes)."""
+
+
+class ArtifactError(EngineError):
+    """A model file (ONNX, plan, cache) that is missing, truncated or not what it claims."""
+
+
+class BackendUnavailableError(EngineError):
+    """An engine whose library is not installed, or that cannot run on this machine."""
+
+
+class InputError(EngineError, ValueError):
+    """Input of the wrong rank, shape, dtype, or holding NaN/Inf."""
+
+
+class UnsupportedGraphError(EngineError):
+    """An ONNX node that an engine cannot run."""

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="inception-infer",  # the PyPI name "inception-engine" belongs to an unrelated project
+    version="0.1.0",
+    description="Inference engine for Inception-v4 and Inception-ResNet-v1/v2: PyTorch reference, "
+                "ONNX export, INT8 calibration, OpenVINO/ONNX Runtime/TensorRT/Triton engines",
+    python_requires=">=3.10",
+    packages=find_packages(include=["engine", "engine.*", "kernels", "kernels.*",
+                                    "calibration", "calibration.*"]),
+    package_data={"engine": ["data/*"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "pillow",
+        "tqdm",
+        "onnx>=1.16",
+        "safetensors",
+    ],
+    extras_require={
+        # CPU engines: OpenVINO is the default, ONNX Runtime the portable fallback
+        "cpu": ["openvino>=2024.0", "onnxruntime>=1.18", "onnxscript", "matplotlib"],
+        "plot": ["matplotlib"],
+        # test-only: reference implementations at random init, serving-config schema
+        "test": ["pytest", "pytest-timeout", "timm", "requests", "tritonclient[grpc]", "matplotlib"],
+        # GPU: TensorRT wheels come from NVIDIA's index (pip install --extra-index-url
+        # https://pypi.nvidia.com tensorrt), not from PyPI
+        "gpu": ["cuda-python"],
+    },
+    entry_points={"console_scripts": ["inception-engine=engine.cli:main"]},
+)
