@@ -109,3 +109,12 @@ register(ModelConfig(
     name="inception_resnet_v2", arch="inception_resnet_v2", crop_pct=0.8975,
     classifier="classif",
     description="Inception-ResNet-v2 as in TF-slim/timm weights (ImageNet-1k, 299)"))(_build)
+
+# The project's trained test subject: the same topology at width 0.25, trained on
+# Fashion-MNIST (28x28 grayscale resized to 75x75 and replicated to 3 channels). Its
+# checkpoint ships with the package (weights="bundled"); see benchmarks/train_subject.py.
+register(ModelConfig(
+    name="inception_resnet_v2_fmnist", arch="inception_resnet_v2", input_size=(3, 75, 75),
+    crop_pct=1.0, interpolation="bilinear", num_classes=10, labels="fashion_mnist",
+    classifier="classif", width=0.25,
+    description="IR-v2 at width 0.25, 75x75, Fashion-MNIST (10 classes): the INT8 study subject"))(_build)

@@ -132,7 +132,10 @@ class Residual(nn.Module):
 
     def forward(self, x):
         out = torch.cat([getattr(self, n)(x) for n in self._order], 1)
-        out = self.conv2d(out) * self.scale + x
+        out = self.conv2d(out)
+        if self.scale != 1.0:  # 1.0 after export folds the scale into conv2d
+            out = out * self.scale
+        out = out + x
         return self.relu(out) if self.relu is not None else out
 
 

@@ -1,0 +1,173 @@
+"""ONNX export: one FP32 graph with dynamic batch, the artifact every engine consumes.
+
+What the exported graph looks like (engines and the Q/DQ writer rely on it):
+- BatchNorm is folded into the preceding Conv (eval-mode constant folding), so each basic
+  unit is ``Conv -> Relu``;
+- the residual scale of every Inception-ResNet block is folded into its up-projection
+  ``conv2d`` (weights and bias), so a residual is ``Conv -> Add(shortcut) [-> Relu]`` with no
+  ``Mul``; ``fold_residual_scale=False`` keeps the ``Mul`` as timm's graph has it;
+- every Conv has its own weight and bias initializers (no shared or ``Identity`` aliases);
+- node names carry the PyTorch module path (``/repeat/repeat.0/branch1/branch1.0/conv/Conv``),
+  which is how ``engine.verify`` matches layers across engines;
+- input ``input`` (N x 3 x H x W, N dynamic), output ``logits`` (or ``embedding``).
+
+``metadata_props`` carry the model config (JSON under ``inception.config``), a SHA-256
+fingerprint of the weights, the precision and the format version.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Optional
+
+from .errors import ArtifactError
+
+META_CONFIG = "inception.config"
+META_WEIGHTS = "inception.weights_sha256"
+META_PRECISION = "inception.precision"
+META_FORMAT = "inception.format"
+FORMAT_VERSION = "1"
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 over the state dict (names, shapes, dtypes and bytes), in key order."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.view(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _fold_residual_scales(model):
+    from .models.layers import Residual
+    import torch
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Residual) and m.scale != 1.0:
+                m.conv2d.weight.mul_(m.scale)
+                m.conv2d.bias.mul_(m.scale)
+                m.scale = 1.0
+    return model
+
+
+def _inline_identities(proto):
+    """Replace ``Identity(initializer)`` aliases (the exporter's de-duplication) by copies."""
+    from onnx import numpy_helper
+    inits = {i.name: i for i in proto.graph.initializer}
+    keep = []
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            arr = numpy_helper.to_array(inits[node.input[0]])
+            proto.graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+            inits[node.output[0]] = proto.graph.initializer[-1]
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    used = {i for n in proto.graph.node for i in n.input}
+    unused = [i for i in proto.graph.initializer if i.name not in used]
+    for i in unused:
+        proto.graph.initializer.remove(i)
+
+
+def set_metadata(proto, entries: dict):
+    """Set (replace) string entries of ``metadata_props``."""
+    existing = {p.key: p for p in proto.metadata_props}
+    for k, v in entries.items():
+        if k in existing:
+            existing[k].value = str(v)
+        else:
+            p = proto.metadata_props.add()
+            p.key, p.value = k, str(v)
+
+
+def export_onnx(model, path, opset: int = 17, dynamic_batch: bool = True, input_size=None,
+                fold_residual_scale: bool = True, check: bool = True) -> Path:
+    """Export an eval-mode model from ``engine.create_model`` to FP32 ONNX at ``path``.
+
+    input_size: (C, H, W) traced with; defaults to the model config's input size. The batch
+    axis is dynamic unless ``dynamic_batch=False``. The file is written atomically.
+    """
+    import onnx
+    import torch
+    from .fileio import atomic_path
+
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old; use 17 or newer (needed for full "
+                         "per-channel Q/DQ and the engines' parsers)")
+    cfg = getattr(model, "config", None)
+    if input_size is None:
+        if cfg is None:
+            raise ValueError("the model has no .config; pass input_size=(3, H, W) "
+                             "(models from engine.create_model carry one)")
+        input_size = cfg.input_size
+    fingerprint = weights_fingerprint(model)
+    m = copy.deepcopy(model).eval().float().cpu()
+    if fold_residual_scale:
+        _fold_residual_scales(m)
+    out_name = "embedding" if (cfg is not None and cfg.output == "embedding") else "logits"
+    x = torch.zeros(2, *input_size)
+    dyn = {"input": {0: "batch"}, out_name: {0: "batch"}} if dynamic_batch else None
+    path = Path(path)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=[out_name], dynamic_axes=dyn,
+                          do_constant_folding=True)
+        proto = onnx.load(str(tmp))
+        _inline_identities(proto)
+        meta = {META_FORMAT: FORMAT_VERSION, META_PRECISION: "fp32", META_WEIGHTS: fingerprint}
+        if cfg is not None:
+            meta[META_CONFIG] = json.dumps(cfg.to_dict(), sort_keys=True)
+        set_metadata(proto, meta)
+        proto.producer_name = "inception-infer"
+        from . import __version__
+        proto.producer_version = __version__
+        if check:
+            onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def load_onnx(path, load_weights: bool = True):
+    """Load an ONNX file with clear errors for a missing, truncated or non-ONNX file."""
+    import onnx
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"{p}: no such file; export one with `inception-engine export "
+                            "--model NAME --out model.onnx`")
+    if p.stat().st_size == 0:
+        raise ArtifactError(f"{p}: the file is empty; export it again")
+    try:
+        proto = onnx.load(str(p), load_external_data=load_weights)
+    except Exception as e:  # protobuf raises DecodeError, onnx may raise others
+        raise ArtifactError(f"{p}: not a readable ONNX model ({type(e).__name__}: {e}); the file "
+                            "may be truncated or of another format; export it again") from e
+    if not proto.graph.node:
+        raise ArtifactError(f"{p}: parsed as ONNX but holds no graph nodes; the file is not a "
+                            "model (truncated or of another format)")
+    return proto
+
+
+def read_metadata(path_or_proto) -> dict:
+    """Our metadata from an ONNX file: ``{"config": ModelConfig | None, "precision": str,
+    "weights_sha256": str | None, "props": {all metadata_props}}``.
+
+    A foreign ONNX file (no metadata) gives ``config=None``; it still runs on every engine.
+    """
+    from .models.registry import ModelConfig
+    proto = path_or_proto if hasattr(path_or_proto, "graph") else load_onnx(path_or_proto, False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    cfg = None
+    if META_CONFIG in props:
+        try:
+            cfg = ModelConfig.from_dict(json.loads(props[META_CONFIG]))
+        except (ValueError, TypeError) as e:
+            raise ArtifactError(f"the model's {META_CONFIG} metadata is not valid: {e}") from e
+    return {"config": cfg, "precision": props.get(META_PRECISION, "fp32"),
+            "weights_sha256": props.get(META_WEIGHTS), "props": props}
