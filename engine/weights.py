@@ -1,0 +1,135 @@
+"""Loading weights into the reference models.
+
+Sources:
+- ``"timm"``: timm's pretrained ImageNet weights (``inception_v4.tf_in1k``,
+  ``inception_resnet_v2.tf_in1k``). Needs timm and network access to the Hugging Face hub;
+  offline it fails with a message saying how to load a local copy instead.
+- ``"bundled"``: a checkpoint shipped in ``engine/data/<model name>.safetensors`` (the trained
+  Fashion-MNIST subject).
+- a path: ``.safetensors``, or ``.pth``/``.pt``/``.bin`` read with
+  ``torch.load(weights_only=True)`` (never unpickling arbitrary objects). A wrapper dict
+  (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped. TF-slim classifiers with 1001 rows
+  (row 0 = background) are trimmed to 1000 classes.
+
+A mismatch names the first offending keys and shapes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict
+
+from .errors import WeightsError
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+TIMM_NAMES = {"inception_v4": "inception_v4.tf_in1k",
+              "inception_resnet_v2": "inception_resnet_v2.tf_in1k"}
+_MAX_LISTED = 5
+
+
+def _listing(keys) -> str:
+    keys = list(keys)
+    more = f" (and {len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
+    """Read a checkpoint file into a flat ``{name: tensor}`` dict, safely."""
+    import torch
+    p = Path(path)
+    if not p.exists():
+        raise WeightsError(f"checkpoint {p} does not exist; pass a .pth/.pt/.safetensors path, "
+                           "'timm' or 'bundled'")
+    if p.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+            return load_file(str(p))
+        except Exception as e:
+            raise WeightsError(f"{p}: not a readable safetensors file ({e})") from e
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"{p}: cannot be read as a PyTorch checkpoint with weights_only=True ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Only plain tensor state dicts are "
+            "accepted; re-save it with torch.save(model.state_dict(), path)") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{p}: does not hold a state dict of tensors")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _trim_background_class(model, sd):
+    """TF-slim checkpoints have 1001 classes with background at 0: drop that row."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return sd
+    for suffix in ("weight", "bias"):
+        key = f"{cfg.classifier}.{suffix}"
+        own = model.state_dict().get(key)
+        if own is not None and key in sd and sd[key].shape[0] == own.shape[0] + 1:
+            sd[key] = sd[key][1:]
+    return sd
+
+
+def load_state_dict_strict(model, sd, source: str = "checkpoint"):
+    """Load ``sd`` with strict key and shape checks and a readable error."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        parts = [f"{source} does not match model {name!r}:"]
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {_listing(shapes)}")
+        parts.append("check the model name, width and num_classes the checkpoint was trained with")
+        raise WeightsError("\n  ".join(parts))
+    ref = next(iter(own.values()), None)
+    if ref is not None:
+        sd = {k: v.to(dtype=own[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def _timm_state_dict(model):
+    cfg = model.config
+    if cfg.name not in TIMM_NAMES or cfg.width != 1.0:
+        raise WeightsError(f"timm has pretrained weights for {sorted(TIMM_NAMES)} at width 1.0 only, "
+                           f"not {cfg.name!r} at width {cfg.width}")
+    try:
+        import timm
+    except ImportError as e:
+        raise WeightsError("weights='timm' needs timm: pip install timm") from e
+    try:
+        ref = timm.create_model(TIMM_NAMES[cfg.name], pretrained=True, num_classes=cfg.num_classes)
+    except Exception as e:
+        raise WeightsError(
+            f"could not fetch timm's pretrained {TIMM_NAMES[cfg.name]} weights "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). This needs network "
+            "access to the Hugging Face hub. Offline: download the checkpoint on another machine "
+            "(timm.create_model(..., pretrained=True) then torch.save(m.state_dict(), 'w.pth')) "
+            "and pass weights='w.pth'") from e
+    return ref.state_dict()
+
+
+def load_weights(model, weights):
+    """Load ``weights`` ("timm", "bundled" or a path) into ``model`` strictly; returns the model."""
+    if weights == "timm":
+        return load_state_dict_strict(model, _timm_state_dict(model), "timm checkpoint")
+    if weights == "bundled":
+        name = model.config.name
+        path = DATA_DIR / f"{name}.safetensors"
+        if not path.exists():
+            shipped = sorted(p.stem for p in DATA_DIR.glob("*.safetensors"))
+            raise WeightsError(f"no bundled checkpoint for {name!r}; bundled: {shipped or 'none'}")
+        weights = path
+    sd = read_state_dict(weights)
+    sd = _trim_background_class(model, dict(sd))
+    return load_state_dict_strict(model, sd, f"checkpoint {weights}")
