@@ -1,0 +1,38 @@
+"""``inception-engine study``: INT8 accuracy versus speed for every engine and method."""
+from __future__ import annotations
+
+
+def register(sub):
+    p = sub.add_parser("study", help="INT8 accuracy-vs-speed study (tables + Pareto plot)")
+    p.add_argument("--model", default="inception_resnet_v2_fmnist",
+                   help="registered variant (default: the shipped Fashion-MNIST subject)")
+    p.add_argument("--weights", default="bundled",
+                   help="'bundled', 'timm', a checkpoint path, or 'random' (speed only)")
+    p.add_argument("--data", help="labelled test set: .npz (images, labels) or a folder of "
+                                  "class folders (default: the shipped Fashion-MNIST test set)")
+    p.add_argument("--calib", help="calibration images: folder, .npy/.npz "
+                                   "(default: the shipped 2k train split)")
+    p.add_argument("--methods", default="minmax,percentile,entropy,mse")
+    p.add_argument("--engines", help="comma list (default: every engine available here)")
+    p.add_argument("--num-test", type=int, help="use only the first N test images")
+    p.add_argument("--num-calib", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--iters", type=int, default=20, help="timed runs per latency figure")
+    p.add_argument("--no-299", dest="big", action="store_false",
+                   help="skip the latency measurement at the canonical IR-v2 299 shape")
+    p.add_argument("--auto-exclude", type=int, default=0, metavar="K",
+                   help="add a row keeping the K most sensitive layers in float")
+    p.add_argument("--out", default="study", help="output folder")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..study import run_study
+    methods = [m for m in args.methods.split(",") if m]
+    engines = [e for e in args.engines.split(",") if e] if args.engines else None
+    weights = None if args.weights == "random" else args.weights
+    run_study(model=args.model, weights=weights, data=args.data, calib=args.calib,
+              methods=methods, engines=engines, out=args.out, num_test=args.num_test,
+              num_calib=args.num_calib, threads=args.threads, iters=args.iters, big=args.big,
+              auto_exclude=args.auto_exclude)
+    return 0
