@@ -1,0 +1,416 @@
+"""What a TensorRT plan needs around it, in plain Python: no TensorRT, no GPU.
+
+- the sidecar ``X.plan.json`` written beside every plan (what was built, from what, with
+  which TensorRT on which GPU) and its validation when the plan is loaded;
+- the compatibility check of a plan against the running TensorRT version and GPU, with a
+  message that names both and the command that rebuilds the plan;
+- the facts a build reads from the ONNX file: its precision, its Q/DQ nodes, its I/O;
+- the optimization-profile shapes for a dynamic batch.
+
+``engine.backends.tensorrt`` calls these with the facts it gets from TensorRT and CUDA;
+tests call them with facts they choose, so every message is checked without a GPU.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shlex
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..errors import ArtifactError, BackendUnavailableError, EngineError
+
+SIDECAR_FORMAT = "inception-plan"
+SIDECAR_VERSION = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+META_CALIBRATION = "inception.calibration"     # written by calibration.quantize
+# The oldest GPU architecture a hardware-compatible (Ampere+) plan runs on.
+HARDWARE_COMPAT_MIN_CC = (8, 0)
+
+INSTALL_HINT = (
+    "TensorRT is not installed. Its wheels come from NVIDIA's package index, not PyPI: "
+    "`pip install --extra-index-url https://pypi.nvidia.com tensorrt` (on a machine with an "
+    "NVIDIA GPU and driver), or use an NVIDIA container (nvcr.io/nvidia/tensorrt or "
+    "nvcr.io/nvidia/pytorch). Without TensorRT, run the ONNX file instead: "
+    "engine.load(\"model.onnx\") picks a CPU engine (OpenVINO or ONNX Runtime).")
+
+
+class PlanMismatchError(ArtifactError):
+    """A plan built with another TensorRT version or for another GPU than the running ones."""
+
+
+class UnsupportedPrecisionError(EngineError, ValueError):
+    """A precision the ONNX file cannot give (INT8 without Q/DQ, FP16 from a Q/DQ graph)."""
+
+
+def tensorrt_unavailable(reason: str = "") -> BackendUnavailableError:
+    msg = INSTALL_HINT if not reason else f"{INSTALL_HINT} ({reason})"
+    return BackendUnavailableError(msg)
+
+
+def sidecar_path(plan) -> Path:
+    """``irv2.plan`` -> ``irv2.plan.json``."""
+    plan = Path(plan)
+    return plan.with_name(plan.name + ".json")
+
+
+# --------------------------------------------------------------------------- ONNX facts
+def qdq_nodes(proto) -> List[str]:
+    """Names (or op types, for unnamed nodes) of the QuantizeLinear/DequantizeLinear nodes."""
+    return [n.name or n.op_type for n in proto.graph.node if n.op_type in QDQ_OPS]
+
+
+def nonzero_zero_points(proto) -> List[str]:
+    """Q/DQ nodes whose zero point is a non-zero initializer (TensorRT rejects them)."""
+    import numpy as np
+    from onnx import numpy_helper
+    inits = {i.name: i for i in proto.graph.initializer}
+    bad = []
+    for n in proto.graph.node:
+        if n.op_type in QDQ_OPS and len(n.input) > 2 and n.input[2] in inits:
+            if np.any(numpy_helper.to_array(inits[n.input[2]]) != 0):
+                bad.append(n.name or n.op_type)
+    return bad
+
+
+def resolve_precision(requested: Optional[str], has_qdq: bool, file_precision: str,
+                      onnx_path="model.onnx") -> str:
+    """The precision a build uses: ``requested``, or the file's own when ``None``.
+
+    INT8 comes only from a Q/DQ graph (TensorRT 11 has no implicit INT8 calibration), and a
+    Q/DQ graph always builds to INT8, so the two must agree.
+    """
+    if requested is None:
+        requested = "int8" if has_qdq else (file_precision if file_precision in PRECISIONS
+                                            else "fp32")
+    requested = str(requested).lower()
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+    if requested == "int8" and not has_qdq:
+        raise UnsupportedPrecisionError(
+            f"{onnx_path} holds no QuantizeLinear/DequantizeLinear nodes, so it cannot build an "
+            "INT8 plan (TensorRT takes INT8 only as explicit Q/DQ; implicit calibration is gone "
+            "in TensorRT 11). Quantize it first: `inception-engine quantize "
+            f"{onnx_path} --out model.int8.onnx --calib DATA`, then build from that file")
+    if requested == "fp32" and file_precision == "fp16":
+        raise UnsupportedPrecisionError(
+            f"{onnx_path} is an FP16 graph; build it with precision='fp16', or build the FP32 "
+            "ONNX it was converted from for an fp32 plan")
+    if requested != "int8" and has_qdq:
+        raise UnsupportedPrecisionError(
+            f"{onnx_path} holds Q/DQ (INT8) nodes; TensorRT builds such a graph in INT8 whatever "
+            f"the precision asked ({requested}). Build it with precision='int8' (--precision "
+            "int8), or build the FP32 ONNX it was quantized from for fp32/fp16")
+    return requested
+
+
+def calibration_info(props: Dict[str, str]) -> Optional[dict]:
+    """Calibration method and source from the ONNX metadata (``inception.calibration``, the
+    JSON that ``calibration.quantize`` writes), or ``None`` for an unquantized file.
+
+    Returns ``{"method", "source", "details"}``; ``details`` is the whole record.
+    """
+    raw = props.get(META_CALIBRATION)
+    if raw is None:
+        return None
+    try:
+        details = json.loads(raw)
+    except ValueError:
+        details = raw
+    if not isinstance(details, dict):
+        details = {"description": details}
+    return {"method": details.get("method"),
+            "source": details.get("dataset", details.get("source")),
+            "details": details}
+
+
+def onnx_io(proto) -> Dict[str, List[dict]]:
+    """Graph inputs (minus initializers) and outputs as ``{"name", "shape", "dtype"}``;
+    symbolic or unknown dimensions are ``None``."""
+    from onnx import helper
+    inits = {i.name for i in proto.graph.initializer}
+
+    def describe(vi):
+        t = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in t.shape.dim]
+        dtype = str(helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else "float32"
+        return {"name": vi.name, "shape": shape, "dtype": dtype}
+
+    return {"inputs": [describe(v) for v in proto.graph.input if v.name not in inits],
+            "outputs": [describe(v) for v in proto.graph.output]}
+
+
+# --------------------------------------------------------------------------- build options
+def profile_shapes(input_shape: Sequence[Optional[int]], min_batch: int, opt_batch: int,
+                   max_batch: int, name: str = "input") -> Tuple[tuple, tuple, tuple]:
+    """(min, opt, max) shapes of the optimization profile for a dynamic batch axis.
+
+    ``input_shape`` is the ONNX input shape, batch first; every other axis must be fixed.
+    """
+    for label, v in (("min_batch", min_batch), ("opt_batch", opt_batch), ("max_batch", max_batch)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{label} must be a positive integer, got {v!r}")
+    if not min_batch <= opt_batch <= max_batch:
+        raise ValueError(f"batch sizes must satisfy min <= opt <= max, got min={min_batch}, "
+                         f"opt={opt_batch}, max={max_batch}")
+    rest = tuple(input_shape[1:])
+    if any(d is None for d in rest):
+        raise ValueError(f"input {name!r} has shape {list(input_shape)}: only the batch axis may "
+                         "be dynamic; export with a fixed image size")
+    batch = input_shape[0] if input_shape else None
+    if batch is not None and not (min_batch == opt_batch == max_batch == batch):
+        raise ValueError(f"input {name!r} has a fixed batch of {batch}; export with a dynamic "
+                         f"batch (the default) or build with min=opt=max={batch}")
+    return ((min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
+
+
+def build_mode(precision: str, builder_flags: Sequence[str], has_strongly_typed: bool) -> dict:
+    """How to ask TensorRT for ``precision``, from the names that exist in the installed one.
+
+    TensorRT 10 still has ``BuilderFlag.FP16``/``INT8``: the network is weakly typed and the
+    flag lets the builder choose FP16/INT8 kernels (from the converted FP16 graph, or the Q/DQ
+    graph). TensorRT 11 removed them: the network is strongly typed and the graph's own types
+    decide. ``TF32`` is cleared for ``fp32`` wherever it exists, so FP32 means FP32.
+    Returns ``{"strongly_typed": bool, "set_flags": [...], "clear_flags": [...]}``.
+    """
+    flags = set(builder_flags)
+    want = {"fp32": [], "fp16": ["FP16"], "int8": ["INT8"]}[precision]
+    if want and all(f in flags for f in want):
+        mode = {"strongly_typed": False, "set_flags": list(want), "clear_flags": []}
+    elif not want and "FP16" in flags:         # TensorRT 10, FP32: weakly typed, no flag
+        mode = {"strongly_typed": False, "set_flags": [], "clear_flags": []}
+    elif has_strongly_typed or not want:
+        mode = {"strongly_typed": True, "set_flags": [], "clear_flags": []}
+    else:
+        raise BackendUnavailableError(
+            f"this TensorRT has neither BuilderFlag.{want[0]} nor strongly typed networks; "
+            "install TensorRT 10 or newer")
+    if precision == "fp32" and "TF32" in flags:
+        mode["clear_flags"].append("TF32")
+    return mode
+
+
+def rebuild_command(onnx, plan, precision: str, options: dict) -> str:
+    """The ``inception-engine build`` command that rebuilds a plan with the same options."""
+    cmd = ["inception-engine", "build", str(onnx), "--out", str(plan), "--precision", precision]
+    for key, flag in (("min_batch", "--min-batch"), ("opt_batch", "--opt-batch"),
+                      ("max_batch", "--max-batch"), ("workspace", "--workspace")):
+        if options.get(key) is not None:
+            cmd += [flag, str(options[key])]
+    if options.get("timing_cache"):
+        cmd += ["--timing-cache", str(options["timing_cache"])]
+    if options.get("hardware_compatible"):
+        cmd.append("--hardware-compatible")
+    if options.get("keep_io_fp32") is False:
+        cmd.append("--fp16-io")
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+# --------------------------------------------------------------------------- sidecar
+def _now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def make_sidecar(*, plan_path, plan_sha256: str, plan_bytes: int, onnx_path, onnx_sha256: str,
+                 onnx_meta: dict, precision: str, io: dict, tensorrt_version: str, gpu: dict,
+                 build_options: dict, mode: dict, created: Optional[str] = None) -> dict:
+    """The sidecar's content (a JSON-able dict). ``onnx_meta`` is ``engine.read_metadata``'s
+    result; ``gpu`` is ``{"name", "compute_capability": "major.minor"}``."""
+    from .. import __version__
+    cfg = onnx_meta.get("config")
+    return {
+        "format": SIDECAR_FORMAT,
+        "format_version": SIDECAR_VERSION,
+        "created": created or _now_utc(),
+        "producer": f"inception-infer {__version__}",
+        "plan": {"file": Path(plan_path).name, "sha256": plan_sha256, "bytes": int(plan_bytes)},
+        "source_onnx": {"path": str(Path(onnx_path).resolve()), "sha256": onnx_sha256,
+                        "weights_sha256": onnx_meta.get("weights_sha256")},
+        "model_config": cfg.to_dict() if cfg is not None else None,
+        "precision": precision,
+        "calibration": calibration_info(onnx_meta.get("props", {})),
+        "io": io,
+        "tensorrt": {"version": str(tensorrt_version),
+                     "strongly_typed": bool(mode.get("strongly_typed")),
+                     "builder_flags": list(mode.get("set_flags", ())),
+                     "cleared_flags": list(mode.get("clear_flags", ()))},
+        "gpu": {"name": gpu.get("name"), "compute_capability": gpu.get("compute_capability")},
+        "build_options": dict(build_options),
+    }
+
+
+_REQUIRED = {"plan": dict, "precision": str, "tensorrt": dict, "gpu": dict, "io": dict,
+             "build_options": dict, "source_onnx": dict}
+
+
+def validate_sidecar(data, where="sidecar") -> dict:
+    """Check the sidecar's structure; raise :class:`ArtifactError` naming what is wrong."""
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise ArtifactError(f"{where}: not an inception plan sidecar (no \"format\": "
+                            f"\"{SIDECAR_FORMAT}\"); delete it or rebuild the plan")
+    if int(data.get("format_version", 0)) > SIDECAR_VERSION:
+        raise ArtifactError(f"{where}: sidecar format {data.get('format_version')} is newer than "
+                            f"this package reads ({SIDECAR_VERSION}); upgrade inception-infer")
+    for key, typ in _REQUIRED.items():
+        if not isinstance(data.get(key), typ):
+            raise ArtifactError(f"{where}: field {key!r} is missing or not a {typ.__name__}; "
+                                "the sidecar is damaged: rebuild the plan")
+    if data["precision"] not in PRECISIONS:
+        raise ArtifactError(f"{where}: unknown precision {data['precision']!r}")
+    if not data["tensorrt"].get("version"):
+        raise ArtifactError(f"{where}: no TensorRT version recorded; rebuild the plan")
+    return data
+
+
+def write_sidecar(plan, data: dict) -> Path:
+    """Write ``plan``'s sidecar atomically (temporary file, then rename)."""
+    from ..fileio import atomic_write_text
+    path = sidecar_path(plan)
+    atomic_write_text(path, json.dumps(validate_sidecar(data, path), indent=2, sort_keys=True)
+                      + "\n")
+    return path
+
+
+def read_sidecar(plan, required: bool = False) -> Optional[dict]:
+    """The validated sidecar of ``plan``, or ``None`` (with a warning) when there is none."""
+    path = sidecar_path(plan)
+    if not path.exists():
+        if required:
+            raise ArtifactError(f"{path}: no sidecar beside {Path(plan).name}; rebuild the plan "
+                                "with `inception-engine build`, which writes one")
+        warnings.warn(f"{Path(plan).name} has no sidecar ({path.name}): its TensorRT version and "
+                      "GPU cannot be checked before loading, and its model config is unknown. "
+                      "Plans built with `inception-engine build` carry one", stacklevel=3)
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: unreadable sidecar ({type(e).__name__}: {e}); delete it "
+                            "or rebuild the plan") from e
+    return validate_sidecar(data, path)
+
+
+def check_plan_file(plan) -> Path:
+    """A plan that exists and is not empty, or a clear :class:`ArtifactError`."""
+    p = Path(plan)
+    if not p.exists():
+        raise ArtifactError(f"{p}: no such plan file; build one with `inception-engine build "
+                            f"model.onnx --out {p.name}`")
+    if p.is_dir():
+        raise ArtifactError(f"{p} is a directory, not a TensorRT plan file")
+    if p.stat().st_size == 0:
+        raise ArtifactError(f"{p}: the plan file is empty (an interrupted copy?); rebuild it")
+    return p
+
+
+def check_plan_hash(sidecar: dict, plan_sha256: str, plan) -> None:
+    want = sidecar["plan"].get("sha256")
+    if want and want != plan_sha256:
+        raise ArtifactError(
+            f"{plan}: SHA-256 {plan_sha256[:12]}... does not match its sidecar "
+            f"({want[:12]}...): the plan was replaced or damaged after it was built. Rebuild it: "
+            + rebuild_command(sidecar["source_onnx"].get("path", "model.onnx"), plan,
+                              sidecar["precision"], sidecar["build_options"]))
+
+
+# --------------------------------------------------------------------------- compatibility
+def _cc_tuple(cc) -> Optional[Tuple[int, int]]:
+    if cc is None:
+        return None
+    if isinstance(cc, (tuple, list)):
+        return int(cc[0]), int(cc[1])
+    major, _, minor = str(cc).partition(".")
+    return int(major), int(minor or 0)
+
+
+def describe_gpu(gpu: dict) -> str:
+    cc = _cc_tuple(gpu.get("compute_capability"))
+    arch = f"compute capability {cc[0]}.{cc[1]}" if cc else "unknown compute capability"
+    return f"{gpu.get('name') or 'unknown GPU'} ({arch})"
+
+
+def check_compatibility(sidecar: dict, running_trt: str, running_gpu: dict, plan="model.plan",
+                        strict: bool = True) -> List[str]:
+    """Compare the sidecar's TensorRT version and GPU with the running ones.
+
+    A plan runs only with the TensorRT version that built it, and only on the GPU
+    architecture (compute capability) it was built for, unless built hardware-compatible
+    (Ampere and newer). A mismatch raises :class:`PlanMismatchError` naming both sides and
+    the command that rebuilds the plan here (``strict=False`` turns it into a warning).
+    A different GPU name with the same compute capability only warns (it runs, but its
+    tactics were timed on the other card). Returns the warnings issued.
+    """
+    built_trt = str(sidecar["tensorrt"]["version"])
+    built_gpu = sidecar["gpu"]
+    hw_compat = bool(sidecar["build_options"].get("hardware_compatible"))
+    problems, notes = [], []
+    if built_trt != str(running_trt):
+        problems.append(f"it was built with TensorRT {built_trt}, and this machine runs TensorRT "
+                        f"{running_trt} (a plan only loads on the exact TensorRT version that "
+                        "built it)")
+    b_cc, r_cc = _cc_tuple(built_gpu.get("compute_capability")), \
+        _cc_tuple(running_gpu.get("compute_capability"))
+    if hw_compat:
+        if r_cc is not None and r_cc < HARDWARE_COMPAT_MIN_CC:
+            problems.append(f"it was built hardware-compatible (Ampere and newer) on "
+                            f"{describe_gpu(built_gpu)}, and this GPU is "
+                            f"{describe_gpu(running_gpu)}, older than Ampere")
+    elif b_cc is not None and r_cc is not None and b_cc != r_cc:
+        problems.append(f"it was built for {describe_gpu(built_gpu)}, and this GPU is "
+                        f"{describe_gpu(running_gpu)} (a plan only runs on the GPU architecture "
+                        "it was built for, unless built with --hardware-compatible)")
+    elif built_gpu.get("name") and running_gpu.get("name") and \
+            built_gpu["name"] != running_gpu["name"]:
+        notes.append(f"{Path(plan).name} was built on {describe_gpu(built_gpu)} and runs on "
+                     f"{describe_gpu(running_gpu)}: same architecture, so it loads, but its "
+                     "kernels were timed on the other card; rebuild here for best speed")
+    if problems:
+        src = sidecar["source_onnx"].get("path") or "model.onnx"
+        cmd = rebuild_command(src, plan, sidecar["precision"], sidecar["build_options"])
+        msg = (f"{plan} cannot run here: " + "; and ".join(problems) + ". Rebuild it on this "
+               f"machine from its source ONNX: {cmd}")
+        if src and not Path(src).exists():
+            msg += (f" ({src} is not on this machine: copy it here, or export it again with "
+                    "`inception-engine export`)")
+        if strict:
+            raise PlanMismatchError(msg)
+        notes.insert(0, msg)
+    for n in notes:
+        warnings.warn(n, stacklevel=3)
+    return notes
+
+
+# --------------------------------------------------------------------------- writing
+def write_plan_and_sidecar(plan, blob, make_sidecar_fn) -> Tuple[Path, Path]:
+    """Write the plan bytes and its sidecar, both atomically.
+
+    ``blob`` is anything with the buffer protocol (TensorRT's ``IHostMemory``, bytes);
+    ``make_sidecar_fn(plan_sha256, plan_bytes) -> dict``. Both go to temporary files beside
+    their targets first; an exception before the renames leaves any existing plan and sidecar
+    untouched and no temporary file behind. The old sidecar is removed just before the new
+    plan is renamed into place, so an interruption between the two renames leaves a plan with
+    no sidecar (it loads, with a warning), never a plan with another plan's sidecar.
+    """
+    import os
+    from ..fileio import atomic_path, sha256_file
+    plan = Path(plan)
+    side = sidecar_path(plan)
+    with atomic_path(side) as tmp_side, atomic_path(plan) as tmp_plan:
+        with open(tmp_plan, "wb") as f:
+            f.write(memoryview(blob))
+            f.flush()
+            os.fsync(f.fileno())
+        size = tmp_plan.stat().st_size
+        if size == 0:
+            raise ArtifactError("TensorRT returned an empty plan; nothing was written")
+        data = validate_sidecar(make_sidecar_fn(sha256_file(tmp_plan), size), side)
+        with open(tmp_side, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if side.exists():
+            side.unlink()
+    return plan, side

@@ -1,0 +1,48 @@
+"""``inception-engine build``: ONNX (FP32 or Q/DQ INT8) -> TensorRT plan + sidecar."""
+from __future__ import annotations
+
+
+def _size(text: str) -> int:
+    """Bytes from ``4096``, ``512M``, ``2G``."""
+    t = text.strip().upper().rstrip("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    return int(float(t[:-1] if t[-1:] in "KMG" else t) * mult)
+
+
+def register(sub):
+    p = sub.add_parser("build", help="build a TensorRT plan from an ONNX file (needs TensorRT "
+                                     "and an NVIDIA GPU)")
+    p.add_argument("onnx", help="FP32 export, or a Q/DQ file from `inception-engine quantize`")
+    p.add_argument("-o", "--out", help="plan path (default: ONNX path with .plan); the sidecar "
+                                       "PLAN.json is written beside it")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                   help="default: the file's own (int8 for a Q/DQ file, else fp32); fp16 "
+                        "converts the graph to FP16; int8 needs Q/DQ nodes")
+    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--opt-batch", type=int, default=8)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--workspace", type=_size, help="builder workspace limit, e.g. 2G")
+    p.add_argument("--timing-cache", help="timing cache file, read if present and updated")
+    p.add_argument("--hardware-compatible", action="store_true",
+                   help="run on every GPU from Ampere on (slower kernels)")
+    p.add_argument("--fp16-io", action="store_true",
+                   help="with --precision fp16: float16 input/output instead of float32")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index")
+    p.add_argument("--verbose", action="store_true", help="show TensorRT's log")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import json
+    from ..backends.tensorrt import build
+    from ..backends.tensorrt_meta import read_sidecar
+    plan = build(args.onnx, args.out, precision=args.precision, min_batch=args.min_batch,
+                 opt_batch=args.opt_batch, max_batch=args.max_batch, workspace=args.workspace,
+                 timing_cache=args.timing_cache, hardware_compatible=args.hardware_compatible,
+                 keep_io_fp32=not args.fp16_io, device=args.device, verbose=args.verbose)
+    side = read_sidecar(plan, required=True)
+    print(f"wrote {plan} ({side['plan']['bytes'] / 1e6:.1f} MB, {side['precision']}, TensorRT "
+          f"{side['tensorrt']['version']}, {side['gpu']['name']} "
+          f"sm_{side['gpu']['compute_capability'].replace('.', '')})")
+    print(f"sidecar {plan}.json: " + json.dumps(side["build_options"], sort_keys=True))
+    return 0

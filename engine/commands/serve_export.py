@@ -1,0 +1,36 @@
+"""``inception-engine serve-export``: a Triton Inference Server model repository entry."""
+from __future__ import annotations
+
+
+def register(sub):
+    p = sub.add_parser("serve-export", help="export a .plan or .onnx to a Triton Inference "
+                                            "Server model repository")
+    p.add_argument("model_file", help="a TensorRT .plan (with its sidecar) or an .onnx file")
+    p.add_argument("--repo", required=True, help="model repository directory")
+    p.add_argument("--name", help="model name (default: the file's stem)")
+    p.add_argument("--max-batch", type=int,
+                   help="max_batch_size (default: the plan's profile maximum, 32 for ONNX)")
+    p.add_argument("--version", type=int, default=1, dest="model_version", metavar="N",
+                   help="model version directory (default 1)")
+    p.add_argument("--instances", type=int, default=1, help="instances per device (default 1)")
+    p.add_argument("--preferred", type=int, nargs="+", metavar="N",
+                   help="preferred dynamic batch sizes (default: opt and max batch)")
+    p.add_argument("--max-queue-delay-us", type=int, default=100,
+                   help="dynamic batcher's max queue delay in microseconds (default 100)")
+    p.add_argument("--kind", choices=["gpu", "cpu", "auto"],
+                   help="instance kind (default: gpu for a plan, auto for ONNX)")
+    p.add_argument("--onnx", help="for a plan without a sidecar: the ONNX it was built from")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..serving import export_triton
+    d = export_triton(args.model_file, args.repo, name=args.name, max_batch=args.max_batch,
+                      version=args.model_version, instances=args.instances,
+                      preferred_batch_sizes=args.preferred,
+                      max_queue_delay_us=args.max_queue_delay_us,
+                      kind=f"KIND_{args.kind.upper()}" if args.kind else None, onnx=args.onnx)
+    for f in sorted(p for p in d.rglob("*") if p.is_file()):
+        print(f)
+    print(f"serve with: tritonserver --model-repository {d.parent}")
+    return 0

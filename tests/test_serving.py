@@ -1,0 +1,163 @@
+"""Triton Inference Server repository export, for ONNX and for plans (no TensorRT needed).
+
+Every generated ``config.pbtxt`` is parsed with Triton's own ModelConfig protobuf schema
+(``tritonclient.grpc.model_config_pb2``), so a field Triton does not know fails the test.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import engine
+from engine.backends import tensorrt_meta as meta
+from engine.errors import ArtifactError
+from engine.serving import export_triton
+
+from test_tensorrt import fake_sidecar, temp_files, tiny_onnx
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                       reason="tritonclient[grpc] gives the config schema")
+
+
+def parse_config(path):
+    from google.protobuf import text_format
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _all_temp(repo):
+    return [p for d in [repo, *[q for q in repo.rglob("*") if q.is_dir()]]
+            for p in temp_files(d)]
+
+
+def test_onnx_repository(tmp_path):
+    src = tiny_onnx(tmp_path / "irv2.onnx")
+    repo = tmp_path / "repo"
+    d = export_triton(src, repo, name="irv2_fmnist", max_batch=16, instances=2)
+    assert d == repo / "irv2_fmnist"
+    assert (d / "1" / "model.onnx").read_bytes() == src.read_bytes()
+    cfg = parse_config(d / "config.pbtxt")
+    mc = model_config_pb2
+    assert cfg.name == "irv2_fmnist"
+    assert cfg.platform == "onnxruntime_onnx"
+    assert cfg.max_batch_size == 16
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == \
+        [("input", mc.TYPE_FP32, [3, 75, 75])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == \
+        [("logits", mc.TYPE_FP32, [10])]
+    assert cfg.output[0].label_filename == "labels.txt"
+    labels = (d / "labels.txt").read_text().splitlines()
+    assert labels[0] == "T-shirt/top" and len(labels) == 10
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 100
+    assert [(g.count, g.kind) for g in cfg.instance_group] == \
+        [(2, mc.ModelInstanceGroup.KIND_AUTO)]
+    assert _all_temp(repo) == []
+
+
+def test_imagenet_labels_and_defaults(tmp_path):
+    src = tiny_onnx(tmp_path / "irv2.onnx", config_name="inception_resnet_v2")
+    d = export_triton(src, tmp_path / "repo", kind="cpu")
+    cfg = parse_config(d / "config.pbtxt")
+    assert d.name == "irv2" and cfg.name == "irv2"
+    assert cfg.max_batch_size == 32
+    assert list(cfg.input[0].dims) == [3, 299, 299] and list(cfg.output[0].dims) == [1000]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    labels = (d / "labels.txt").read_text().splitlines()
+    assert len(labels) == 1000 and labels[0] == "tench"
+
+
+def test_no_labels_for_foreign_onnx(tmp_path):
+    import onnx
+    src = tiny_onnx(tmp_path / "foreign.onnx")
+    m = onnx.load(str(src))
+    del m.metadata_props[:]
+    onnx.save(m, str(src))
+    d = export_triton(src, tmp_path / "repo")
+    cfg = parse_config(d / "config.pbtxt")
+    assert cfg.output[0].label_filename == ""
+    assert not (d / "labels.txt").exists()
+
+
+def test_plan_repository_from_sidecar(tmp_path):
+    """A fake plan file with a sidecar: the I/O come from the sidecar, no TensorRT needed."""
+    src = tiny_onnx(tmp_path / "irv2.onnx")
+    plan = tmp_path / "irv2.plan"
+    plan.write_bytes(b"serialized engine stand-in")
+    side = fake_sidecar(plan, src, precision="fp16", max_batch=16, opt_batch=4)
+    meta.write_plan_and_sidecar(plan, plan.read_bytes(),
+                                lambda sha, n: dict(side, plan=dict(side["plan"], sha256=sha)))
+    src.unlink()     # serve-export must not need the ONNX when the sidecar is there
+    repo = tmp_path / "repo"
+    d = export_triton(plan, repo, name="irv2_trt", version=3)
+    cfg = parse_config(d / "config.pbtxt")
+    assert cfg.platform == "tensorrt_plan"
+    assert cfg.max_batch_size == 16        # the plan's profile maximum
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 16]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("input", [3, 75, 75])]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("logits", [10])]
+    assert cfg.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert (d / "3" / "model.plan").read_bytes() == plan.read_bytes()
+    copied = json.loads((d / "3" / "model.plan.json").read_text())
+    assert copied["plan"]["file"] == "model.plan"
+    assert copied["tensorrt"]["version"] == side["tensorrt"]["version"]
+    assert (d / "labels.txt").exists()
+    assert _all_temp(repo) == []
+    with pytest.raises(ValueError, match="exceeds the plan's optimization profile"):
+        export_triton(plan, repo, max_batch=64)
+
+
+def test_plan_fp16_io_maps_to_type_fp16(tmp_path):
+    src = tiny_onnx(tmp_path / "m.onnx")
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"x")
+    side = fake_sidecar(plan, src, keep_io_fp32=False)
+    for t in side["io"]["inputs"] + side["io"]["outputs"]:
+        t["dtype"] = "float16"
+    meta.sidecar_path(plan).write_text(json.dumps(side))
+    cfg = parse_config(export_triton(plan, tmp_path / "repo") / "config.pbtxt")
+    assert cfg.input[0].data_type == cfg.output[0].data_type == model_config_pb2.TYPE_FP16
+
+
+def test_plan_without_sidecar(tmp_path):
+    src = tiny_onnx(tmp_path / "m.onnx")
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="no sidecar"):
+        export_triton(plan, tmp_path / "repo")
+    with pytest.warns(UserWarning, match="no sidecar"):
+        d = export_triton(plan, tmp_path / "repo", onnx=src, max_batch=8)
+    cfg = parse_config(d / "config.pbtxt")
+    assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 8
+
+
+def test_bad_arguments(tmp_path):
+    src = tiny_onnx(tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="not usable as a Triton model"):
+        export_triton(src, tmp_path / "repo", name="a/b")
+    with pytest.raises(ValueError, match="outside 1..8"):
+        export_triton(src, tmp_path / "repo", max_batch=8, preferred_batch_sizes=[4, 16])
+    with pytest.raises(ArtifactError, match="takes a .plan"):
+        export_triton(tmp_path / "m.txt", tmp_path / "repo")
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"x")
+    meta.sidecar_path(plan).write_text(json.dumps(fake_sidecar(plan, src)))
+    with pytest.raises(ValueError, match="GPU only"):
+        export_triton(plan, tmp_path / "repo", kind="KIND_CPU")
+
+
+def test_cli(tmp_path, capsys):
+    from engine.cli import main
+    src = tiny_onnx(tmp_path / "m.onnx")
+    repo = tmp_path / "repo"
+    assert main(["serve-export", str(src), "--repo", str(repo), "--name", "m",
+                 "--max-batch", "4", "--instances", "3", "--preferred", "2", "4",
+                 "--max-queue-delay-us", "500", "--kind", "gpu", "--version", "2"]) == 0
+    cfg = parse_config(repo / "m" / "config.pbtxt")
+    assert (repo / "m" / "2" / "model.onnx").exists()
+    assert cfg.max_batch_size == 4 and cfg.instance_group[0].count == 3
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert "tritonserver --model-repository" in capsys.readouterr().out
+    assert main(["serve-export", str(tmp_path / "none.plan"), "--repo", str(repo)]) == 1
