@@ -1,0 +1,91 @@
+"""Triton kernels for the Inception networks (issue 6). Layout: NHWC everywhere.
+
+Every kernel file holds the ``@triton.jit`` kernel, a launcher (checks shapes, dtypes and
+strides, allocates when asked, launches) and a plain PyTorch reference with the same
+arguments (``*_reference``). On a machine without a GPU set ``TRITON_INTERPRET=1`` before
+importing this package; launchers then use one problem-sized config instead of autotuning.
+
+Tensors
+-------
+* Activations are 4-D NHWC **views** with channel stride 1. A channel slice of a larger
+  buffer, ``buf[..., off:off + c]``, is a valid input or output: kernels address it by its
+  base pointer and its N/H/W strides, so writing a branch into its concat slice is free.
+* Conv weights are packed HWIO ``[KH, KW, C, N]`` contiguous (:func:`pack_weight` from
+  OIHW), in the input's dtype. Bias and scales are fp32 ``[N]`` vectors.
+* Linear weights are ``[K, N]`` contiguous (:func:`pack_linear_weight` from ``[N, K]``).
+* dtypes: fp16 / bf16 (fp32 accumulation), fp32 (IEEE dot, no TF32; parity), int8 (int32
+  accumulation). INT8 is symmetric, zero point 0: weights per output channel, activations
+  per tensor. An int8 destination is requantised exactly as ONNX QuantizeLinear does
+  (``saturate(round_half_even(v / out_scale))``).
+
+Public launchers (all return the output tensor; ``config=`` takes a dict or triton.Config
+of meta-parameters to bypass autotuning)
+------------------------------------------------------------------------------------------
+conv2d(x, weight, bias=None, *, stride=1, padding=0, relu=True, residual=None,
+       out=None, out_dtype=None, scale=None, res_scale=1.0, out_scale=None, config=None)
+    ``relu?(conv(x, W) [* scale] + bias [+ residual])`` into ``out``.
+    - padding: int or (ph, pw), symmetric (SAME for an odd k is k // 2; 1x7 -> (0, 3)).
+    - out: None | one NHWC view [B, OH, OW, N] | list of up to 3 views whose channel
+      counts sum to N: **horizontal fusion** -- concatenate the 1x1 weights of the branches
+      that read the same input along N (``torch.cat(dim=3)`` of packed weights) and pass
+      each branch's destination (concat slice or scratch) in column order.
+    - residual: NHWC view [B, OH, OW, N] added before the ReLU; may be the same view as
+      ``out`` (in place on the trunk). Inception-ResNet: fold the block scale into the
+      up-projection first, ``w, b = fold_scale(w, b, 0.17)``; the final block8 passes
+      ``relu=False``. An int8 residual is dequantised with ``res_scale``.
+    - int8 input: ``weight`` int8 (:func:`quantize_weight`), ``scale=dequant_scale(w_scale,
+      x_scale)``; destination float (dequantised) or int8 with ``out_scale``. A float conv
+      may also write an int8 destination (``out_scale``): mixed precision feeding int8.
+    - all destinations of one call share a dtype and, for int8, one ``out_scale``.
+max_pool(x, out=None, *, config=None)
+    3x3 stride 2 VALID max pool into ``out`` (e.g. a concat slice); any dtype, int8 keeps
+    its scale.
+avg_pool(x, out=None, *, x_scale=None, out_scale=None, config=None)
+    3x3 stride 1 pad 1 average, count_include_pad=False, into ``out``. int8 input needs
+    ``x_scale``; an int8 destination needs ``out_scale``.
+global_avg_pool(x, out=None, *, x_scale=None, config=None) -> [B, C]
+    Mean over H and W (fp32 sum); int8 input needs ``x_scale``.
+linear(x, weight, bias=None, *, relu=False, out=None, out_dtype=None, scale=None,
+       out_scale=None, config=None) -> [B, N]
+    ``x [B, K] @ weight [K, N] + bias`` on the conv kernel (a 1x1 conv over a 1x1 map).
+quantize(x, scale, out=None) -> int8 ; dequantize(q, scale, out=None, out_dtype=float16)
+    Elementwise Q / DQ of any 4-D NHWC view (e.g. the network input, or a re-quantisation
+    between concat scales).
+
+Weight preparation (host, once per model): pack_weight, pack_linear_weight, fold_bn,
+fold_scale, quantize_weight, dequant_scale.
+
+References: conv2d_reference, max_pool_reference, avg_pool_reference,
+global_avg_pool_reference, linear_reference, quantize_reference, dequantize_reference.
+
+Layer shapes of the real networks: ``kernels.shapes.network_shapes(model_name)`` (distinct
+conv and pool shapes, and the groups of 1x1 convs sharing an input, traced by forward hooks
+on ``engine.create_model`` on the meta device).
+
+Ahead-of-time compile without a GPU: ``python -m kernels.aot --out aot.txt`` compiles every
+specialization a network uses for sm_80/sm_90 and reports registers, spills and tensor-core
+use (``kernels.aot.network_specs``, ``compile_many``).
+
+Interpreter note: ``triton.jit`` decides at import time, so ``TRITON_INTERPRET=1`` must be
+set before the first ``import kernels`` in a process; launchers refuse CPU tensors otherwise.
+Autotuning on a GPU is keyed on the problem shape (batch, H, W, C, OH, OW, N, kernel,
+stride, destinations, residual): the first call for each distinct layer benchmarks the tiles
+of ``kernels.conv.CONFIGS`` (pruned to the problem); pass ``config=`` to skip it.
+"""
+from ._launch import interpreting
+from .conv import (conv2d, conv2d_reference, dequant_scale, fold_bn, fold_scale, pack_weight,
+                   quantize_reference, quantize_weight)
+from .linear import linear, linear_reference, pack_linear_weight
+from .pool import (avg_pool, avg_pool_reference, global_avg_pool, global_avg_pool_reference,
+                   max_pool, max_pool_reference)
+from .quant import dequantize, dequantize_reference, quantize
+
+__all__ = [
+    "interpreting",
+    "conv2d", "conv2d_reference", "pack_weight", "fold_bn", "fold_scale", "quantize_weight",
+    "dequant_scale",
+    "linear", "linear_reference", "pack_linear_weight",
+    "max_pool", "max_pool_reference", "avg_pool", "avg_pool_reference",
+    "global_avg_pool", "global_avg_pool_reference",
+    "quantize", "quantize_reference", "dequantize", "dequantize_reference",
+]

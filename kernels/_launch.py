@@ -1,0 +1,109 @@
+"""Launch-time helpers shared by the kernel launchers: interpreter detection, config
+choice and the checks on NHWC tensors and channel slices.
+
+Nothing here touches a GPU; it is imported by every kernel file.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+import triton
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+ALL_DTYPES = FLOAT_DTYPES + (torch.int8,)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels with its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def clamp_pow2(n: int, lo: int, hi: int) -> int:
+    """Smallest power of two >= n, clamped to [lo, hi]."""
+    return max(lo, min(hi, next_pow2(n)))
+
+
+def config_kwargs(config) -> dict:
+    """Turn an explicit config (``triton.Config`` or dict) into launch keyword arguments."""
+    if isinstance(config, triton.Config):
+        kw = dict(config.kwargs)
+        kw["num_warps"] = config.num_warps
+        kw["num_stages"] = config.num_stages
+        return kw
+    if isinstance(config, dict):
+        return dict(config)
+    raise TypeError(f"config must be a triton.Config or a dict of meta-parameters, got {type(config).__name__}")
+
+
+def check_runnable(x: torch.Tensor):
+    """CPU tensors only run under the interpreter; say so instead of failing deep in Triton."""
+    if x.device.type == "cpu" and not interpreting():
+        raise RuntimeError("Triton kernels need a CUDA tensor; on a CPU-only machine set "
+                           "TRITON_INTERPRET=1 in the environment before importing kernels "
+                           "(the interpreter runs them with numpy, slowly)")
+    if x.device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"Triton kernels run on CUDA tensors, got a tensor on {x.device}")
+
+
+def check_dtype(t: torch.Tensor, name: str, allowed: Sequence[torch.dtype]):
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}; expected one of: {names}")
+
+
+def check_nhwc(t: torch.Tensor, name: str, channels: Optional[int] = None,
+               shape: Optional[Sequence[int]] = None, device: Optional[torch.device] = None):
+    """Check ``t`` is a 4-D NHWC tensor whose channel stride is 1.
+
+    Views that are a channel slice of a larger NHWC buffer (``buf[..., off:off + c]``) are
+    accepted: the kernel addresses them by their base pointer and their N/H/W strides.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be NHWC with 4 dims, got shape {tuple(t.shape)}")
+    if t.shape[3] > 1 and t.stride(3) != 1:
+        raise ValueError(
+            f"{name} must have channel stride 1 (NHWC, or a channel slice of an NHWC buffer); "
+            f"got strides {tuple(t.stride())} for shape {tuple(t.shape)}. An NCHW tensor x can be "
+            f"passed as x.permute(0, 2, 3, 1).contiguous()")
+    if channels is not None and t.shape[3] != channels:
+        raise ValueError(f"{name} has {t.shape[3]} channels, expected {channels} (shape {tuple(t.shape)})")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} like the input")
+
+
+def check_vector(t: Optional[torch.Tensor], name: str, n: int, device: torch.device):
+    """A per-output-channel fp32 vector of length n (bias, scales)."""
+    if t is None:
+        return
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must be a 1-D tensor of {n} values, got shape {tuple(t.shape)}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32 (it is applied in the fp32 epilogue), got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} like the input")
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of two tensors overlap (conservative: by byte range)."""
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t):
+        lo = t.data_ptr()
+        hi = lo + sum((s - 1) * st for s, st in zip(t.shape, t.stride())) * t.element_size() + t.element_size()
+        return lo, hi
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1

@@ -1,0 +1,120 @@
+"""The layer shapes of the real networks, read from the PyTorch models by forward hooks
+(no hand-written tables): every conv (its geometry, input size, whether it is a residual
+up-projection), every pool, and the groups of 1x1 convs that read the same tensor (the
+candidates for horizontal fusion). Runs on the meta device, so no arithmetic is done.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    c_in: int
+    c_out: int
+    kh: int
+    kw: int
+    stride: int
+    pad_h: int
+    pad_w: int
+    h: int
+    w: int
+    residual: bool            # Inception-ResNet up-projection: own bias, + shortcut, no BN
+
+    @property
+    def out_hw(self) -> Tuple[int, int]:
+        return ((self.h + 2 * self.pad_h - self.kh) // self.stride + 1,
+                (self.w + 2 * self.pad_w - self.kw) // self.stride + 1)
+
+    def flops(self, batch: int) -> int:
+        oh, ow = self.out_hw
+        return 2 * batch * oh * ow * self.c_out * self.c_in * self.kh * self.kw
+
+    @property
+    def label(self) -> str:
+        kind = "up" if self.residual else "conv"
+        return (f"{kind} {self.kh}x{self.kw}/{self.stride} {self.c_in}->{self.c_out} "
+                f"@{self.h}x{self.w}")
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    kind: str                 # "max" (3x3/2 VALID) | "avg" (3x3/1/1, count_include_pad=False)
+    c: int
+    h: int
+    w: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}pool 3x3 {self.c} @{self.h}x{self.w}"
+
+
+@dataclass
+class NetworkShapes:
+    convs: Dict[ConvShape, List[str]] = field(default_factory=dict)   # distinct shape -> module names
+    pools: Dict[PoolShape, List[str]] = field(default_factory=dict)
+    fusion_groups: List[List[str]] = field(default_factory=list)      # 1x1 convs sharing an input (>= 2)
+    conv_of: Dict[str, ConvShape] = field(default_factory=dict)        # module name -> shape
+
+
+@functools.lru_cache(maxsize=None)
+def network_shapes(model_name: str, size: int = 0, width: float = 1.0) -> NetworkShapes:
+    """Trace ``engine.create_model(model_name)`` at ``size`` (default: its config's input size)."""
+    import engine
+    from engine.models.layers import ConvBNReLU
+
+    model = engine.create_model(model_name, width=width).eval()
+    if not size:
+        size = engine.get_config(model_name).input_size[-1]
+    result = NetworkShapes()
+    keep_alive = []            # hold inputs so tensor ids stay unique during the trace
+    readers: Dict[int, List[str]] = {}
+    residual_convs = set()
+    for name, mod in model.named_modules():
+        if hasattr(mod, "scale") and isinstance(getattr(mod, "conv2d", None), nn.Conv2d):
+            residual_convs.add(name + ".conv2d" if name else "conv2d")
+
+    def conv_hook(name, conv):
+        def hook(_mod, inputs, _out):
+            x = inputs[0]
+            keep_alive.append(x)
+            shape = ConvShape(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.kernel_size[1],
+                              conv.stride[0], conv.padding[0], conv.padding[1], x.shape[2], x.shape[3],
+                              name in residual_convs)
+            result.convs.setdefault(shape, []).append(name)
+            result.conv_of[name] = shape
+            if shape.kh == shape.kw == 1 and shape.stride == 1 and not shape.residual:
+                readers.setdefault(id(x), []).append(name)
+        return hook
+
+    def pool_hook(name, kind):
+        def hook(_mod, inputs, _out):
+            x = inputs[0]
+            shape = PoolShape(kind, x.shape[1], x.shape[2], x.shape[3])
+            result.pools.setdefault(shape, []).append(name)
+        return hook
+
+    handles = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, ConvBNReLU):
+            handles.append(mod.conv.register_forward_hook(conv_hook(name, mod.conv)))
+        elif isinstance(mod, nn.Conv2d) and name in residual_convs:
+            handles.append(mod.register_forward_hook(conv_hook(name, mod)))
+        elif isinstance(mod, nn.MaxPool2d):
+            handles.append(mod.register_forward_hook(pool_hook(name, "max")))
+        elif isinstance(mod, nn.AvgPool2d):
+            handles.append(mod.register_forward_hook(pool_hook(name, "avg")))
+    model = model.to("meta")
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, model.in_chans if hasattr(model, "in_chans") else 3, size, size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    result.fusion_groups = [names for names in readers.values() if len(names) > 1]
+    return result
