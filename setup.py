@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["engine", "engine.*", "kernels", "kernels.*",
                                     "calibration", "calibration.*"]),
-    package_data={"engine": ["data/*"]},
+    package_data={"engine": ["data/*", "data/fashion_mnist/*"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

@@ -15,8 +15,6 @@ import numpy as np
 from .errors import InputError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
 _INTERP = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST", "lanczos": "LANCZOS"}
 
 
@@ -83,7 +81,8 @@ def labels_for(config) -> Optional[List[str]]:
     if config.labels == "imagenet":
         names = (DATA_DIR / "imagenet_classes.txt").read_text().splitlines()
     elif config.labels == "fashion_mnist":
-        names = list(FASHION_MNIST_CLASSES)
+        from .datasets import CLASSES
+        names = list(CLASSES)
     else:
         return None
     return names if len(names) == config.num_classes else None

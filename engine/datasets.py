@@ -1,0 +1,162 @@
+"""Shipped evaluation and calibration data for the trained test subject (Fashion-MNIST).
+
+Fashion-MNIST (Zalando SE, MIT licence; 60k train / 10k test, 28x28 grayscale, 10 classes)
+is what ``inception_resnet_v2_fmnist`` was trained on (``benchmarks/train_subject.py``). The
+package ships, under ``engine/data/fashion_mnist/``:
+
+- ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``: the 10k test set, as published;
+- ``calib.npz``: 2,000 images drawn with a fixed seed from the *train* set (``images`` uint8
+  Nx28x28, ``labels`` uint8, ``train_index`` int32), for INT8 calibration. Calibration never
+  sees a test image.
+
+Only numpy is needed to read the data; :func:`to_model_input` uses torch for the resize, so the
+batch is the one the model was trained on. Nothing here downloads anything.
+"""
+from __future__ import annotations
+
+import gzip
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+DATA_DIR = Path(__file__).resolve().parent / "data" / "fashion_mnist"
+
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+CALIB_FILE = "calib.npz"
+CALIB_SIZE = 2000
+CALIB_SEED = 20240              # seed of the draw of the calibration split from the train set
+
+# IDX: magic (0, 0, dtype 0x08 = uint8, ndim), then ndim big-endian uint32 sizes, then the data.
+_IDX_UBYTE = 0x08
+
+
+class DatasetError(InputError):
+    """A data file that is missing, truncated or not in the expected format."""
+
+
+def _missing(path: Path, what: str) -> DatasetError:
+    return DatasetError(
+        f"{what} not found: {path}. The package ships it under engine/data/fashion_mnist/; "
+        f"reinstall the package, or regenerate the files with "
+        f"`python benchmarks/train_subject.py --prepare-data` (needs the Debian package "
+        f"dataset-fashion-mnist, files in /usr/share/datasets/fashion-mnist/).")
+
+
+def read_idx(path) -> np.ndarray:
+    """Read a (gzip-compressed or plain) IDX file of unsigned bytes into a uint8 array.
+
+    Images come back as (N, rows, cols), labels as (N,).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path, "IDX file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:       # gzip.BadGzipFile is an OSError
+        raise DatasetError(f"cannot read {path}: {e}; the file is corrupt or truncated") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] == 0:
+        raise DatasetError(f"{path} is not an IDX file of unsigned bytes "
+                           f"(magic {raw[:4].hex() or 'missing'}, expected 000008xx)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetError(f"{path}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    count = int(np.prod(shape))
+    if len(raw) - header != count:
+        raise DatasetError(f"{path}: header says shape {shape} ({count} bytes of data), "
+                           f"the file holds {len(raw) - header}; the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _read_pair(images_path: Path, labels_path: Path):
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DatasetError(f"{images_path} / {labels_path}: expected (N, H, W) images and (N,) "
+                           f"labels, got {images.shape} and {labels.shape}")
+    return images, labels
+
+
+def read_source(directory, split: str = "train"):
+    """The original IDX files of a split (``"train"`` or ``"test"``) from ``directory``."""
+    names = {"train": TRAIN_FILES, "test": TEST_FILES}.get(split)
+    if names is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    directory = Path(directory)
+    return _read_pair(directory / names[0], directory / names[1])
+
+
+def fashion_mnist(split: str = "test", data_dir=None, limit=None):
+    """Shipped Fashion-MNIST data: ``(images uint8 (N, 28, 28), labels uint8 (N,))``.
+
+    split: ``"test"`` (the 10,000 held-out test images) or ``"calib"`` (2,000 images from the
+    train set, for calibration). ``limit`` keeps the first ``limit`` images (a fixed slice).
+    The arrays are read-only views of the file data; copy them to modify.
+    """
+    data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
+    if split == "test":
+        images, labels = _read_pair(data_dir / TEST_FILES[0], data_dir / TEST_FILES[1])
+    elif split == "calib":
+        path = data_dir / CALIB_FILE
+        if not path.is_file():
+            raise _missing(path, "calibration split")
+        try:
+            with np.load(path) as z:
+                images, labels = z["images"], z["labels"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise DatasetError(f"cannot read {path}: {e}; expected an .npz with uint8 "
+                               f"'images' (N, 28, 28) and 'labels' (N,)") from e
+        if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != (len(images),):
+            raise DatasetError(f"{path}: expected uint8 images (N, 28, 28) and N labels, got "
+                               f"{images.dtype} {images.shape} and {labels.shape}")
+    else:
+        raise ValueError(f"split must be 'test' or 'calib', got {split!r} "
+                         f"(the train set is not shipped; see benchmarks/train_subject.py)")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def to_model_input(images, config):
+    """uint8 grayscale images (N, H, W) -> the model's float32 NCHW batch, per ``config``.
+
+    Resize to ``config.input_size`` (bilinear, align_corners=False, no antialias: the
+    training transform), replicate to the config's channel count, scale to [0, 1], then
+    ``(x - mean) / std`` per channel. Deterministic; returns a torch tensor (contiguous NCHW).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not isinstance(images, torch.Tensor):
+        images = np.asarray(images)
+    dtype, shape = images.dtype, tuple(images.shape)
+    if dtype not in (np.uint8, torch.uint8) or len(shape) != 3:
+        raise InputError(f"expected uint8 grayscale images of shape (N, H, W), got "
+                         f"{dtype} {shape}")
+    c, h, w = config.input_size
+    if len(config.mean) != c or len(config.std) != c:
+        raise InputError(f"config {config.name!r}: mean/std have {len(config.mean)}/"
+                         f"{len(config.std)} entries for {c} channels")
+    # one float32 copy (the shipped arrays are read-only views of the file data)
+    if isinstance(images, torch.Tensor):
+        x = images.unsqueeze(1).float()
+    else:
+        x = torch.from_numpy(np.asarray(images, dtype=np.float32))[:, None]
+    if (x.shape[-2], x.shape[-1]) != (h, w):
+        if config.interpolation != "bilinear":
+            raise InputError(f"to_model_input resizes bilinearly; config {config.name!r} asks "
+                             f"for {config.interpolation!r}")
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+    # (x / 255 - mean) / std, in this order, so values match the formula (255 -> exactly 1.0)
+    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, c, 1, 1)
+    std = torch.tensor(config.std, dtype=torch.float32).view(1, c, 1, 1)
+    return (x.div_(255.0).expand(-1, c, -1, -1) - mean).div_(std)
