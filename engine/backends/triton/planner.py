@@ -1,0 +1,678 @@
+"""Layer list -> execution plan: storage and precision per value, in-place concats, merged
+1x1 heads, in-place residuals, one arena of buffers, and the printable plan.
+
+Values and storage
+------------------
+Every value (a layer output) lives in a *home*: a channel slice ``[off, off + C)`` of an NHWC
+buffer ``[N, H, W, C_buf]``. Its storage is float (the plan's float dtype) or int8 with one
+per-tensor scale (Q/DQ graphs). A ``quant`` layer (a Q/DQ pair) costs nothing when its input
+can be *written* quantised: the producer's epilogue requantises (int8 conv, average pool, the
+input step), max pool keeps its input's scale, and a concat whose consumers all quantise with
+one scale is stored int8 and passes that scale to its inputs (``Q(concat(a, b)) =
+concat(Q(a), Q(b))``). Anything else becomes an explicit quantize/dequantize step.
+
+In-place concats: a concat has no step. Its output gets a buffer (or a slice of an outer
+concat's buffer) and each input that nothing else pins down is written straight into its
+channel slice by its producer; an input that cannot be (a graph input, one read by two
+concats, a storage mismatch) is copied in by a convert step, counted in the plan's stats.
+
+Merged heads: 1x1 stride-1 convs without residual that read the same value, with the same
+ReLU flag, weight kind and destination dtype/scale run as one GEMM whose output columns go
+to each head's home (up to ``MAX_HEADS`` per launch, the kernel's destination limit).
+
+Residuals: ``relu(shortcut + conv(y))`` is the conv's epilogue; when the conv is the last
+reader of the shortcut and both are whole buffers of one shape and dtype, the output
+overwrites the shortcut in place (the trunk of an Inception-ResNet stage is one buffer).
+
+Arena: buffers get byte offsets in one arena per batch size from their lifetimes (greedy by
+size, first fit), computed per image and scaled by the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+
+from ...errors import UnsupportedGraphError
+from .graph import Layer, LayerGraph
+
+MAX_HEADS = 3          # destinations one conv launch can write (kernels.conv.MAX_DESTINATIONS)
+ALIGN = 256            # bytes; per-image buffer sizes are rounded up to this
+FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+
+
+@dataclass
+class Value:
+    name: str
+    channels: int
+    h: int
+    w: int
+    flat: bool = False                 # [N, C] (after the global pool)
+    scale: Optional[float] = None      # int8 storage with this scale; None: float storage
+    buf: int = -1
+    offset: int = 0                    # channel offset in the buffer
+    names: List[str] = field(default_factory=list)  # ONNX tensor names it stands for
+
+
+@dataclass
+class Buffer:
+    id: int
+    channels: int
+    h: int
+    w: int
+    dtype: str
+    first: int = 0
+    last: int = 0
+    offset: int = 0                    # bytes per image into the arena
+
+    @property
+    def nbytes(self) -> int:           # per image, aligned
+        n = self.h * self.w * self.channels * _ITEMSIZE[self.dtype]
+        return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass
+class Step:
+    """One launch. op: input | conv | maxpool | avgpool | gap | linear | l2norm | quantize |
+    dequantize | copy | output."""
+
+    op: str
+    name: str
+    inputs: List[str]
+    outputs: List[str]
+    layers: List[Layer] = field(default_factory=list)
+    residual: Optional[str] = None
+    in_place: bool = False
+    int8: bool = False                 # int8 GEMM (int8 input and weights)
+    why: str = ""                      # for convert steps: what made them necessary
+    fused: List[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    steps: List[Step]
+    values: Dict[str, Value]
+    buffers: List[Buffer]
+    input: str
+    output: str
+    output_name: str
+    input_shape: Tuple[int, int, int]
+    precision: str
+    float_dtype: str
+    arena_bytes: int                   # per image
+    stats: Dict[str, int]
+    layer_graph: LayerGraph
+
+    names: Dict[str, str] = field(default_factory=dict)   # ONNX tensor name -> value name
+
+    def value_of(self, onnx_name: str) -> Optional[Value]:
+        return self.values.get(self.names.get(onnx_name, onnx_name))
+
+    def ready(self) -> Dict[str, int]:
+        """Value -> index of the step after which it is complete (a concat: its last input,
+        before anything overwrites its buffer, e.g. an in-place residual)."""
+        r: Dict[str, int] = {}
+        for i, st in enumerate(self.steps):
+            for o in st.outputs:
+                r[o] = i
+        stepped = dict(r)
+        vals = self.values
+
+        def overlap(a: Value, b: Value) -> bool:
+            return a.buf == b.buf and a.offset < b.offset + b.channels and \
+                b.offset < a.offset + a.channels
+
+        def contains(a: Value, b: Value) -> bool:
+            return a.buf == b.buf and a.offset <= b.offset and \
+                b.offset + b.channels <= a.offset + a.channels
+
+        for name, v in vals.items():
+            if name in r or v.buf < 0:
+                continue
+            first_read = min((i for i, st in enumerate(self.steps)
+                              for x in st.inputs + ([st.residual] if st.residual else [])
+                              if contains(vals[x], v)), default=len(self.steps))
+            ks = [k for o, k in stepped.items() if overlap(vals[o], v) and k < first_read]
+            r[name] = max(ks) if ks else 0
+        return r
+
+    def tensor_names(self) -> List[str]:
+        """ONNX tensor names the plan can show (for ``intermediates``), in execution order."""
+        ready = self.ready()
+        order = sorted((k, n) for n, k in ready.items())
+        return [t for _, n in order for t in self.values[n].names]
+
+
+def _unsupported(lay: Layer, why: str):
+    return UnsupportedGraphError(
+        f"node {lay.name!r} ({lay.kind}): {why}; the triton kernels do not run it (run this file "
+        "on the onnxruntime backend)")
+
+
+def _shapes(lg: LayerGraph) -> Dict[str, Value]:
+    c, h, w = lg.input_shape
+    vals = {lg.input: Value(lg.input, c, h, w)}
+    for lay in lg.layers:
+        src = [vals[i] for i in lay.inputs]
+        x = src[0]
+        if lay.kind == "conv":
+            co, ci, kh, kw = (lay.weight if lay.weight is not None else lay.qweight.q).shape
+            if ci != x.channels:
+                raise _unsupported(lay, f"weight expects {ci} input channels, input has {x.channels}")
+            pt, pl, pb, pr = lay.attrs["pads"]
+            if (pt, pl) != (pb, pr):
+                raise _unsupported(lay, f"asymmetric padding {lay.attrs['pads']}")
+            sh, sw = lay.attrs["stride"]
+            v = Value(lay.output, co, (x.h + 2 * pt - kh) // sh + 1, (x.w + 2 * pl - kw) // sw + 1)
+        elif lay.kind in ("maxpool", "avgpool"):
+            want = ((3, 3), (2, 2), (0, 0, 0, 0)) if lay.kind == "maxpool" else \
+                ((3, 3), (1, 1), (1, 1, 1, 1))
+            got = (lay.attrs["kernel"], lay.attrs["stride"], lay.attrs["pads"])
+            if got != want:
+                what = "3x3 stride 2 VALID" if lay.kind == "maxpool" else \
+                    "3x3 stride 1 pad 1 (count_include_pad=False)"
+                raise _unsupported(lay, f"kernel/stride/pads {got}; the pool kernels run {what}")
+            if lay.kind == "maxpool":
+                v = Value(lay.output, x.channels, (x.h - 3) // 2 + 1, (x.w - 3) // 2 + 1)
+            else:
+                v = Value(lay.output, x.channels, x.h, x.w)
+        elif lay.kind == "concat":
+            if any((s.h, s.w, s.flat) != (x.h, x.w, x.flat) for s in src):
+                raise _unsupported(lay, "inputs of different spatial sizes")
+            v = Value(lay.output, sum(s.channels for s in src), x.h, x.w, x.flat)
+        elif lay.kind == "gap":
+            v = Value(lay.output, x.channels, 1, 1, flat=True)
+            if not lay.attrs.get("flat"):
+                raise _unsupported(lay, "a global pool not followed by Flatten (the linear "
+                                   "head expects [N, C])")
+        elif lay.kind == "linear":
+            if not x.flat:
+                raise _unsupported(lay, "a Gemm/MatMul on a 4-D tensor")
+            co, ci = (lay.weight if lay.weight is not None else lay.qweight.q).shape
+            if ci != x.channels:
+                raise _unsupported(lay, f"weight expects {ci} features, input has {x.channels}")
+            v = Value(lay.output, co, 1, 1, flat=True)
+        elif lay.kind in ("l2norm", "quant"):
+            v = Value(lay.output, x.channels, x.h, x.w, x.flat)
+        else:  # pragma: no cover - graph.py produces only the kinds above
+            raise _unsupported(lay, "unknown layer kind")
+        if lay.residual is not None:
+            r = vals[lay.residual]
+            if (r.channels, r.h, r.w) != (v.channels, v.h, v.w):
+                raise _unsupported(lay, f"residual shape {r.channels}x{r.h}x{r.w} differs from "
+                                   f"the conv output {v.channels}x{v.h}x{v.w}")
+        vals[lay.output] = v
+    return vals
+
+
+class _Planner:
+    def __init__(self, lg: LayerGraph, precision: str, float_dtype: str):
+        self.lg = lg
+        self.precision = precision
+        self.fdt = float_dtype
+        self.vals = _shapes(lg)
+        self.alias: Dict[str, str] = {}
+        self.layers: List[Layer] = list(lg.layers)
+        self.prod: Dict[str, Layer] = {l.output: l for l in self.layers}
+        self.steps: List[Step] = []
+        self.stats: Dict[str, int] = {}
+
+    def a(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+    def consumers(self) -> Dict[str, List[Layer]]:
+        out: Dict[str, List[Layer]] = {}
+        for lay in self.layers:
+            for i in lay.inputs + ([lay.residual] if lay.residual else []):
+                out.setdefault(self.a(i), []).append(lay)
+        return out
+
+    def canon(self):
+        for lay in self.layers:
+            lay.inputs = [self.a(i) for i in lay.inputs]
+            if lay.residual:
+                lay.residual = self.a(lay.residual)
+
+    # ------------------------------------------------------------ storage (Q/DQ)
+    def resolve_storage(self):
+        # identical Q/DQ pairs on one tensor are one value
+        seen: Dict[Tuple[str, float], str] = {}
+        keep = []
+        for lay in self.layers:
+            if lay.kind == "quant":
+                key = (self.a(lay.inputs[0]), lay.attrs["scale"])
+                if key in seen:
+                    self.alias[lay.output] = seen[key]
+                    continue
+                seen[key] = lay.output
+            keep.append(lay)
+        self.layers = keep
+        self.canon()
+        # forward: decide each value's storage where it is produced
+        cons = self.consumers()
+        keep = []
+        for lay in self.layers:
+            out = self.vals[lay.output]
+            if lay.kind == "quant":
+                x = self.vals[self.a(lay.inputs[0])]
+                if x.scale == lay.attrs["scale"]:
+                    self.alias[lay.output] = x.name       # already stored with this scale
+                    continue
+                out.scale = lay.attrs["scale"]
+                keep.append(lay)
+                continue
+            keep.append(lay)
+            if lay.kind == "maxpool":
+                out.scale = self.vals[self.a(lay.inputs[0])].scale  # max keeps the int8 grid
+            elif lay.kind == "concat":
+                sc = {self.vals[self.a(i)].scale for i in lay.inputs}
+                if len(sc) == 1 and None not in sc:
+                    out.scale = sc.pop()                      # exact: all inputs on one grid
+            if out.scale is None and lay.output != self.lg.output:
+                cs = cons.get(lay.output, [])
+                scales = {c.attrs["scale"] for c in cs if c.kind == "quant"}
+                if cs and all(c.kind == "quant" for c in cs) and len(scales) == 1 \
+                        and self.can_emit_int8(lay):
+                    out.scale = scales.pop()
+        self.layers = keep
+        self.canon()
+        # the graph input: quantised by the input step when every reader quantises it alike
+        cs = self.consumers().get(self.lg.input, [])
+        scales = {c.attrs["scale"] for c in cs if c.kind == "quant"}
+        if cs and all(c.kind == "quant" for c in cs) and len(scales) == 1:
+            self.vals[self.lg.input].scale = scales.pop()
+        # quant layers whose input now carries their scale are identities
+        keep = []
+        for lay in self.layers:
+            if lay.kind == "quant" and self.vals[self.a(lay.inputs[0])].scale == lay.attrs["scale"]:
+                self.alias[lay.output] = self.a(lay.inputs[0])
+                continue
+            keep.append(lay)
+        self.layers = keep
+        self.canon()
+        # backward over concats: pass the concat's storage to inputs only it reads
+        cons = self.consumers()
+        for lay in reversed(self.layers):
+            if lay.kind != "concat":
+                continue
+            target = self.vals[lay.output].scale
+            for i in lay.inputs:
+                v = self.vals[i]
+                p = self.prod.get(i)
+                if v.scale == target or p is None or len(cons.get(i, [])) != 1 \
+                        or lay.inputs.count(i) != 1:
+                    continue
+                if target is None and v.scale is not None:
+                    continue          # fake-quantised values must keep their grid: convert
+                if target is not None and v.scale is None and self.can_emit_int8(p, target):
+                    v.scale = target
+
+    def int8_gemm(self, lay: Layer) -> bool:
+        return (lay.kind in ("conv", "linear") and lay.qweight is not None
+                and self.vals[self.a(lay.inputs[0])].scale is not None)
+
+    def can_emit_int8(self, lay: Layer, scale: Optional[float] = None) -> bool:
+        if lay.kind == "conv":
+            return self.int8_gemm(lay)
+        if lay.kind == "avgpool":
+            return True
+        if lay.kind == "maxpool":
+            s = self.vals[self.a(lay.inputs[0])].scale
+            return s is not None and (scale is None or s == scale)
+        if lay.kind == "concat":
+            return True
+        return False
+
+    # ------------------------------------------------------------ steps
+    def convert(self, src: str, scale: Optional[float], why: str, dst: Optional[str] = None) -> str:
+        """A value equal to ``src`` stored with ``scale``; adds the convert step."""
+        v = self.vals[src]
+        name = dst or f"{src}@{'q' if scale is not None else 'f'}"
+        if name in self.vals and dst is None:
+            return name
+        self.vals[name] = Value(name, v.channels, v.h, v.w, v.flat, scale)
+        if scale is not None:
+            op = "quantize"
+        else:
+            op = "dequantize" if v.scale is not None else "copy"
+        self.steps.append(Step(op, f"{op} {src}", [src], [name], why=why))
+        return name
+
+    def build_steps(self):
+        lg = self.lg
+        self.steps.append(Step("input", "input", [], [lg.input]))
+        self.vals[lg.input].names.append(lg.input)
+        self.concat_slots: Dict[str, Tuple[str, int]] = {}  # value -> (concat output, offset)
+        for lay in self.layers:
+            self.vals[lay.output].names.append(lay.output)
+            if lay.kind == "concat":
+                continue
+            x = lay.inputs[0]
+            xv = self.vals[x]
+            if lay.kind == "conv" or lay.kind == "linear":
+                int8 = self.int8_gemm(lay)
+                if not int8 and xv.scale is not None:
+                    x = self.convert(x, None, f"{lay.name} has float weights")
+                st = Step(lay.kind, lay.name, [x], [lay.output], [lay], residual=lay.residual,
+                          int8=int8, fused=list(lay.nodes[1:]))
+                if self.vals[lay.output].scale is not None and not int8:
+                    raise AssertionError("float conv cannot write int8")  # can_emit prevents it
+                self.steps.append(st)
+            elif lay.kind in ("maxpool", "avgpool", "gap"):
+                self.steps.append(Step(lay.kind, lay.name, [x], [lay.output], [lay],
+                                       fused=list(lay.nodes[1:])))
+                if lay.kind == "maxpool" and self.vals[lay.output].scale != xv.scale:
+                    raise AssertionError("max pool changes scale")
+            elif lay.kind == "l2norm":
+                if xv.scale is not None:
+                    x = self.convert(x, None, "l2 normalisation runs in float")
+                self.steps.append(Step("l2norm", lay.name, [x], [lay.output], [lay],
+                                       fused=list(lay.nodes[1:])))
+            elif lay.kind == "quant":
+                self.steps.append(Step("quantize", lay.name, [x], [lay.output], [lay],
+                                       why="Q/DQ on a value no producer can write as int8"))
+        out = self.a(lg.output)
+        if self.vals[out].scale is not None:
+            out = self.convert(out, None, "the output is float")
+        self.output = out
+        self.steps.append(Step("output", "output", [out], []))
+
+    def place_concats(self):
+        """Give each concat a buffer and write its inputs into their slices (outer first)."""
+        cons = self.consumers()
+        home: Dict[str, Tuple[str, int]] = {}     # value -> (root value, channel offset)
+        concats = [l for l in self.layers if l.kind == "concat"]
+        concat_of = {l.output: l for l in concats}
+
+        def ready(v: str) -> int:                # index of the step after which v is complete
+            if v in concat_of:
+                return max(ready(i) for i in concat_of[v].inputs)
+            return next(k for k, st in enumerate(self.steps) if v in st.outputs)
+
+        n_in = n_copy = n_whole = 0
+        for lay in reversed(concats):
+            root, base = home.get(lay.output, (lay.output, 0))
+            target = self.vals[lay.output].scale
+            off, copies = 0, 0
+            for i in lay.inputs:
+                n_in += 1
+                v = self.vals[i]
+                twice = i in home
+                ok = (not twice and i != self.lg.input and v.scale == target
+                      and (i in concat_of or self.prod.get(i) is not None))
+                if ok:
+                    home[i] = (root, base + off)
+                else:
+                    why = ("the graph input" if i == self.lg.input else
+                           "read by two concats" if twice else
+                           f"stored {'int8' if v.scale is not None else 'float'}, the concat "
+                           f"{'int8' if target is not None else 'float'}"
+                           + (" (another scale)" if v.scale is not None and target is not None
+                              else ""))
+                    name = f"{i}@{lay.output}@{off}"
+                    pos = max(ready(j) for j in lay.inputs)
+                    tail = self.steps[pos + 1:]
+                    del self.steps[pos + 1:]
+                    self.convert(i, target, f"concat input copy: {why}", dst=name)
+                    self.steps.extend(tail)
+                    home[name] = (root, base + off)
+                    copies += 1
+                off += v.channels
+            n_copy += copies
+            n_whole += copies == 0
+        self.stats["concats"] = len(concats)
+        self.stats["concat_inputs"] = n_in
+        self.stats["concat_copies"] = n_copy
+        self.stats["concats_in_place"] = n_whole
+        self.home = home
+
+    def merge_heads(self):
+        groups: Dict[tuple, List[Step]] = {}
+        order = []
+        for st in self.steps:
+            if st.op != "conv" or st.residual is not None:
+                continue
+            lay = st.layers[0]
+            if lay.attrs["kernel"] != (1, 1) or lay.attrs["stride"] != (1, 1) or any(lay.attrs["pads"]):
+                continue
+            # int8 heads with different output scales still merge: the launch requantises
+            # with the first head's scale and ops.prepare folds each head's ratio into its
+            # columns' epilogue scale and bias (relu and rounding commute with it)
+            key = (st.inputs[0], lay.relu, st.int8, self.vals[st.outputs[0]].scale is not None)
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(st)
+        n_groups = n_heads = 0
+        for key in order:
+            members = groups[key]
+            for k in range(0, len(members), MAX_HEADS):
+                chunk = members[k:k + MAX_HEADS]
+                if len(chunk) < 2:
+                    continue
+                first = chunk[0]
+                first.layers = [s.layers[0] for s in chunk]
+                first.outputs = [s.outputs[0] for s in chunk]
+                first.fused = [n for s in chunk for n in s.layers[0].nodes[1:]]
+                first.name = " + ".join(s.name for s in chunk)
+                for s in chunk[1:]:
+                    self.steps.remove(s)
+                n_groups += 1
+                n_heads += len(chunk)
+        self.stats["merged_groups"] = n_groups
+        self.stats["merged_heads"] = n_heads
+
+    def allocate(self):
+        # buffers for roots (values not in a concat slice)
+        bufs: List[Buffer] = []
+        buf_of: Dict[str, int] = {}
+
+        def new_buf(v: Value) -> int:
+            dt = "int8" if v.scale is not None else FLOAT_DTYPES[self.fdt]
+            bufs.append(Buffer(len(bufs), v.channels, v.h, v.w, dt))
+            return len(bufs) - 1
+
+        for st in self.steps:
+            for o in st.outputs:
+                if o in self.home:
+                    continue
+                buf_of[o] = new_buf(self.vals[o])
+        for lay in self.layers:    # concat roots
+            if lay.kind == "concat" and lay.output not in self.home:
+                buf_of[lay.output] = new_buf(self.vals[lay.output])
+        for name, (root, off) in self.home.items():
+            v = self.vals[name]
+            v.buf, v.offset = buf_of[root], off
+        for name, b in buf_of.items():
+            self.vals[name].buf, self.vals[name].offset = b, 0
+        # concats' values point at their root buffer too
+        for lay in self.layers:
+            if lay.kind == "concat":
+                v = self.vals[lay.output]
+                root, off = self.home.get(lay.output, (lay.output, 0))
+                v.buf, v.offset = buf_of[root], off
+        self.bufs = bufs
+        self.lifetimes()
+        # in-place residuals: the output takes over the shortcut's buffer
+        n_inplace = 0
+        for idx, st in enumerate(self.steps):
+            if st.op != "conv" or st.residual is None:
+                continue
+            r, o = self.vals[st.residual], self.vals[st.outputs[0]]
+            rb, ob = bufs[r.buf], bufs[o.buf]
+            whole = lambda v, b: v.offset == 0 and v.channels == b.channels  # noqa: E731
+            if (rb.last == idx and whole(r, rb) and whole(o, ob) and rb.dtype == ob.dtype
+                    and (rb.h, rb.w) == (ob.h, ob.w) and st.residual != self.lg.input
+                    and sum(1 for v in self.vals.values() if v.buf == o.buf) == 1):
+                o.buf = r.buf
+                st.in_place = True
+                n_inplace += 1
+                self.lifetimes()
+        self.stats["residuals"] = sum(1 for s in self.steps if s.op == "conv" and s.residual)
+        self.stats["residuals_in_place"] = n_inplace
+        # drop unused buffers, renumber
+        used = sorted({v.buf for v in self.vals.values() if v.buf >= 0})
+        remap = {b: i for i, b in enumerate(used)}
+        self.bufs = [bufs[b] for b in used]
+        for i, b in enumerate(self.bufs):
+            b.id = i
+        for v in self.vals.values():
+            if v.buf >= 0:
+                v.buf = remap[v.buf]
+        self.lifetimes()
+        # first fit, biggest first
+        placed: List[Buffer] = []
+        for b in sorted(self.bufs, key=lambda b: (-b.nbytes, b.first)):
+            off = 0
+            for p in sorted((p for p in placed if not (p.last < b.first or b.last < p.first)),
+                            key=lambda p: p.offset):
+                if off + b.nbytes <= p.offset:
+                    break
+                off = max(off, p.offset + p.nbytes)
+            b.offset = off
+            placed.append(b)
+        self.arena = max((b.offset + b.nbytes for b in self.bufs), default=0)
+        self.stats["buffers"] = len(self.bufs)
+        self.stats["arena_bytes_per_image"] = self.arena
+        self.stats["naive_bytes_per_image"] = sum(b.nbytes for b in self.bufs)
+
+    def lifetimes(self):
+        for b in self.bufs:
+            b.first, b.last = 10 ** 9, -1
+        n = len(self.steps)
+        for idx, st in enumerate(self.steps):
+            for o in st.outputs:
+                b = self.bufs[self.vals[o].buf]
+                b.first = min(b.first, idx)
+                b.last = max(b.last, idx)
+            for i in st.inputs + ([st.residual] if st.residual else []):
+                b = self.bufs[self.vals[i].buf]
+                b.last = max(b.last, idx)
+                b.first = min(b.first, idx)
+        self.bufs[self.vals[self.output].buf].last = n
+        for b in self.bufs:
+            if b.last < 0:
+                b.first = b.last = 0
+
+
+def build_plan(lg: LayerGraph, precision: str, float_dtype: Optional[str] = None) -> Plan:
+    """Plan ``lg`` at ``precision`` (fp32 | fp16 | bf16 | int8).
+
+    float_dtype: storage of float values; the precision itself for fp32/fp16/bf16, fp32 by
+    default for int8 plans (only the few values outside the Q/DQ regions are float).
+    """
+    if precision == "int8" and not lg.quantized:
+        raise UnsupportedGraphError("precision int8 needs a Q/DQ ONNX written by calibration "
+                                    "(calibration.quantize); this graph has no Q/DQ nodes")
+    if precision != "int8" and lg.quantized:
+        raise UnsupportedGraphError(f"this graph holds Q/DQ nodes; it runs as int8, not {precision}")
+    fdt = float_dtype or (precision if precision != "int8" else "fp32")
+    if fdt not in FLOAT_DTYPES:
+        raise ValueError(f"float dtype {fdt!r}; valid: {', '.join(FLOAT_DTYPES)}")
+    p = _Planner(lg, precision, fdt)
+    p.resolve_storage()
+    p.build_steps()
+    p.place_concats()
+    p.merge_heads()
+    p.allocate()
+    names = dict(lg.names)
+    for k in list(p.alias):
+        names[k] = p.a(k)
+    for k, v in list(names.items()):
+        names[k] = p.a(v)
+    for k, v in names.items():
+        if v in p.vals and k not in p.vals[v].names:
+            p.vals[v].names.append(k)
+    names.update({n: v.name for v in p.vals.values() for n in v.names})
+    n_conv_nodes = sum(1 for l in lg.layers if l.kind == "conv")
+    p.stats.update({
+        "conv_layers": n_conv_nodes,
+        "conv_launches": sum(1 for s in p.steps if s.op == "conv"),
+        "relu_fused": sum(1 for l in lg.layers if l.relu),
+        "int8_gemms": sum(len(s.layers) for s in p.steps if s.int8),
+        "convert_steps": sum(1 for s in p.steps if s.op in ("quantize", "dequantize", "copy")),
+        "steps": sum(1 for s in p.steps if s.op not in ("input", "output")),
+    })
+    return Plan(p.steps, p.vals, p.bufs, lg.input, p.output, lg.output_name, lg.input_shape,
+                precision, fdt, p.arena, p.stats, lg, names)
+
+
+# ---------------------------------------------------------------------------- printing
+def _mib(n: int) -> str:
+    return f"{n / 2 ** 20:.2f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB"
+
+
+def _where(plan: Plan, name: str) -> str:
+    v = plan.values[name]
+    b = plan.buffers[v.buf]
+    kind = f"i8@{v.scale:.3g}" if v.scale is not None else b.dtype.replace("float", "f")
+    sl = f"[{v.offset}:{v.offset + v.channels}]" if v.channels != b.channels else ""
+    return f"B{b.id}{sl} {kind}"
+
+
+def explain_plan(plan: Plan, batch: int = 1, configs: Optional[Dict[int, str]] = None,
+                 title: str = "") -> str:
+    """The plan as text: summary of fusions and buffers, then one line per launch."""
+    s = plan.stats
+    lines = []
+    c, h, w = plan.input_shape
+    lines.append(f"triton plan{': ' + title if title else ''} | precision {plan.precision} "
+                 f"(float values {plan.float_dtype}) | input {c}x{h}x{w}, batch {batch}")
+    lines.append(
+        f"fusions: {s['conv_layers']} convs in {s['conv_launches']} launches; "
+        f"{s['relu_fused']} ReLUs in conv epilogues; {s['residuals']} residual epilogues "
+        f"({s['residuals_in_place']} in place on the trunk); concats written in place: "
+        f"{s['concats_in_place']}/{s['concats']} ({s['concat_copies']} input copies); merged 1x1 "
+        f"heads: {s['merged_groups']} groups of {s['merged_heads']} heads"
+        + (f"; int8 GEMMs: {s['int8_gemms']}" if plan.precision == "int8" else "")
+        + f"; convert steps: {s['convert_steps']}")
+    lines.append(f"buffers: {s['buffers']} in one arena of {_mib(s['arena_bytes_per_image'] * batch)}"
+                 f" (without reuse {_mib(s['naive_bytes_per_image'] * batch)}), "
+                 f"{s['steps']} launches")
+    lines.append("")
+    lines.append(f"{'#':>4}  {'op':<10} {'layer':<58} {'reads':<24} {'writes':<34} notes")
+    n = 0
+    for idx, st in enumerate(plan.steps):
+        if st.op in ("input", "output"):
+            what = (f"NCHW float32 -> {_where(plan, st.outputs[0])}" if st.op == "input"
+                    else f"{_where(plan, st.inputs[0])} -> float32 [{plan.values[st.inputs[0]].channels}]")
+            lines.append(f"{'':>4}  {st.op:<10} {what}")
+            continue
+        n += 1
+        notes = []
+        lay = st.layers[0] if st.layers else None
+        op = st.op
+        if st.op == "conv" and lay is not None:
+            kh, kw = lay.attrs["kernel"]
+            sh, _ = lay.attrs["stride"]
+            op = f"conv{kh}x{kw}" + (f"/{sh}" if sh != 1 else "")
+            if st.int8:
+                notes.append("int8 GEMM")
+            if any(l.relu for l in st.layers):
+                notes.append("+relu")
+            if st.residual:
+                notes.append("+residual" + (" in place" if st.in_place else ""))
+            if len(st.layers) > 1:
+                notes.append(f"merged {len(st.layers)} heads")
+        if st.op == "linear" and st.int8:
+            notes.append("int8 GEMM")
+        if st.why:
+            notes.append(st.why)
+        if configs and idx in configs:
+            notes.append(configs[idx])
+        name = st.name if len(st.name) <= 58 else "..." + st.name[-55:]
+        reads = ", ".join(_where(plan, i) for i in st.inputs)
+        if st.residual:
+            reads += " + " + _where(plan, st.residual)
+        writes = ", ".join(_where(plan, o) for o in st.outputs)
+        lines.append(f"{n:>4}  {op:<10} {name:<58} {reads:<24} {writes:<34} {' '.join(notes)}")
+    lines.append("")
+    lines.append("buffers (per image; x batch at run time):")
+    for b in plan.buffers:
+        vals = [v for v in plan.values.values() if v.buf == b.id]
+        lines.append(f"  B{b.id:<3} {b.h}x{b.w}x{b.channels} {b.dtype:<8} {_mib(b.nbytes):>10} "
+                     f"@ {b.offset:>9}  live steps {b.first}-{b.last}  {len(vals)} values")
+    return "\n".join(lines)

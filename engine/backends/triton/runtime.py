@@ -1,0 +1,258 @@
+"""The triton engine behind :class:`engine.runtime.Runtime`.
+
+``TritonRuntime(path, precision)`` compiles the ONNX file once (:func:`compile_onnx`); per
+batch size it allocates one arena, binds every step to its views and, on a GPU, records the
+whole plan as one CUDA graph after a first eager run (which autotunes the kernels), so a
+call is: copy the input in, replay, copy the output out.
+
+On a machine without a GPU the kernels run under the Triton interpreter (numpy, slow: for
+tests). The interpreter must be chosen before :mod:`kernels` is imported; the runtime sets
+``TRITON_INTERPRET=1`` itself when it can and warns that it is running interpreted.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ...errors import BackendUnavailableError
+from ...runtime import Runtime, TensorSpec, _is_torch
+from . import ops
+from .planner import Plan, explain_plan
+
+
+class InterpreterWarning(UserWarning):
+    """The triton engine runs on the CPU under the Triton interpreter (slow; for tests)."""
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def ensure_interpreter() -> None:
+    """Make the kernels run under the Triton interpreter (CPU). Must happen before
+    :mod:`kernels` is imported; if it was imported without it, say what to do."""
+    import sys
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return
+    if "kernels" in sys.modules:
+        raise BackendUnavailableError(
+            "no CUDA GPU, and the Triton kernels were imported without the interpreter; set "
+            "TRITON_INTERPRET=1 in the environment before importing anything that imports "
+            "`kernels` (or use impl='torch')")
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def is_available():
+    if _cuda_available():
+        return True, "available (CUDA)"
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return False, f"triton cannot be imported ({e}); pip install triton"
+    return True, "available on CPU under the Triton interpreter (slow; for tests)"
+
+
+def compile_onnx(path_or_proto, precision: Optional[str] = None,
+                 float_dtype: Optional[str] = None):
+    """Read, fold and plan an ONNX model: returns ``(plan, metadata)``.
+
+    precision: None (the file's own: int8 for a Q/DQ graph, else fp32), fp32, fp16, bf16 or
+    int8. Raises :class:`~engine.errors.UnsupportedGraphError` naming the first node the
+    engine cannot run.
+    """
+    from ...export import load_onnx, read_metadata
+    from ..onnx_common import graph_precision, normalize_precision, resolve_precision
+    from .graph import read_graph
+    from .planner import build_plan
+    proto = path_or_proto if hasattr(path_or_proto, "graph") else load_onnx(path_or_proto)
+    meta = read_metadata(proto)
+    file_prec = graph_precision(proto)
+    precision = resolve_precision(normalize_precision(precision), file_prec, "triton",
+                                  ("fp32", "fp16", "bf16", "int8"))
+    lg = read_graph(proto)
+    plan = build_plan(lg, precision, float_dtype)
+    return plan, meta
+
+
+class _Bound:
+    """One batch size: arena, views, bound steps, static input and (GPU) CUDA graph."""
+
+    def __init__(self, plan: Plan, batch: int, device, params, impl: str):
+        import torch
+        self.batch = batch
+        self.arena = torch.empty(max(plan.arena_bytes * batch, 1), dtype=torch.uint8, device=device)
+        bufs = []
+        for b in plan.buffers:
+            dt = ops._torch_dtype(b.dtype)
+            n = batch * b.h * b.w * b.channels
+            raw = self.arena[batch * b.offset: batch * b.offset + n * torch.empty((), dtype=dt).element_size()]
+            bufs.append(raw.view(dt).view(batch, b.h, b.w, b.channels))
+        self.views = {}
+        for name, v in plan.values.items():
+            if v.buf >= 0:
+                self.views[name] = bufs[v.buf][..., v.offset:v.offset + v.channels]
+        c, h, w = plan.input_shape
+        self.x = torch.zeros((batch, c, h, w), dtype=torch.float32, device=device)
+        self.fns = [ops.bind(s, plan, self.views, params[i], impl, io={"x": self.x})
+                    for i, s in enumerate(plan.steps)]
+        self.out = self.views[plan.output]
+        self.graph = None
+        self.runs = 0
+
+    def run(self):
+        for f in self.fns:
+            f()
+
+
+class TritonRuntime(Runtime):
+    """Runs an ONNX export (FP32 at fp32/fp16/bf16, or a Q/DQ file at int8) on our kernels.
+
+    impl: ``"triton"`` (the kernels) or ``"torch"`` (their PyTorch references; debugging).
+    device: ``None`` (CUDA when there is a GPU, else the CPU interpreter), ``"cuda"``, ``"cpu"``.
+    cuda_graphs: record each batch size's plan as one CUDA graph after its first run (GPU).
+    float_dtype: storage of the float values of an int8 plan (default fp32).
+    """
+
+    backend = "triton"
+
+    def __init__(self, path, precision: Optional[str] = None, threads: Optional[int] = None,
+                 impl: str = "triton", device: Optional[str] = None, cuda_graphs: bool = True,
+                 float_dtype: Optional[str] = None, check_finite: bool = True):
+        import torch
+        if impl not in ops.IMPLS:
+            raise ValueError(f"impl must be one of {ops.IMPLS}, got {impl!r}")
+        if device is None:
+            device = "cuda" if _cuda_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not _cuda_available():
+            raise BackendUnavailableError("device='cuda' but torch sees no CUDA GPU")
+        self.interpreted = self.device.type == "cpu" and impl == "triton"
+        if self.interpreted:
+            ensure_interpreter()
+        if threads and self.device.type == "cpu":
+            torch.set_num_threads(int(threads))
+        self.impl = impl
+        self.plan, meta = compile_onnx(path, precision, float_dtype)
+        if self.interpreted:
+            warnings.warn("the triton engine is running on the CPU under the Triton interpreter "
+                          "(TRITON_INTERPRET=1): slow, meant for tests; run on an NVIDIA GPU for "
+                          "speed", InterpreterWarning, stacklevel=2)
+        c, h, w = self.plan.input_shape
+        out_c = self.plan.values[self.plan.output].channels
+        super().__init__(path=Path(path) if not hasattr(path, "graph") else None,
+                         precision=self.plan.precision, config=meta["config"],
+                         inputs=[TensorSpec(self.plan.input, (None, c, h, w))],
+                         outputs=[TensorSpec(self.plan.output_name, (None, out_c))],
+                         check_finite=check_finite)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self._params = [ops.prepare(s, self.plan, self.device) for s in self.plan.steps]
+        self._bound: Dict[int, _Bound] = {}
+
+    # ------------------------------------------------------------------ running
+    def _get(self, batch: int) -> _Bound:
+        b = self._bound.get(batch)
+        if b is None:
+            b = self._bound[batch] = _Bound(self.plan, batch, self.device, self._params, self.impl)
+        return b
+
+    def _run_torch(self, x):
+        """x: NCHW float tensor on self.device -> [N, C] float32 tensor (a fresh copy)."""
+        import torch
+        b = self._get(int(x.shape[0]))
+        b.x.copy_(x)
+        if b.graph is not None:
+            b.graph.replay()
+        else:
+            b.run()
+            b.runs += 1
+            if self.cuda_graphs and b.runs == 1:
+                torch.cuda.synchronize()
+                g = torch.cuda.CUDAGraph()
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    b.run()                                  # warm on the capture stream
+                torch.cuda.current_stream().wait_stream(s)
+                with torch.cuda.graph(g):
+                    b.run()
+                b.graph = g
+        return b.out[:, 0, 0, :].float().clone()
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        import torch
+        t = torch.from_numpy(x).to(self.device)
+        return self._run_torch(t).cpu().numpy()
+
+    def __call__(self, x):
+        if _is_torch(x) and x.device.type == "cuda" and self.device.type == "cuda":
+            if self.closed:
+                raise RuntimeError(f"{self!r} is closed; load the model again")
+            if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.inputs[0].shape[1:]):
+                self.check_input(x)      # raises the common, clear error
+            return self._run_torch(x.float())
+        return super().__call__(x)
+
+    # ------------------------------------------------------------------ inspection
+    def tensor_names(self) -> List[str]:
+        """ONNX tensor names :meth:`intermediates` can return."""
+        return self.plan.tensor_names()
+
+    def intermediates(self, x, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        """Run ``x`` eagerly, step by step, and return the named tensors as float32 arrays,
+        NCHW (``[N, C]`` after the global pool), dequantised where stored int8.
+
+        names: ONNX tensor names (default: all that the plan keeps). Names the plan does not
+        materialise (e.g. a conv's output before its fused ReLU) are left out.
+        """
+        import torch
+        arr = self.check_input(x)
+        plan = self.plan
+        wanted = list(names) if names is not None else self.tensor_names()
+        by_value: Dict[str, List[str]] = {}
+        for n in wanted:
+            v = plan.value_of(n)
+            if v is not None and v.buf >= 0:
+                by_value.setdefault(v.name, []).append(n)
+        ready = plan.ready()
+        at: Dict[int, List[str]] = {}
+        for v in by_value:
+            at.setdefault(ready[v], []).append(v)
+        b = self._get(arr.shape[0])
+        b.x.copy_(torch.from_numpy(arr).to(self.device))
+        out: Dict[str, np.ndarray] = {}
+        for i, f in enumerate(b.fns):
+            f()
+            for v in at.get(i, []):
+                val = plan.values[v]
+                t = b.views[v].float()
+                if val.scale is not None:
+                    t = t * val.scale
+                t = t[:, 0, 0, :] if val.flat else t.permute(0, 3, 1, 2)
+                a = t.cpu().numpy().copy()
+                for n in by_value[v]:
+                    out[n] = a
+        return out
+
+    def explain(self, batch: int = 1) -> str:
+        configs = {i: ops.describe_config(s, self.plan, batch) for i, s in enumerate(self.plan.steps)}
+        title = self.config.name if self.config is not None else str(self.path)
+        extra = f" | impl {self.impl} on {self.device.type}" + \
+            (" (Triton interpreter)" if self.interpreted else "") + \
+            (", CUDA graphs" if self.cuda_graphs else "")
+        return explain_plan(self.plan, batch, {k: v for k, v in configs.items() if v},
+                            title + extra)
+
+    def close(self):
+        self._bound.clear()
+        super().close()
+
+
+__all__ = ["TritonRuntime", "compile_onnx", "is_available", "InterpreterWarning"]
