@@ -123,6 +123,8 @@ def export_onnx(model, path, opset: int = 17, dynamic_batch: bool = True, input_
         _inline_identities(proto)
         meta = {META_FORMAT: FORMAT_VERSION, META_PRECISION: "fp32", META_WEIGHTS: fingerprint}
         if cfg is not None:
+            if tuple(input_size) != tuple(cfg.input_size):  # the file's size is the truth
+                cfg = cfg.with_(input_size=tuple(input_size))
             meta[META_CONFIG] = json.dumps(cfg.to_dict(), sort_keys=True)
         set_metadata(proto, meta)
         proto.producer_name = "inception-infer"

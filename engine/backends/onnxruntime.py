@@ -1,0 +1,115 @@
+"""ONNX Runtime runtime: the portable engine (CPU execution provider; CUDA where available).
+
+Precisions: ``fp32`` for an FP32 export, ``int8`` for a Q/DQ ONNX (the CPU provider runs
+TensorRT-style Q/DQ slowly; that is reported, not tuned away). Threads:
+``intra_op_num_threads``. Intermediate tensors for layer-wise parity come from a copy of the
+graph with those tensors added as outputs, in a second session built on first use.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from ..errors import ArtifactError
+from ..runtime import Runtime, TensorSpec
+from . import require
+from .onnx_common import onnx_info, resolve_precision
+
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8"}
+
+
+def is_available():
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return False, f"onnxruntime cannot be imported ({e}); pip install onnxruntime"
+    return True, "available"
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+    return TensorSpec(arg.name, shape, _DTYPES.get(arg.type, arg.type))
+
+
+class ONNXRuntimeRuntime(Runtime):
+    backend = "onnxruntime"
+
+    def __init__(self, path, precision: Optional[str] = None, threads: Optional[int] = None,
+                 providers: Optional[Sequence[str]] = None, device: str = "auto",
+                 check_finite: bool = True, optimization: str = "all"):
+        ort = require("onnxruntime", "onnxruntime")
+        path = Path(path)
+        info = onnx_info(path)
+        precision = resolve_precision(precision, info["precision"], self.backend, ("fp32", "int8"))
+        if providers is None:
+            avail = ort.get_available_providers()
+            if device == "cuda" and "CUDAExecutionProvider" not in avail:
+                from ..errors import BackendUnavailableError
+                raise BackendUnavailableError(
+                    "onnxruntime has no CUDAExecutionProvider here (available: "
+                    f"{', '.join(avail)}); pip install onnxruntime-gpu on a CUDA machine")
+            providers = (["CUDAExecutionProvider"] if device in ("auto", "cuda")
+                         and "CUDAExecutionProvider" in avail else []) + ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[optimization]
+        self._ort, self._opts, self.providers = ort, opts, list(providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts,
+                                                providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ArtifactError(f"{path}: ONNX Runtime cannot load the model "
+                                f"({type(e).__name__}: {e})") from e
+        self.threads = threads
+        self._aux = None
+        self._aux_names: tuple = ()
+        super().__init__(path=path, precision=precision, config=info["config"],
+                         inputs=[_spec(a) for a in self.session.get_inputs()],
+                         outputs=[_spec(a) for a in self.session.get_outputs()],
+                         check_finite=check_finite)
+        self.metadata = info["props"]
+        self._in_name = self.inputs[0].name
+        self._out_name = self.outputs[0].name
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self._out_name], {self._in_name: x})[0]
+
+    def intermediates(self, x, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        arr = self.check_input(x)
+        from ..export import load_onnx
+        if self._aux is None or (names is not None and tuple(names) != self._aux_names):
+            proto = load_onnx(self.path)
+            produced = [o for n in proto.graph.node for o in n.output if o]
+            names = tuple(produced if names is None else names)
+            missing = sorted(set(names) - set(produced))
+            if missing:
+                raise KeyError(f"tensors not in the model: {', '.join(missing[:5])}")
+            have = {o.name for o in proto.graph.output}
+            from onnx import helper
+            for n in names:
+                if n not in have:
+                    proto.graph.output.append(helper.make_empty_tensor_value_info(n))
+            self._aux = self._ort.InferenceSession(proto.SerializeToString(),
+                                                   sess_options=self._opts,
+                                                   providers=self.providers)
+            self._aux_names = names
+        outs = self._aux.run(list(self._aux_names), {self._in_name: arr})
+        return dict(zip(self._aux_names, outs))
+
+    def close(self):
+        self.session = None
+        self._aux = None
+        super().close()

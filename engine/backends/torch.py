@@ -1,0 +1,134 @@
+"""The PyTorch reference as a runtime (backend ``torch``): eager, the ground truth.
+
+``TorchRuntime(model)`` wraps an eval-mode ``nn.Module`` (e.g. from ``engine.create_model``);
+``TorchRuntime("weights.pth", model="inception_resnet_v2")`` builds the variant and loads a
+checkpoint. Precision: ``fp32``; ``bf16`` (autocast, CPU or CUDA); ``fp16`` (CUDA only: the
+model and inputs in half). ``channels_last=True`` uses NHWC memory format (the GPU baseline).
+``threads`` sets ``torch.set_num_threads`` for the whole process.
+
+Intermediates are module outputs captured by forward hooks, keyed by module path
+(``repeat.0``, ``repeat.0.branch1.1``); ``engine.verify`` matches them to ONNX tensors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+from ..runtime import Runtime, TensorSpec
+from . import require
+from .onnx_common import normalize_precision
+
+
+def is_available():
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        return False, f"torch cannot be imported ({e}); pip install torch"
+    return True, "available"
+
+
+class TorchRuntime(Runtime):
+    backend = "torch"
+
+    def __init__(self, module, precision: Optional[str] = None, threads: Optional[int] = None,
+                 device: str = "cpu", channels_last: bool = False, check_finite: bool = True,
+                 model: Optional[str] = None):
+        torch = require("torch", "torch")
+        path = None
+        if isinstance(module, (str, Path)):
+            path = Path(module)
+            if not model:
+                raise ValueError("a checkpoint needs its variant: engine.load('w.pth', "
+                                 "backend='torch', model='inception_resnet_v2')")
+        precision = normalize_precision(precision) or "fp32"
+        if precision == "int8":
+            raise ValueError("the torch backend runs fp32, bf16 or fp16; INT8 runs on "
+                             "openvino/onnxruntime/tensorrt from a Q/DQ ONNX")
+        if precision == "fp16" and not str(device).startswith("cuda"):
+            raise BackendUnavailableError("torch fp16 runs on CUDA only; use device='cuda' or "
+                                          "precision='bf16' on CPU")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailableError("torch reports no CUDA device; use device='cpu'")
+        if path is not None:
+            from ..models.registry import create_model
+            module = create_model(model, weights=str(path))
+        if threads:
+            torch.set_num_threads(int(threads))
+        param = next(module.parameters(), None)
+        if param is not None and (param.device != torch.device(device) or precision == "fp16"
+                                  or channels_last):
+            import copy
+            module = copy.deepcopy(module)  # never move or convert the caller's model in place
+        self.module = module.eval().to(device)
+        if precision == "fp16":
+            self.module = self.module.half()
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.threads = threads
+        cfg = getattr(module, "config", None)
+        # any spatial size the network takes (>= its minimum), so H and W stay open
+        shape = (None, cfg.input_size[0], None, None) if cfg is not None else (None,) * 4
+        out = (cfg.output if cfg is not None else "logits")
+        super().__init__(path=path, precision=precision, config=cfg,
+                         inputs=[TensorSpec("input", shape)],
+                         outputs=[TensorSpec(out, (None, None))], check_finite=check_finite)
+
+    def forward_torch(self, x):
+        """Run a torch tensor (already checked) through the module; returns a float32 tensor."""
+        import torch
+        x = x.to(self.device, non_blocking=True)
+        if self.precision == "fp16":
+            x = x.half()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.precision == "bf16":
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    y = self.module(x)
+            else:
+                y = self.module(x)
+        return y.float()
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        import torch
+        return self.forward_torch(torch.from_numpy(x)).cpu().numpy()
+
+    def __call__(self, x):
+        # torch in -> torch out on the input's device, without a round trip through numpy
+        from ..runtime import _is_torch
+        if _is_torch(x) and self.device.type == "cuda":
+            self.check_input(x)
+            return self.forward_torch(x).to(x.device)
+        return super().__call__(x)
+
+    def intermediates(self, x, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        """Outputs of the modules at ``names`` (module paths; default: every named module)."""
+        import torch
+        from ..verify import capture_modules
+        arr = self.check_input(x)
+        names = list(names) if names is not None else [n for n, _ in self.module.named_modules() if n]
+        t = torch.from_numpy(arr).to(self.device)
+        if self.precision == "fp16":
+            t = t.half()
+        ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16)
+               if self.precision == "bf16" else _null())
+        with ctx:
+            acts = capture_modules(self.module, t, names)
+        return acts
+
+    def close(self):
+        self.module = None
+        super().close()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,136 @@
+"""``inception-engine bench``: latency percentiles and throughput of a model file on an engine.
+
+Generic over ``engine.load``: any file an engine opens (``.onnx``; ``.plan`` once TensorRT is
+there) is timed the same way. A registered model name instead of a file times the PyTorch
+eager reference. ``time_runtime`` is the one timing loop, shared with ``benchmarks/e2e.py``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Dict, List, Optional
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="latency (p50/p90/p99) and throughput of an engine")
+    p.add_argument("model", metavar="MODEL", help="a model file (.onnx, .plan) or a registered "
+                                                  "variant name (PyTorch eager)")
+    p.add_argument("--backend", help="engine (default: what engine.load picks)")
+    p.add_argument("--precision", help="fp32 | bf16 | fp16 | int8 (default: the file's)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--iters", type=int, default=20, help="timed iterations per batch size")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    p.add_argument("--duration", type=float, default=0.0,
+                   help="keep timing for at least this many seconds per batch size (like "
+                        "trtexec --duration); --iters is then the minimum count")
+    p.add_argument("--device-input", action="store_true",
+                   help="feed a torch CUDA tensor (GPU engines: excludes host<->device copies)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def _sync(out):
+    if getattr(out, "is_cuda", False):
+        import torch
+        torch.cuda.synchronize()
+
+
+def percentiles(samples_ms: List[float]) -> Dict[str, float]:
+    import numpy as np
+    a = np.asarray(samples_ms, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
+            "min_ms": float(a.min()), "max_ms": float(a.max()), "n": int(a.size)}
+
+
+def time_calls(fn: Callable, x, iters: int, warmup: int = 0,
+               duration: float = 0.0) -> List[float]:
+    """Wall-clock milliseconds of ``iters`` calls of ``fn(x)`` after ``warmup`` calls (more
+    calls while less than ``duration`` seconds have been timed)."""
+    for _ in range(warmup):
+        _sync(fn(x))
+    out = []
+    start = time.perf_counter()
+    while len(out) < iters or time.perf_counter() - start < duration:
+        t0 = time.perf_counter()
+        _sync(fn(x))
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def summarize(samples_ms: List[float], batch: int) -> Dict[str, float]:
+    s = percentiles(samples_ms)
+    s["throughput_ips"] = batch * 1e3 / s["p50_ms"]
+    s["batch"] = batch
+    return s
+
+
+def time_runtime(rt, batch: int, iters: int = 20, warmup: int = 3, shape=None,
+                 seed: int = 0, duration: float = 0.0,
+                 device_input: bool = False) -> Dict[str, float]:
+    """Time ``rt`` on a random NCHW batch: p50/p90/p99/mean latency (ms) and throughput
+    (images/s at the median latency)."""
+    import numpy as np
+    if shape is None:
+        cfg = getattr(rt, "config", None)
+        spec = rt.inputs[0].shape if getattr(rt, "inputs", None) else (None,) * 4
+        if cfg is not None:
+            shape = cfg.input_size
+        elif all(d is not None for d in spec[1:]):
+            shape = tuple(spec[1:])
+        else:
+            raise ValueError("the model's input size is unknown (no config, dynamic spatial "
+                             "dims); pass shape=(C, H, W)")
+    x = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
+    if device_input:
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError("--device-input needs torch with CUDA and a GPU")
+        x = torch.from_numpy(x).cuda()
+    return summarize(time_calls(rt, x, iters, warmup, duration), batch)
+
+
+def _open(args):
+    from pathlib import Path
+    if not Path(args.model).exists():
+        from ..models.registry import list_models
+        if args.model in list_models():
+            if args.backend not in (None, "torch"):
+                raise ValueError(f"{args.model} is a model name: it runs on the torch backend; "
+                                 f"export it first to run on {args.backend}")
+            from ..backends.torch import TorchRuntime
+            from .export import build_reference
+            return TorchRuntime(build_reference(args.model), precision=args.precision,
+                                threads=args.threads)
+    from ..load import load
+    return load(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
+
+
+def run(args):
+    import os
+    rt = _open(args)
+    rows = []
+    with rt:
+        for b in args.batch:
+            r = time_runtime(rt, b, args.iters, args.warmup, duration=args.duration,
+                             device_input=args.device_input)
+            r.update(engine=f"{rt.backend}/{rt.precision}")
+            rows.append(r)
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if args.json:
+        print(json.dumps({"model": args.model, "threads": args.threads, "loadavg_1m": load_avg,
+                          "results": rows}, indent=2))
+        return 0
+    name = rt.config.name if rt.config is not None else "config unknown"
+    print(f"{args.model} ({name}) on {rt.backend}/{rt.precision}, threads "
+          f"{args.threads or 'default'}, {args.iters} iters after {args.warmup} warmup"
+          + (f", load average {load_avg:.1f}" if load_avg is not None else ""))
+    print(f"  {'batch':>5} {'min ms':>8} {'mean ms':>8} {'p50 ms':>8} {'p90 ms':>8} "
+          f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'img/s':>9} {'n':>5}")
+    for r in rows:
+        print(f"  {r['batch']:>5} {r['min_ms']:8.2f} {r['mean_ms']:8.2f} {r['p50_ms']:8.2f} "
+              f"{r['p90_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f} "
+              f"{r['throughput_ips']:9.1f} {r['n']:>5}")
+    return 0

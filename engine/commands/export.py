@@ -1,0 +1,58 @@
+"""``inception-engine export``: a registered variant to one FP32 ONNX file (dynamic batch)."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub):
+    p = sub.add_parser("export", help="export a model variant to ONNX (FP32, dynamic batch)")
+    p.add_argument("--model", required=True, help="registered variant (see `inception-engine models`)")
+    p.add_argument("--weights", help="'timm', 'bundled' or a checkpoint path; default: random "
+                                     "init with --seed (say so where it matters)")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    p.add_argument("--num-classes", type=int, help="override the classifier size")
+    p.add_argument("--out", help="output file (default: MODEL.onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the batch axis (default: dynamic, one file serves any batch)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="torch seed for random init (no --weights); verify uses the same")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(func=run)
+
+
+def build_reference(name, weights=None, width=1.0, num_classes=None, seed=0):
+    """The reference model as export and verify build it: random init is seeded, so an
+    export without weights and a verify without weights see the same network."""
+    import torch
+    from ..models.registry import create_model
+    if weights is None:
+        torch.manual_seed(seed)
+    return create_model(name, weights=weights, width=width, num_classes=num_classes)
+
+
+def run(args):
+    import sys
+    from pathlib import Path
+    from ..export import export_onnx, read_metadata
+    from ..fileio import sha256_file
+    model = build_reference(args.model, args.weights, args.width, args.num_classes, args.seed)
+    out = Path(args.out or f"{args.model}.onnx")
+    export_onnx(model, out, opset=args.opset, dynamic_batch=not args.static_batch)
+    meta = read_metadata(out)
+    summary = {"path": str(out), "bytes": out.stat().st_size, "sha256": sha256_file(out),
+               "model": model.config.name, "width": model.config.width,
+               "input_size": list(model.config.input_size), "opset": args.opset,
+               "dynamic_batch": not args.static_batch, "weights": args.weights or "random",
+               "weights_sha256": meta["weights_sha256"]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    if args.weights is None:
+        print(f"note: random weights (seed {args.seed}); pass --weights for a real model",
+              file=sys.stderr)
+    c, h, w = model.config.input_size
+    print(f"wrote {out} ({summary['bytes'] / 1e6:.1f} MB): {model.config.name} width "
+          f"{model.config.width:g}, input {'N' if not args.static_batch else 2}x{c}x{h}x{w}, "
+          f"opset {args.opset}")
+    return 0

@@ -1,0 +1,52 @@
+"""``inception-engine verify``: parity of an exported file on an engine against PyTorch."""
+from __future__ import annotations
+
+import sys
+
+
+def register(sub):
+    p = sub.add_parser("verify", help="compare an engine's outputs with the PyTorch reference "
+                                      "(layer-wise localization on failure)")
+    p.add_argument("file", metavar="MODEL.onnx", help="the exported model file")
+    p.add_argument("--model", help="registered variant of the reference (default: the file's "
+                                   "own config)")
+    p.add_argument("--weights", help="reference weights: 'timm', 'bundled' or a checkpoint; "
+                                     "default: random init with --seed, as export makes it")
+    p.add_argument("--width", type=float, help="reference width (default: the file's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random reference and inputs")
+    p.add_argument("--backend", help="engine to verify (default: what engine.load picks)")
+    p.add_argument("--precision", help="fp32 | bf16 | fp16 | int8 (default: the file's)")
+    p.add_argument("--threads", type=int, help="CPU threads for the engine")
+    p.add_argument("--batch", type=int, default=4, help="number of random inputs (default 4)")
+    p.add_argument("--localize", action="store_true",
+                   help="compare layer by layer even when the outputs pass")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import warnings
+    from ..export import read_metadata
+    from ..load import ConfigUnknownWarning, load
+    from .export import build_reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigUnknownWarning)
+        rt = load(args.file, backend=args.backend, precision=args.precision, threads=args.threads)
+    with rt:
+        cfg = rt.config
+        name = args.model or (cfg.name if cfg is not None else None)
+        if name is None:
+            raise ValueError(f"{args.file}: config unknown (no Inception metadata); name the "
+                             "reference with --model NAME [--weights W]")
+        width = args.width if args.width is not None else (
+            cfg.width if cfg is not None and cfg.name == name else 1.0)
+        ncls = cfg.num_classes if cfg is not None and cfg.name == name else None
+        model = build_reference(name, args.weights, width, ncls, args.seed)
+        from ..verify import verify
+        report = verify(rt, model, args.batch, localize=True if args.localize else "auto",
+                        seed=args.seed)
+    if args.json:
+        print(report.to_json(indent=2))
+    else:
+        print(report)
+    return 0 if report.passed else 1

@@ -1,0 +1,120 @@
+"""``engine.load``: open a model file on the best engine this machine has.
+
+Choice when ``backend`` is None, by file type (see ``engine.backends.BACKENDS``):
+
+- ``.plan``/``.engine`` -> ``tensorrt``;
+- ``.onnx`` -> ``openvino``, then ``onnxruntime`` (the first one installed);
+- ``.pt``/``.pth``/``.safetensors`` -> only with ``backend="torch", model=NAME``.
+
+The precision defaults to the file's own (``inception.precision`` in the metadata: fp32 for
+an export, int8 for a Q/DQ file from calibration). A foreign ONNX file (not exported by this
+package) still runs; its runtime has ``config=None`` and a :class:`ConfigUnknownWarning` says
+so. When no engine can run the file, the error names what is missing and how to install it.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+from . import backends as _b
+from .errors import ArtifactError, BackendUnavailableError
+
+
+class ConfigUnknownWarning(UserWarning):
+    """The model file carries no Inception config (preprocessing and labels are unknown)."""
+
+
+def available_backends(path=None) -> List[str]:
+    """Backends usable on this machine (library installed and device present), in the order
+    ``engine.load`` would try them; with ``path``, only those that run that file type."""
+    suffix = Path(path).suffix.lower() if path is not None else None
+    names = sorted(_b.BACKENDS, key=lambda n: (_b.BACKENDS[n].auto is None,
+                                                _b.BACKENDS[n].auto or 0))
+    out = []
+    for n in names:
+        if suffix is not None and suffix not in _b.BACKENDS[n].formats:
+            continue
+        if _b.check_available(n)[0]:
+            out.append(n)
+    return out
+
+
+def _candidates(suffix: str) -> List[str]:
+    c = [n for n, b in _b.BACKENDS.items() if suffix in b.formats and b.auto is not None]
+    return sorted(c, key=lambda n: _b.BACKENDS[n].auto)
+
+
+def load(path, backend: Optional[str] = None, precision: Optional[str] = None,
+         threads: Optional[int] = None, **kw):
+    """Open ``path`` on an engine and return its :class:`~engine.runtime.Runtime`.
+
+    backend: ``None`` (pick from the file and the machine) or one of
+    ``engine.backends.names()``. precision: ``None`` (the file's own), ``fp32``, ``bf16``,
+    ``fp16`` or ``int8``, as far as the backend and the file allow. threads: CPU threads.
+    Other keywords go to the backend's runtime (e.g. ``hint="throughput"``,
+    ``static_batch=8`` for OpenVINO; ``providers=[...]`` for ONNX Runtime).
+    """
+    if backend is not None:
+        _b.info(backend)  # an unknown name fails first, listing the valid ones
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such file; export one with `inception-engine export "
+                            "--model NAME --out model.onnx`")
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a directory; pass the model file (.onnx or .plan)")
+    suffix = path.suffix.lower()
+    runners = sorted({s for b in _b.BACKENDS.values() for s in b.formats})
+    if backend is None:
+        cands = _candidates(suffix)
+        if not cands:
+            if suffix in runners:
+                byname = [n for n, b in _b.BACKENDS.items() if suffix in b.formats]
+                raise ArtifactError(f"{path}: {suffix} files are opened by naming the backend: "
+                                    f"{', '.join(byname)} (e.g. backend={byname[0]!r})")
+            raise ArtifactError(f"{path}: unknown model file type {suffix or '(no suffix)'!r}; "
+                                f"engines run {', '.join(runners)}")
+        reasons = []
+        for name in cands:
+            ok, why = _b.check_available(name)
+            if ok:
+                backend = name
+                break
+            reasons.append(f"  {name}: {why}")
+        else:
+            raise BackendUnavailableError(
+                f"no engine on this machine can run {path.name}:\n" + "\n".join(reasons)
+                + "\ninstall one of them (" + "; ".join(_b.BACKENDS[n].install for n in cands)
+                + ")")
+    else:
+        b = _b.BACKENDS[backend]
+        if suffix not in b.formats:
+            others = [n for n, x in _b.BACKENDS.items() if suffix in x.formats]
+            raise ArtifactError(
+                f"the {backend} backend runs {', '.join(b.formats)} files, not {suffix or path.name}"
+                + (f"; {path.name} runs on: {', '.join(others)}" if others else ""))
+        ok, why = _b.check_available(backend)
+        if not ok:
+            alt = [n for n in available_backends(path) if n != backend]
+            raise BackendUnavailableError(
+                f"the {backend} backend is not usable here: {why}."
+                + (f" {path.name} would run on: {', '.join(alt)} (backend={alt[0]!r})"
+                   if alt else f" No other installed engine runs {suffix} files."))
+    cls = _b.get_backend(backend)
+    rt = cls(path, precision=precision, threads=threads, **kw)
+    if rt.config is None:
+        warnings.warn(f"{path.name} carries no Inception model config (not exported by this "
+                      "package): it runs, but preprocessing, labels and the model name are "
+                      "unknown (runtime.config is None)", ConfigUnknownWarning, stacklevel=2)
+    return rt
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``engine.load`` is both this module and the function: importing the submodule binds the
+    module to the package attribute, so the module forwards calls to :func:`load`."""
+
+    def __call__(self, *args, **kw):
+        return load(*args, **kw)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule
