@@ -55,3 +55,14 @@ def exported_onnx(tmp_path_factory):
             cache[key] = (path, model)
         return cache[key]
     return get
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run the PyTorch reference single-threaded for a module (restored afterwards): on a
+    shared, busy CPU torch's spinning thread pool costs several times the work itself."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

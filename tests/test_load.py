@@ -18,14 +18,8 @@ SMALL = dict(width=0.25, input_size=(3, 75, 75))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The reference runs single-threaded: on a shared, busy CPU torch's spinning thread pool
-    costs several times the work itself. Restored afterwards."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """The reference runs single-threaded (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import engine  # noqa: E402
+from engine.models.stats import set_bn_statistics  # noqa: E402
 from engine.errors import ArtifactError, UnsupportedGraphError  # noqa: E402
 
 SUBJECT = "inception_resnet_v2_fmnist"
@@ -43,15 +44,7 @@ def lively(model, seed=0):
     """Random weights with BN statistics set from one batch, so activations keep unit scale
     (at random init the BN defaults make a deep Inception's features vanish to ~1e-9)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(8, *SIZE, generator=g)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()
+    return set_bn_statistics(model, torch.randn(8, *SIZE, generator=g))
 
 
 def make_model(name):

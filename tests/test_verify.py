@@ -17,14 +17,8 @@ FAULT_NODE = "/repeat/repeat.3/branch1/branch1.1/conv/Conv"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The reference runs single-threaded: on a shared, busy CPU torch's spinning thread pool
-    costs several times the work itself. Restored afterwards."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """The reference runs single-threaded (see conftest.one_torch_thread)."""
 
 
 def _inputs(n, seed=0):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Branches, ConvBNReLU, Residual, check_input, scaled
+from .layers import Branches, ConvBNReLU, Residual, check_input, resnet_stem, scaled
 from .registry import ModelConfig, register
 
 SCALES = (0.17, 0.10, 0.20)
@@ -38,12 +38,8 @@ class InceptionResnetV1(nn.Module):
         cb = conv_block
         self.in_chans = in_chans
         self.face = face
-        self.conv2d_1a = cb(in_chans, w(32), 3, stride=2)
-        self.conv2d_2a = cb(w(32), w(32), 3)
-        self.conv2d_2b = cb(w(32), w(64), 3, padding=1)
-        self.maxpool_3a = nn.MaxPool2d(3, stride=2)
-        self.conv2d_3b = cb(w(64), w(80), 1)
-        self.conv2d_4a = cb(w(80), w(192), 3)
+        for name, module in resnet_stem(in_chans, w, cb).items():
+            setattr(self, name, module)
         self.conv2d_4b = cb(w(192), w(256), 3, stride=2)
         ch = w(256)
         self.repeat_1 = nn.Sequential(*[

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .layers import Branches, ConvBNReLU, Residual, check_input, make_branch, scaled
+from .layers import Branches, ConvBNReLU, Residual, check_input, resnet_stem, scaled
 from .registry import ModelConfig, register
 
 SCALES = (0.17, 0.10, 0.20)   # block35, block17, block8 residual scales
@@ -51,12 +51,8 @@ class InceptionResnetV2(nn.Module):
         cb = conv_block
         self.in_chans = in_chans
         # Stem: 299 -> 35x35x192
-        self.conv2d_1a = cb(in_chans, w(32), 3, stride=2)
-        self.conv2d_2a = cb(w(32), w(32), 3)
-        self.conv2d_2b = cb(w(32), w(64), 3, padding=1)
-        self.maxpool_3a = nn.MaxPool2d(3, stride=2)
-        self.conv2d_3b = cb(w(64), w(80), 1)
-        self.conv2d_4a = cb(w(80), w(192), 3)
+        for name, module in resnet_stem(in_chans, w, cb).items():
+            setattr(self, name, module)
         self.maxpool_5a = nn.MaxPool2d(3, stride=2)
         self.mixed_5b = Branches(w(192), {
             "branch0": [(w(96), 1)],

@@ -165,6 +165,21 @@ class InceptionC(nn.Module):
                           self.branch2_3a(x2), self.branch2_3b(x2), self.branch3(x)], 1)
 
 
+def resnet_stem(in_chans: int, w: Callable[[int], int], conv_block: ConvUnit = ConvBNReLU) -> dict:
+    """The stem both Inception-ResNets share, up to ``conv2d_4a`` (147 -> 71x71x192 at 299).
+
+    Returned as ordered ``{name: module}`` so each model sets them under the public weights'
+    names and adds its own last stem layer (IR-v1: ``conv2d_4b``; IR-v2: ``maxpool_5a``).
+    """
+    cb = conv_block
+    return {"conv2d_1a": cb(in_chans, w(32), 3, stride=2),
+            "conv2d_2a": cb(w(32), w(32), 3),
+            "conv2d_2b": cb(w(32), w(64), 3, padding=1),
+            "maxpool_3a": nn.MaxPool2d(3, stride=2),
+            "conv2d_3b": cb(w(64), w(80), 1),
+            "conv2d_4a": cb(w(80), w(192), 3)}
+
+
 def check_input(x: torch.Tensor, in_chans: int, min_size: int, name: str):
     """Clear errors for the inputs the networks cannot take."""
     if not isinstance(x, torch.Tensor):

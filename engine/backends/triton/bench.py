@@ -46,14 +46,8 @@ def _timed(fn, iters: int, warmup: int):
 
 def _lively(model, size, batch=8):
     import torch
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(batch, *size))
-    return model.eval()
+    from ...models.stats import set_bn_statistics
+    return set_bn_statistics(model, torch.randn(batch, *size))
 
 
 def run(model_name: str = "inception_resnet_v2", size: int = 299, large_batch: int = 256,
