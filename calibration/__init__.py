@@ -1,0 +1,100 @@
+"""INT8 calibration: FP32 ONNX + calibration images -> symmetric Q/DQ ONNX (issue 4).
+
+One call does it all::
+
+    import calibration
+    res = calibration.quantize("m.onnx", "m.int8.onnx", data="calib_images/",  # or .npz, array,
+                               method="entropy",          # minmax | percentile | entropy | mse
+                               exclude=("conv2d_1a",),    # node names or module paths kept float
+                               num_images=512, cache="m.calib.cache")   # optional TRT cache
+    res.amax, res.plan, res.statistics, res.calibration_seconds
+
+For a study over several methods, collect the statistics once and reuse them::
+
+    plan = calibration.plan_quantization(calibration.load_fp32("m.onnx"))
+    stats = calibration.collect_statistics("m.onnx", data, num_images=2000)  # one FP32 pass
+    for method in calibration.METHODS:
+        calibration.quantize("m.onnx", f"m.{method}.onnx", statistics=stats, method=method)
+
+Public API (stable; extend, don't rename):
+
+- ``quantize(onnx_in, onnx_out, data=None, method="entropy", exclude=(), percentile=99.99,
+  num_images=None, batch_size=32, statistics=None, scales=None, auto_exclude=0,
+  sensitivity_images=64, quantize_gemm=False, unsigned_relu=False, cache=None,
+  cache_version=None, threads=None, progress=False) -> QuantizeResult``. ``scales`` takes a dict tensor -> amax, a
+  ``CalibrationCache`` or a cache file path instead of data. Writes atomically; metadata
+  ``inception.precision = "int8"`` and ``inception.calibration`` (JSON: method, percentile,
+  num_images, dataset, exclude, auto_excluded, ...).
+- ``collect_statistics(model, data, tensors=None, bins=2048, num_images=None, batch_size=32,
+  threads=None, progress=False) -> Statistics`` (``.histograms``, ``.amax(method,
+  percentile)``, ``.num_images``, ``.seconds``, ``.save(path)`` / ``Statistics.load(path)``).
+- ``batches(source, model=None, batch_size=32, limit=None) -> iterator of float32 NCHW``:
+  a folder of images, ``.npy``/``.npz``, an array/tensor, or any iterable of batches or
+  ``(images, labels)`` pairs; checked against the model input.
+- ``compute_amax(hist, method, percentile)``, ``METHODS``, ``Histogram``; ``weight_amax``,
+  ``quantize_weight`` (per output channel, axis 0).
+- ``plan_quantization(proto, exclude=(), quantize_gemm=False) -> QuantPlan`` (``.layers``,
+  ``.tensors``, ``.groups``, ``.readers``): where the Q/DQ nodes go; ``load_fp32(path)``.
+- ``sensitivity(model, data, amax=None, method="entropy", layers=None, num_images=64) ->
+  [LayerSensitivity(node, module, error, agreement)]``, worst first.
+- ``read_cache(path) -> CalibrationCache`` (``.scales``, ``.amax()``, ``.version``),
+  ``write_cache(path, scales_or_cache, version="8601")``, ``scale_to_hex``, ``hex_to_scale``.
+- Errors: ``CalibrationError`` (an ``engine.EngineError``), ``CalibrationDataError`` (also an
+  ``engine.InputError``), ``AlreadyQuantizedError``, ``CacheError`` (also ``ArtifactError``).
+
+Placement (see ``calibration/graph.py``): Q/DQ on conv inputs (one shared pair per tensor) and
+per-channel int8 weights; none on conv outputs; residual Add reads only its shortcut
+quantized; Concat inputs and output (and MaxPool input/output) share one scale; Gemm stays
+float by default. Activations are int8 (TensorRT's only Q/DQ type); ``unsigned_relu=True``
+makes non-negative tensors (ReLU outputs, their concats and pools) uint8 with zero point 0,
+which OpenVINO needs to run every Concat, and the conv after it, in int8 (CPU engines only). CLI: ``inception-engine quantize IN.onnx OUT.onnx --method entropy
+--calib DIR|FILE.npz``.
+
+Measured on the study subject (benchmarks/RESULTS.md, "INT8 calibration"): minmax, percentile
+and mse stay within 0.3 pt of FP32; entropy (faithful to TensorRT) clips the first layer's
+spiky output and loses 4 pt unless ``auto_exclude`` keeps the layer reading it in float.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "quantize": "calibration.qdq",
+    "QuantizeResult": "calibration.qdq",
+    "write_qdq": "calibration.qdq",
+    "quantize_weight": "calibration.qdq",
+    "collect_statistics": "calibration.stats",
+    "Statistics": "calibration.stats",
+    "Histogram": "calibration.stats",
+    "batches": "calibration.data",
+    "compute_amax": "calibration.methods",
+    "weight_amax": "calibration.methods",
+    "METHODS": "calibration.methods",
+    "plan_quantization": "calibration.graph",
+    "load_fp32": "calibration.graph",
+    "QuantPlan": "calibration.graph",
+    "module_path": "calibration.graph",
+    "sensitivity": "calibration.sensitivity",
+    "LayerSensitivity": "calibration.sensitivity",
+    "read_cache": "calibration.cache",
+    "write_cache": "calibration.cache",
+    "CalibrationCache": "calibration.cache",
+    "scale_to_hex": "calibration.cache",
+    "hex_to_scale": "calibration.cache",
+}
+
+from .errors import (  # noqa: E402,F401
+    AlreadyQuantizedError, CacheError, CalibrationDataError, CalibrationError)
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'calibration' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,223 @@
+"""Calibration data sources: one iterator of float32 NCHW batches checked against the model.
+
+Accepted sources (:func:`batches`):
+
+- a folder of image files (searched recursively, sorted by path): each image goes through
+  ``engine.preprocess`` with the model config read from the ONNX metadata (resize, crop,
+  normalise), so the model sees exactly what inference will feed it;
+- a ``.npy`` or ``.npz`` file: float arrays are taken as ready NCHW input; uint8 arrays are
+  images, ``(N, H, W)`` grayscale or ``(N, H, W, C)``, preprocessed per the config like files.
+  In an ``.npz`` the array named ``images``, ``input``, ``x`` or ``data`` is used (or the only
+  array);
+- a numpy array or torch tensor (the same rules as a file);
+- any iterable of batches: arrays or tensors ``(N, C, H, W)``, or ``(images, labels)`` pairs.
+
+Every batch is checked against the model's input (channels, height, width); an empty source,
+a wrong channel count or a wrong size is a :class:`~calibration.errors.CalibrationDataError`
+that says what was expected.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+from .errors import CalibrationDataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+NPZ_KEYS = ("images", "input", "x", "data")
+
+
+def describe_source(source) -> str:
+    """A short description of a source for metadata and messages."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if hasattr(source, "shape") and hasattr(source, "dtype"):
+        return f"array {str(source.dtype).replace('torch.', '')}{list(source.shape)}"
+    return f"<{type(source).__name__}>"
+
+
+def model_input(model) -> Tuple[Optional[Tuple], Optional[object]]:
+    """``((C, H, W) with None for dynamic dims, config or None)`` of an ONNX path or proto."""
+    if model is None:
+        return None, None
+    from engine.export import load_onnx, read_metadata
+    proto = model if hasattr(model, "graph") else load_onnx(model, load_weights=False)
+    inits = {i.name for i in proto.graph.initializer}
+    inp = [i for i in proto.graph.input if i.name not in inits][0]
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in inp.type.tensor_type.shape.dim]
+    shape = tuple(dims[1:]) if len(dims) == 4 else None
+    try:
+        cfg = read_metadata(proto)["config"]
+    except Exception:   # a foreign file with odd metadata still calibrates from arrays
+        cfg = None
+    return shape, cfg
+
+
+def _image_files(folder: Path):
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CalibrationDataError(
+            f"calibration folder {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+            "point --calib at a folder of images or an .npy/.npz array")
+    return files
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, mmap_mode="r")
+        with np.load(path) as z:
+            keys = list(z.keys())
+            for k in NPZ_KEYS:
+                if k in z:
+                    return z[k]
+            if len(keys) == 1:
+                return z[keys[0]]
+    except (OSError, ValueError) as e:
+        raise CalibrationDataError(f"cannot read calibration array {path}: {e}") from e
+    raise CalibrationDataError(
+        f"{path} holds arrays {keys}; name the images one of {', '.join(NPZ_KEYS)}")
+
+
+def _need_config(cfg, what):
+    if cfg is None:
+        raise CalibrationDataError(
+            f"{what} must be preprocessed, but the model carries no config (inception.config "
+            "metadata); export it with `inception-engine export`, or pass float NCHW arrays")
+    return cfg
+
+
+def _preprocess_images(images, cfg, batch_size) -> Iterator[np.ndarray]:
+    from engine.preprocess import preprocess
+    buf = []
+    for img in images:
+        x = preprocess(img, cfg)
+        buf.append(x.numpy() if hasattr(x, "numpy") else np.asarray(x))
+        if len(buf) == batch_size:
+            yield np.concatenate(buf).astype(np.float32, copy=False)
+            buf = []
+    if buf:
+        yield np.concatenate(buf).astype(np.float32, copy=False)
+
+
+def _from_array(arr, cfg, batch_size, what) -> Iterator[np.ndarray]:
+    if hasattr(arr, "detach"):
+        arr = arr.detach().cpu().numpy()
+    arr = np.asarray(arr) if not isinstance(arr, np.ndarray) else arr
+    if arr.dtype == np.uint8:
+        if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3, 4)):
+            raise CalibrationDataError(
+                f"{what}: uint8 images must be (N, H, W) grayscale or (N, H, W, C) with C in "
+                f"1/3/4, got {arr.shape}")
+        if len(arr) == 0:
+            raise CalibrationDataError(f"{what} is empty (0 images)")
+        _need_config(cfg, what)
+        yield from _preprocess_images((a if a.ndim == 2 or a.shape[-1] != 1 else a[..., 0]
+                                       for a in arr), cfg, batch_size)
+        return
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise CalibrationDataError(f"{what}: dtype {arr.dtype} is neither float (NCHW input) nor "
+                                   "uint8 (images)")
+    if arr.ndim != 4:
+        raise CalibrationDataError(f"{what}: float arrays must be NCHW (4 dims), got shape "
+                                   f"{arr.shape}")
+    for i in range(0, len(arr), batch_size):
+        yield np.ascontiguousarray(arr[i:i + batch_size], dtype=np.float32)
+
+
+def _from_iterable(it) -> Iterator[np.ndarray]:
+    for item in it:
+        if isinstance(item, (tuple, list)) and item:
+            item = item[0]                          # (images, labels)
+        elif isinstance(item, dict):
+            key = next((k for k in NPZ_KEYS if k in item), None)
+            if key is None:
+                raise CalibrationDataError(f"a batch dict has keys {list(item)}; name the images "
+                                           f"one of {', '.join(NPZ_KEYS)}")
+            item = item[key]
+        if hasattr(item, "detach"):
+            item = item.detach().cpu().numpy()
+        x = np.asarray(item)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise CalibrationDataError(f"a calibration batch has dtype {x.dtype}; iterables must "
+                                       "give float32 NCHW batches (use engine.preprocess)")
+        if x.ndim == 3:
+            x = x[None]
+        yield np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check(x: np.ndarray, shape, index: int, what: str):
+    if x.ndim != 4:
+        raise CalibrationDataError(f"{what}: batch {index} has shape {x.shape}; expected NCHW")
+    if shape is None:
+        return
+    c, h, w = shape
+    if c is not None and x.shape[1] != c:
+        raise CalibrationDataError(
+            f"{what}: batch {index} has {x.shape[1]} channels (shape {x.shape}); the model takes "
+            f"{c} (input {tuple(shape)}). Grayscale images must be replicated to {c} channels "
+            "(engine.preprocess does this for image files)")
+    if (h is not None and x.shape[2] != h) or (w is not None and x.shape[3] != w):
+        raise CalibrationDataError(
+            f"{what}: batch {index} holds {x.shape[2]}x{x.shape[3]} images; the model takes "
+            f"{h}x{w}. Resize them per the model config (engine.preprocess, or pass a folder of "
+            "image files or uint8 arrays, which are preprocessed for you)")
+    if not np.isfinite(x).all():
+        raise CalibrationDataError(f"{what}: batch {index} holds NaN or Inf values")
+
+
+def batches(source, model=None, batch_size: int = 32, limit: Optional[int] = None,
+            input_shape=None, config=None) -> Iterator[np.ndarray]:
+    """Float32 NCHW batches from ``source``, checked against ``model``'s input.
+
+    model: the ONNX path or proto being calibrated (gives the input shape and the config for
+    preprocessing); or pass ``input_shape=(C, H, W)`` and ``config`` directly. limit: stop
+    after this many images. Raises CalibrationDataError when the source gives no image.
+    """
+    shape, cfg = model_input(model)
+    shape = tuple(input_shape) if input_shape is not None else shape
+    cfg = config if config is not None else cfg
+    what = f"calibration source {describe_source(source)}"
+    if limit is not None and limit <= 0:
+        raise CalibrationDataError(f"the number of calibration images must be positive, got {limit}")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            files = _image_files(path)
+            if limit is not None:
+                files = files[:limit]
+            gen = _preprocess_images(files, _need_config(cfg, what), batch_size)
+        elif path.is_file() and path.suffix in (".npy", ".npz"):
+            gen = _from_array(_load_array(path), cfg, batch_size, what)
+        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            gen = _preprocess_images([path], _need_config(cfg, what), batch_size)
+        elif not path.exists():
+            raise CalibrationDataError(f"calibration source {path} does not exist")
+        else:
+            raise CalibrationDataError(f"calibration source {path}: expected a folder of images, "
+                                       "an .npy/.npz array or an image file")
+    elif hasattr(source, "shape") and hasattr(source, "dtype"):
+        gen = _from_array(source, cfg, batch_size, what)
+    elif hasattr(source, "__iter__"):
+        gen = _from_iterable(source)
+    else:
+        raise CalibrationDataError(f"cannot calibrate from a {type(source).__name__}; pass a "
+                                   "folder, an .npy/.npz file, an array or an iterable of batches")
+    seen = 0
+    for i, x in enumerate(gen):
+        if limit is not None and seen + len(x) > limit:
+            x = x[: limit - seen]
+        if len(x) == 0:
+            continue
+        _check(x, shape, i, what)
+        seen += len(x)
+        yield x
+        if limit is not None and seen >= limit:
+            break
+    if seen == 0:
+        raise CalibrationDataError(f"{what} is empty: it gave no images; calibration needs at "
+                                   "least one (a few hundred give stable ranges)")

@@ -1,0 +1,254 @@
+"""The Q/DQ writer and :func:`quantize`, the one call from FP32 ONNX to INT8 ONNX."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .errors import CalibrationError
+from .graph import QuantPlan, load_fp32, plan_quantization
+from .methods import METHODS, amax_to_scale, weight_amax
+
+META_CALIBRATION = "inception.calibration"
+QMAX = 127
+
+
+def _q_names(t: str):
+    return (f"{t}_QuantizeLinear", f"{t}_DequantizeLinear", f"{t}_quantized",
+            f"{t}_dequantized", f"{t}_scale", f"{t}_zero_point")
+
+
+def quantize_weight(w: np.ndarray, axis: int = 0):
+    """Symmetric per-channel int8 weights: ``(w_int8, scale float32 per channel)``.
+
+    Narrow range [-127, 127] (TensorRT's weight range); round half to even like QuantizeLinear.
+    """
+    scale = amax_to_scale(weight_amax(w, axis))
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    return q, scale
+
+
+def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: bool = False):
+    """Insert the plan's Q/DQ nodes into a copy of ``proto`` with activation ranges ``amax``.
+
+    ``amax`` holds one value per activation tensor of the plan (scale groups already merged).
+    unsigned_relu: uint8 (zero point 0, scale amax/255) on the plan's non-negative tensors.
+    Returns the new ModelProto (not checked, not saved).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    missing = [t for t in plan.tensors if t not in amax]
+    if missing:
+        raise CalibrationError(f"no calibration range for {len(missing)} tensors (first: "
+                               f"{missing[0]!r}); the statistics do not match this model")
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    new_inits = []
+
+    # activation Q/DQ pairs, placed right after the producer (graph inputs: at the top)
+    act_nodes: Dict[str, list] = {}
+    for t in plan.tensors:
+        qn, dqn, qt, dqt, sc, zp = _q_names(t)
+        u8 = unsigned_relu and t in plan.nonnegative
+        scale = amax_to_scale(amax[t], 255 if u8 else QMAX).reshape(())
+        new_inits.append(numpy_helper.from_array(scale, sc))
+        new_inits.append(numpy_helper.from_array(np.zeros((), np.uint8 if u8 else np.int8), zp))
+        act_nodes[t] = [helper.make_node("QuantizeLinear", [t, sc, zp], [qt], name=qn),
+                        helper.make_node("DequantizeLinear", [qt, sc, zp], [dqt], name=dqn)]
+    rewire = {(node, idx): _q_names(t)[3] for t, rs in plan.readers.items() for node, idx in rs}
+
+    # weights: int8 initializer -> DequantizeLinear(axis) in front of the layer
+    weight_nodes: Dict[str, object] = {}
+    dropped = set()
+    for layer in plan.layers:
+        w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
+        q, scale = quantize_weight(w, layer.axis)
+        _, dqn, qt, dqt, sc, zp = _q_names(layer.weight)
+        new_inits += [numpy_helper.from_array(q, qt), numpy_helper.from_array(scale, sc),
+                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), zp)]
+        weight_nodes[layer.node] = helper.make_node(
+            "DequantizeLinear", [qt, sc, zp], [dqt], name=dqn, axis=layer.axis)
+        rewire[(layer.node, 1)] = dqt
+        dropped.add(layer.weight)
+
+    nodes = []
+    graph_inputs = {i.name for i in g.input}
+    for t in plan.tensors:
+        if t in graph_inputs:
+            nodes += act_nodes.pop(t)
+    for n in g.node:
+        if n.name in weight_nodes:
+            nodes.append(weight_nodes[n.name])
+        for k in range(len(n.input)):
+            new = rewire.get((n.name, k))
+            if new is not None:
+                n.input[k] = new
+        nodes.append(n)
+        for o in n.output:
+            if o in act_nodes:
+                nodes += act_nodes.pop(o)
+    if act_nodes:
+        raise CalibrationError(f"tensors without a producer: {sorted(act_nodes)[:3]}")
+    still_used = {i for n in nodes for i in n.input}
+    keep = [i for i in g.initializer if i.name not in dropped or i.name in still_used]
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    del g.node[:]
+    g.node.extend(nodes)
+    return m
+
+
+def _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, extra):
+    meta = {"method": method, "activations": "per-tensor symmetric int8, zero point 0",
+            "weights": "per-output-channel symmetric int8 (axis 0), max |w|",
+            "num_images": stats.num_images if stats is not None else None,
+            "dataset": stats.source if stats is not None else None,
+            "exclude": list(exclude), "auto_excluded": list(auto_excluded),
+            "excluded_nodes": plan.excluded,
+            "quantized_layers": len(plan.layers), "qdq_tensors": len(plan.tensors)}
+    if method == "percentile":
+        meta["percentile"] = percentile
+    meta.update(extra or {})
+    return meta
+
+
+def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Sequence[str] = (),
+             percentile: float = 99.99, num_images: Optional[int] = None, batch_size: int = 32,
+             statistics=None, scales=None, auto_exclude: int = 0, sensitivity_images: int = 64,
+             quantize_gemm: bool = False, unsigned_relu: bool = False, cache=None,
+             cache_version: Optional[str] = None,
+             threads: Optional[int] = None, progress: bool = False, check: bool = True):
+    """Calibrate the FP32 ONNX ``onnx_in`` and write the symmetric Q/DQ ONNX ``onnx_out``.
+
+    data: the calibration source (see :func:`calibration.data.batches`), unless ``statistics``
+    (from :func:`collect_statistics`, to reuse one pass for several methods) or ``scales`` (a
+    dict tensor -> amax, or a :class:`CalibrationCache` / cache path, as TensorRT or ModelOpt
+    wrote it) is given. method: minmax | percentile | entropy | mse. exclude: node names or
+    module paths kept in float. auto_exclude: also keep the K layers of largest output error
+    (:func:`calibration.sensitivity`, on the first ``sensitivity_images`` images) in float.
+    unsigned_relu: uint8 with zero point 0 on non-negative tensors (ReLU outputs and their
+    concats/pools): for CPU engines (OpenVINO keeps every Concat in int8 only then); TensorRT
+    takes int8 Q/DQ only, so leave it off for TensorRT. cache: also write a TensorRT
+    calibration cache there (scales amax/127 either way). The output (and the cache) are
+    written atomically. Returns a :class:`QuantizeResult`.
+    """
+    import onnx
+    from engine.export import META_PRECISION, set_metadata
+    from engine.fileio import atomic_path
+    from .cache import CalibrationCache, DEFAULT_VERSION, read_cache, write_cache
+    from .stats import collect_statistics
+
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise CalibrationError(f"unknown calibration method {method!r}; choose one of "
+                               f"{', '.join(METHODS)}")
+    if auto_exclude < 0:
+        raise CalibrationError(f"auto_exclude must be >= 0, got {auto_exclude}")
+    if isinstance(onnx_in, (str, Path)) and Path(onnx_in).resolve() == Path(onnx_out).resolve():
+        raise CalibrationError(f"the output {onnx_out} would overwrite the FP32 input; "
+                               "choose another file name")
+    if auto_exclude and data is not None and iter(data) is data:
+        raise CalibrationError("auto_exclude reads the calibration data twice (statistics, then "
+                               "sensitivity); pass a list, an array or a path, not a one-shot "
+                               "iterator")
+    proto = load_fp32(onnx_in)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    plan = plan_quantization(proto, exclude, quantize_gemm=quantize_gemm)
+
+    stats = statistics
+    from_cache = None
+    if scales is not None:
+        if isinstance(scales, (str, Path)):
+            scales = read_cache(scales)
+        if isinstance(scales, CalibrationCache):
+            from_cache = scales
+            scales = scales.amax()
+        missing = [t for t in plan.tensors if t not in scales]
+        if missing:
+            raise CalibrationError(
+                f"the given scales lack {len(missing)} of the {len(plan.tensors)} tensors to "
+                f"quantize (first: {missing[0]!r}); they were made for another model or "
+                "placement")
+        amax = {t: float(scales[t]) for t in plan.tensors}
+    else:
+        if stats is None:
+            if data is None:
+                raise CalibrationError("quantize needs calibration data (data=...), "
+                                       "statistics=... or scales=...")
+            stats = collect_statistics(proto, data, tensors=plan.tensors, num_images=num_images,
+                                       batch_size=batch_size, threads=threads, progress=progress)
+        missing = [t for t in plan.tensors if t not in stats]
+        if missing:
+            raise CalibrationError(f"the statistics lack {len(missing)} tensors of this model "
+                                   f"(first: {missing[0]!r}); collect them on this model")
+        amax = stats.amax(method, percentile, names=plan.tensors)
+    calib_seconds = time.perf_counter() - t0
+
+    auto_excluded = []
+    ranking = None
+    if auto_exclude:
+        if data is None:
+            raise CalibrationError("auto_exclude needs calibration data to measure sensitivity")
+        from .sensitivity import sensitivity
+        ranking = sensitivity(proto, data, amax=plan.group_amax(amax), plan=plan,
+                              num_images=sensitivity_images, batch_size=batch_size,
+                              threads=threads, progress=progress)
+        auto_excluded = [r.node for r in ranking[:auto_exclude]]
+        plan = plan_quantization(proto, exclude, quantize_gemm=quantize_gemm,
+                                 excluded_nodes=set(auto_excluded))
+        missing = [t for t in plan.tensors if t not in amax]
+        if missing:                       # a passthrough now quantized at its output only
+            if stats is None:
+                raise CalibrationError(f"no range for {missing[0]!r} in the given scales")
+            amax.update(stats.amax(method, percentile, names=missing))
+    final = plan.group_amax(amax)
+    out = write_qdq(proto, plan, final, unsigned_relu=unsigned_relu)
+    extra = {"seconds": round(time.perf_counter() - t0, 3)}
+    if from_cache is not None:
+        extra["from_cache"] = f"TRT-{from_cache.version}-{from_cache.algorithm}"
+    if ranking is not None:
+        extra["sensitivity"] = [{"node": r.node, "error": r.error, "agreement": r.agreement}
+                                for r in ranking[: max(auto_exclude, 10)]]
+    extra["activation_types"] = "uint8 (zero point 0) on non-negative tensors, else int8" \
+        if unsigned_relu else "int8"
+    meta = _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, extra)
+    set_metadata(out, {META_PRECISION: "int8", META_CALIBRATION: json.dumps(meta)})
+    if check:
+        onnx.checker.check_model(out)
+    onnx_out = Path(onnx_out)
+    with atomic_path(onnx_out) as tmp:
+        onnx.save(out, str(tmp))
+        if cache is not None:
+            ver = cache_version or (from_cache.version if from_cache else DEFAULT_VERSION)
+            write_cache(cache, CalibrationCache.from_amax(final, version=ver))
+    return QuantizeResult(onnx_out, method, final, plan, stats, auto_excluded, ranking,
+                          calib_seconds, time.perf_counter() - t0,
+                          Path(cache) if cache is not None else None)
+
+
+class QuantizeResult:
+    """What :func:`quantize` did: ``path``, ``method``, ``amax`` (per tensor, groups merged),
+    ``plan``, ``statistics``, ``auto_excluded`` node names, ``sensitivity`` ranking (or None),
+    ``calibration_seconds`` (statistics and ranges), ``seconds`` (all), ``cache`` path."""
+
+    def __init__(self, path, method, amax, plan, statistics, auto_excluded, sensitivity,
+                 calibration_seconds, seconds, cache):
+        self.path, self.method, self.amax, self.plan = path, method, amax, plan
+        self.statistics, self.auto_excluded, self.sensitivity = statistics, auto_excluded, sensitivity
+        self.calibration_seconds, self.seconds, self.cache = calibration_seconds, seconds, cache
+
+    def __fspath__(self):
+        return str(self.path)
+
+    def __repr__(self):
+        return (f"<QuantizeResult {self.path} method={self.method} layers={len(self.plan.layers)} "
+                f"qdq={len(self.plan.tensors)} excluded={len(self.plan.excluded)} "
+                f"{self.seconds:.1f}s>")
