@@ -39,7 +39,8 @@ SUBJECT = "inception_resnet_v2_fmnist"
 class Row:
     engine: str
     precision: str
-    method: str                       # calibration method, "-" for float rows
+    method: str                       # calibration method, "-" for float rows; "+u8": uint8
+                                      # ReLU outputs (CPU engines); "+autoK": K layers float
     top1: Optional[float] = None      # %
     agreement: Optional[float] = None  # % of test images with the FP32 reference's top-1
     latency_ms: Optional[float] = None  # batch 1, model's own input size (median)
@@ -183,7 +184,7 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
               methods: Sequence[str] = METHODS, engines: Optional[Sequence[str]] = None,
               out="study", num_test: Optional[int] = None, num_calib: int = 1000,
               threads: int = 2, iters: int = 20, big: bool = True, auto_exclude: int = 0,
-              eval_batch: int = 64, log: Callable[[str], None] = print) -> List[dict]:
+              cpu_uint8: bool = True, eval_batch: int = 64, log: Callable[[str], None] = print) -> List[dict]:
     import torch
     import calibration
     from .export import export_onnx
@@ -242,6 +243,12 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
                                    statistics=stats, method=m)
         int8[m] = (res.path, stats_seconds + res.calibration_seconds, [])
         log(f"  calibrated {m} in {int8[m][1]:.1f} s")
+        if cpu_uint8:
+            # CPU-only variant: uint8 (zero point 0) on ReLU outputs, so CPUs without AMX run
+            # every concat in int8; TensorRT takes only int8 Q/DQ, so GPU engines skip it
+            res = calibration.quantize(fp32_path, out / "models" / f"{cfg.name}.u8.{m}.onnx",
+                                       statistics=stats, method=m, unsigned_relu=True)
+            int8[f"{m}+u8"] = (res.path, stats_seconds + res.calibration_seconds, [])
     if auto_exclude:
         best_guess = "entropy" if "entropy" in methods else methods[0]
         res = calibration.quantize(fp32_path, out / "models" / f"{cfg.name}.int8.{best_guess}"
@@ -250,6 +257,14 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
                                    num_images=num_calib, threads=threads)
         int8[f"{best_guess}+auto{auto_exclude}"] = (res.path, stats_seconds + res.seconds,
                                                       list(res.auto_excluded))
+        if cpu_uint8:
+            res = calibration.quantize(fp32_path, out / "models" / f"{cfg.name}.u8.{best_guess}"
+                                       f".auto{auto_exclude}.onnx", data=calib_data,
+                                       statistics=stats, method=best_guess,
+                                       auto_exclude=auto_exclude, num_images=num_calib,
+                                       threads=threads, unsigned_relu=True)
+            int8[f"{best_guess}+u8+auto{auto_exclude}"] = (
+                res.path, stats_seconds + res.seconds, list(res.auto_excluded))
 
     # the canonical 299 shape: IR-v2 at full size, random weights
     big_files = {}
@@ -267,7 +282,7 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
             base_m = m.split("+")[0]
             big_files[m] = calibration.quantize(
                 big_fp32, out / "models" / f"inception_resnet_v2_299.int8.{m}.onnx",
-                statistics=big_stats, method=base_m).path
+                statistics=big_stats, method=base_m, unsigned_relu="+u8" in m).path
         xb = rng.standard_normal((1, 3, 299, 299)).astype(np.float32)
         base.latency_ms_299 = latency_ms(_torch_fn(big_model), xb, max(5, iters // 2))
         log(f"  torch fp32 @299: {base.latency_ms_299:.1f} ms")
@@ -298,6 +313,8 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
         rows.append(measure(backend, precision, "-", fp32_path, big_files.get("fp32")))
         if backend in ("openvino", "onnxruntime", "tensorrt", "triton") and precision != "bf16":
             for m, (path, secs, excl) in int8.items():
+                if "+u8" in m and backend not in ("openvino", "onnxruntime"):
+                    continue
                 rows.append(measure(backend, "int8", m, path, big_files.get(m), secs, excl))
 
     result = [asdict(r) for r in rows]

@@ -22,6 +22,8 @@ def register(sub):
                    help="skip the latency measurement at the canonical IR-v2 299 shape")
     p.add_argument("--auto-exclude", type=int, default=0, metavar="K",
                    help="add a row keeping the K most sensitive layers in float")
+    p.add_argument("--no-cpu-uint8", dest="cpu_uint8", action="store_false",
+                   help="skip the CPU-only INT8 variants with uint8 ReLU outputs (+u8 rows)")
     p.add_argument("--out", default="study", help="output folder")
     p.set_defaults(func=run)
 
@@ -34,5 +36,5 @@ def run(args):
     run_study(model=args.model, weights=weights, data=args.data, calib=args.calib,
               methods=methods, engines=engines, out=args.out, num_test=args.num_test,
               num_calib=args.num_calib, threads=args.threads, iters=args.iters, big=args.big,
-              auto_exclude=args.auto_exclude)
+              auto_exclude=args.auto_exclude, cpu_uint8=args.cpu_uint8)
     return 0
