@@ -396,31 +396,45 @@ def report_markdown(rows, meta) -> str:
 
 
 def pareto_plot(rows, path):
+    """Accuracy vs batch-1 latency, at the model's own size and at 299; the Pareto front is
+    dashed and only its points are labelled (the rest are told apart by colour and marker)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from .fileio import atomic_path
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    colours = {"torch": "tab:gray", "openvino": "tab:blue", "onnxruntime": "tab:orange",
+               "tensorrt": "tab:green", "triton": "tab:red"}
+    markers = {"fp32": "o", "bf16": "s", "fp16": "s", "int8": "^"}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax, key, title in ((axes[0], "latency_ms", "own input size"),
                            (axes[1], "latency_ms_299", "IR-v2 at 299")):
         pts = [r for r in rows if r[key] is not None and r["top1"] is not None]
+        seen = set()
         for r in pts:
-            marker = {"fp32": "o", "bf16": "s", "fp16": "s", "int8": "^"}.get(r["precision"], "x")
-            ax.scatter(r[key], r["top1"], marker=marker)
-            ax.annotate(f"{r['engine']}/{r['precision']}" + (f"/{r['method']}" if r["method"] != "-"
-                                                            else ""),
-                        (r[key], r["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        # Pareto front: no other point is both faster and more accurate
+            u8 = "+u8" in r["method"]
+            label = f"{r['engine']} {r['precision']}" + (" u8" if u8 else "")
+            ax.scatter(r[key], r["top1"], marker=markers.get(r["precision"], "x"),
+                       facecolors="none" if u8 else colours.get(r["engine"], "k"),
+                       edgecolors=colours.get(r["engine"], "k"), s=45,
+                       label=None if label in seen else label)
+            seen.add(label)
+        # Pareto front: no other point is both at least as fast and at least as accurate
         front = sorted((p for p in pts if not any(
-            q[key] <= p[key] and q["top1"] >= p["top1"] and q is not p and
+            q is not p and q[key] <= p[key] and q["top1"] >= p["top1"] and
             (q[key] < p[key] or q["top1"] > p["top1"]) for q in pts)), key=lambda p: p[key])
         if front:
             ax.plot([p[key] for p in front], [p["top1"] for p in front], "k--", lw=0.8)
+            for p in front:
+                name = f"{p['engine']}/{p['precision']}" + (
+                    f"/{p['method']}" if p["method"] != "-" else "")
+                ax.annotate(name, (p[key], p["top1"]), fontsize=7, xytext=(4, -10),
+                            textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel(f"batch-1 latency (ms, {title})")
+        ax.set_xlabel(f"batch-1 latency (ms, {title}; log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"accuracy vs latency: {title}")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
