@@ -32,6 +32,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from engine.export import module_path  # noqa: F401  (the exporter's node-name convention)
+
 from .errors import AlreadyQuantizedError, CalibrationError
 
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
@@ -56,21 +58,6 @@ def load_fp32(model):
             f"{where or 'the model'} has precision {props[META_PRECISION]!r} in its metadata; "
             "calibrate the FP32 export")
     return proto
-
-
-def module_path(node_name: str) -> str:
-    """PyTorch module path of an exported node: ``/repeat/repeat.0/branch1/branch1.0/conv/Conv``
-    -> ``repeat.0.branch1.0.conv`` (the exporter's scopes, without the op name)."""
-    scopes = [s for s in node_name.split("/") if s][:-1]
-    parts: List[str] = []
-    prev = None
-    for s in scopes:
-        if prev is not None and s.startswith(prev + "."):
-            parts.append(s[len(prev) + 1:])
-        else:
-            parts.append(s)
-        prev = s
-    return ".".join(parts)
 
 
 @dataclass

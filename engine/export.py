@@ -32,6 +32,22 @@ META_FORMAT = "inception.format"
 FORMAT_VERSION = "1"
 
 
+def module_path(node_name: str) -> str:
+    """PyTorch module path of a node name written by the exporter.
+
+    ``/repeat/repeat.0/branch1/branch1.0/conv/Conv`` -> ``repeat.0.branch1.0.conv``: the last
+    component is the op; each scope of a child of an ``nn.Sequential`` repeats its parent's
+    name (``repeat`` then ``repeat.0``), so it replaces it.
+    """
+    parts = []
+    for comp in node_name.strip("/").split("/")[:-1]:
+        if parts and comp.startswith(parts[-1] + "."):
+            parts[-1] = comp
+        else:
+            parts.append(comp)
+    return ".".join(parts)
+
+
 def weights_fingerprint(model) -> str:
     """SHA-256 over the state dict (names, shapes, dtypes and bytes), in key order."""
     h = hashlib.sha256()

@@ -55,6 +55,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .export import module_path  # noqa: F401  (re-exported: the node-name convention)
+
 JUMP_FLOOR = 10.0
 JUMP_RATIO = 10.0
 
@@ -202,21 +204,6 @@ def _layer_table(r: ParityReport, context: int = 6) -> str:
 
 
 # --------------------------------------------------------------------------- name matching
-def module_path(node_name: str) -> str:
-    """PyTorch module path of an ONNX node name from ``torch.onnx.export``.
-
-    ``/repeat/repeat.0/branch1/branch1.0/conv/Conv`` -> ``repeat.0.branch1.0.conv``: each scope
-    component of a child of an ``nn.Sequential`` repeats its parent's name (``repeat.0``).
-    """
-    parts: List[str] = []
-    for comp in node_name.strip("/").split("/")[:-1]:
-        if parts and comp.startswith(parts[-1] + "."):
-            parts[-1] = comp
-        else:
-            parts.append(comp)
-    return ".".join(parts)
-
-
 def module_outputs(proto) -> Dict[str, tuple]:
     """``{module path: (node index, output tensor)}``: the last node under each module's scope."""
     out: Dict[str, tuple] = {}
