@@ -59,8 +59,10 @@ def load(path, backend: Optional[str] = None, precision: Optional[str] = None,
         _b.info(backend)  # an unknown name fails first, listing the valid ones
     path = Path(path)
     if not path.exists():
-        raise ArtifactError(f"{path}: no such file; export one with `inception-engine export "
-                            "--model NAME --out model.onnx`")
+        how = ("build one with `inception-engine build model.onnx --out model.plan`"
+               if path.suffix.lower() in (".plan", ".engine") else
+               "export one with `inception-engine export --model NAME --out model.onnx`")
+        raise ArtifactError(f"{path}: no such file; {how}")
     if path.is_dir():
         raise ArtifactError(f"{path} is a directory; pass the model file (.onnx or .plan)")
     suffix = path.suffix.lower()

@@ -106,6 +106,13 @@ def test_bad_files(tmp_path, content, match):
             engine.load(p, backend=backend)
 
 
+def test_missing_files_say_how_to_make_them(tmp_path):
+    with pytest.raises(ArtifactError, match="inception-engine export"):
+        engine.load(tmp_path / "m.onnx")
+    with pytest.raises(ArtifactError, match="inception-engine build"):
+        engine.load(tmp_path / "m.plan")
+
+
 def test_truncated_file(small, tmp_path):
     data = small[0].read_bytes()
     p = tmp_path / "cut.onnx"
