@@ -434,7 +434,8 @@ def pareto_plot(rows, path):
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"accuracy vs latency: {title}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        if seen:
+            ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
