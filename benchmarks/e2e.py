@@ -182,10 +182,10 @@ def build_runners(args, model, onnx_path: Path, int8_path, work: Path):
 # --------------------------------------------------------------------------- main
 def run(args) -> dict:
     import torch
-    from engine.commands.export import build_reference
+    from engine.models.registry import create_model
     cfg0 = engine.get_config(args.model)
     size = args.size or cfg0.input_size[1]
-    model = build_reference(args.model, args.weights, args.width)
+    model = create_model(args.model, weights=args.weights, width=args.width, seed=0)
     work = args.work or Path(tempfile.mkdtemp(prefix="e2e-"))
     work.mkdir(parents=True, exist_ok=True)
     stem = f"{args.model}-w{args.width:g}-{size}"

@@ -11,7 +11,7 @@ For each shape and batch (1, 32, 128), in one run on one GPU:
   ours_int8        kernels.conv2d int8 x int8 -> int32, requantised int8 output
 Pools: ours vs F.max_pool2d / F.avg_pool2d (channels_last) + concat copy, in GB/s.
 
-Shapes come from forward hooks on the PyTorch models (kernels.shapes), never from tables.
+Shapes come from forward hooks on the PyTorch models (engine.models.shapes), never from tables.
 Each of our kernels is checked against its reference before it is timed.
 Output: CSV (one row per shape x batch x implementation), a PNG of TFLOPS at the largest
 batch, and the summary the issue's targets are judged on (geometric means over IR-v2 conv
@@ -59,7 +59,7 @@ def _bench(fn, reps_ms: int):
 
 def conv_cases(models):
     """Distinct conv shapes over the models, IR-v2's first (the targets are judged on it)."""
-    from kernels.shapes import network_shapes
+    from engine.models.shapes import network_shapes
     seen, cases = set(), []
     for m in models:
         shapes = network_shapes(m)
@@ -72,7 +72,7 @@ def conv_cases(models):
 
 
 def pool_cases(models):
-    from kernels.shapes import network_shapes
+    from engine.models.shapes import network_shapes
     seen, cases = set(), []
     for m in models:
         for p, names in network_shapes(m).pools.items():

@@ -43,7 +43,7 @@ def model_input(model) -> Tuple[Optional[Tuple], Optional[object]]:
     """``((C, H, W) with None for dynamic dims, config or None)`` of an ONNX path or proto."""
     if model is None:
         return None, None
-    from engine.export import load_onnx, read_metadata
+    from engine.onnxmeta import load_onnx, read_metadata
     proto = model if hasattr(model, "graph") else load_onnx(model, load_weights=False)
     inits = {i.name for i in proto.graph.initializer}
     inp = [i for i in proto.graph.input if i.name not in inits][0]

@@ -43,7 +43,7 @@ PASSTHROUGH = {"Concat", "MaxPool"}
 
 def load_fp32(model):
     """An FP32 ONNX model (path or proto); an already quantized model is an error."""
-    from engine.export import load_onnx, META_PRECISION
+    from engine.onnxmeta import load_onnx, META_PRECISION
     proto = model if hasattr(model, "graph") else load_onnx(model)
     qnodes = [n for n in proto.graph.node if n.op_type in QUANT_OPS]
     props = {p.key: p.value for p in proto.metadata_props}

@@ -141,7 +141,7 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     written atomically. Returns a :class:`QuantizeResult`.
     """
     import onnx
-    from engine.export import META_PRECISION, set_metadata
+    from engine.onnxmeta import META_PRECISION, set_metadata
     from engine.fileio import atomic_path
     from .cache import CalibrationCache, DEFAULT_VERSION, read_cache, write_cache
     from .stats import collect_statistics

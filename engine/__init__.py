@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 # public name -> module that defines it (imported on first use)
 _LAZY = {
@@ -18,10 +18,10 @@ _LAZY = {
     "load_weights": "engine.weights",
     "preprocess": "engine.preprocess",
     "export_onnx": "engine.export",
-    "read_metadata": "engine.export",
-    "load": "engine.load",
-    "available_backends": "engine.load",
-    "verify": "engine.verify",
+    "read_metadata": "engine.onnxmeta",
+    "load": "engine.loader",
+    "available_backends": "engine.loader",
+    "verify": "engine.parity",
     "build": "engine.backends.tensorrt",
     "Runtime": "engine.runtime",
 }

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
+        from .version import __version__
         print(__version__)
         return 0
     if not getattr(args, "func", None):

@@ -28,3 +28,8 @@ class InputError(EngineError, ValueError):
 
 class UnsupportedGraphError(EngineError):
     """An ONNX node that an engine cannot run."""
+
+
+class UnsupportedPrecisionError(ArtifactError, ValueError):
+    """A precision the file or the engine cannot give (INT8 from an FP32 graph, FP16 from a
+    Q/DQ graph, BF16 on an engine without it, an unknown name)."""

@@ -12,7 +12,8 @@ What the exported graph looks like (engines and the Q/DQ writer rely on it):
 - input ``input`` (N x 3 x H x W, N dynamic), output ``logits`` (or ``embedding``).
 
 ``metadata_props`` carry the model config (JSON under ``inception.config``), a SHA-256
-fingerprint of the weights, the precision and the format version.
+fingerprint of the weights, the precision and the format version (keys and readers:
+:mod:`engine.onnxmeta`).
 """
 from __future__ import annotations
 
@@ -23,14 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from .errors import ArtifactError
-
-META_CONFIG = "inception.config"
-META_WEIGHTS = "inception.weights_sha256"
-META_PRECISION = "inception.precision"
-META_FORMAT = "inception.format"
-FORMAT_VERSION = "1"
-
+from .onnxmeta import (FORMAT_VERSION, META_CONFIG, META_FORMAT, META_PRECISION, META_WEIGHTS,
+                       set_metadata)
 
 def module_path(node_name: str) -> str:
     """PyTorch module path of a node name written by the exporter.
@@ -91,17 +86,6 @@ def _inline_identities(proto):
         proto.graph.initializer.remove(i)
 
 
-def set_metadata(proto, entries: dict):
-    """Set (replace) string entries of ``metadata_props``."""
-    existing = {p.key: p for p in proto.metadata_props}
-    for k, v in entries.items():
-        if k in existing:
-            existing[k].value = str(v)
-        else:
-            p = proto.metadata_props.add()
-            p.key, p.value = k, str(v)
-
-
 def export_onnx(model, path, opset: int = 17, dynamic_batch: bool = True, input_size=None,
                 fold_residual_scale: bool = True, check: bool = True) -> Path:
     """Export an eval-mode model from ``engine.create_model`` to FP32 ONNX at ``path``.
@@ -144,48 +128,9 @@ def export_onnx(model, path, opset: int = 17, dynamic_batch: bool = True, input_
             meta[META_CONFIG] = json.dumps(cfg.to_dict(), sort_keys=True)
         set_metadata(proto, meta)
         proto.producer_name = "inception-infer"
-        from . import __version__
+        from .version import __version__
         proto.producer_version = __version__
         if check:
             onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
     return path
-
-
-def load_onnx(path, load_weights: bool = True):
-    """Load an ONNX file with clear errors for a missing, truncated or non-ONNX file."""
-    import onnx
-    p = Path(path)
-    if not p.exists():
-        raise ArtifactError(f"{p}: no such file; export one with `inception-engine export "
-                            "--model NAME --out model.onnx`")
-    if p.stat().st_size == 0:
-        raise ArtifactError(f"{p}: the file is empty; export it again")
-    try:
-        proto = onnx.load(str(p), load_external_data=load_weights)
-    except Exception as e:  # protobuf raises DecodeError, onnx may raise others
-        raise ArtifactError(f"{p}: not a readable ONNX model ({type(e).__name__}: {e}); the file "
-                            "may be truncated or of another format; export it again") from e
-    if not proto.graph.node:
-        raise ArtifactError(f"{p}: parsed as ONNX but holds no graph nodes; the file is not a "
-                            "model (truncated or of another format)")
-    return proto
-
-
-def read_metadata(path_or_proto) -> dict:
-    """Our metadata from an ONNX file: ``{"config": ModelConfig | None, "precision": str,
-    "weights_sha256": str | None, "props": {all metadata_props}}``.
-
-    A foreign ONNX file (no metadata) gives ``config=None``; it still runs on every engine.
-    """
-    from .models.registry import ModelConfig
-    proto = path_or_proto if hasattr(path_or_proto, "graph") else load_onnx(path_or_proto, False)
-    props = {p.key: p.value for p in proto.metadata_props}
-    cfg = None
-    if META_CONFIG in props:
-        try:
-            cfg = ModelConfig.from_dict(json.loads(props[META_CONFIG]))
-        except (ValueError, TypeError) as e:
-            raise ArtifactError(f"the model's {META_CONFIG} metadata is not valid: {e}") from e
-    return {"config": cfg, "precision": props.get(META_PRECISION, "fp32"),
-            "weights_sha256": props.get(META_WEIGHTS), "props": props}

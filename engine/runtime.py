@@ -1,13 +1,20 @@
 """The runtime interface every engine implements (torch, onnxruntime, openvino, tensorrt, triton).
 
 A runtime takes NCHW float32 images, as a numpy array or a torch tensor, and returns the
-network output as the same kind (a torch tensor comes back on the input's device). The
-base class checks the input against the declared spec before the backend sees it, so every
-engine gives the same clear errors for a wrong rank, shape, dtype or NaN/Inf values.
+network output as the same kind (a torch tensor comes back on the input's device).
 
-Subclasses implement ``_infer(x: np.ndarray) -> np.ndarray`` (or ``_infer_torch`` for
-engines that work on device tensors) and may implement ``intermediates`` for layer-wise
-parity checks.
+The contract, as in Polygraphy's runners: :meth:`Runtime.__call__` checks and converts, the
+backend only runs. ``__call__`` validates the input against the declared spec (rank, shape,
+dtype, NaN/Inf) on the tensor's own device, then hands it to one of two hooks:
+
+- ``_infer(x: np.ndarray) -> np.ndarray``: host arrays, float32, C-contiguous. Every backend
+  implements it.
+- ``_infer_device(x: torch.Tensor) -> torch.Tensor``: a float32 contiguous tensor on a CUDA
+  device in, a tensor on a CUDA device out, no host copy. Engines that run on a GPU implement
+  it; it is used when the input is a CUDA tensor and the runtime's ``device`` is CUDA.
+
+No backend overrides ``__call__``, so every engine gives the same errors for the same bad
+input. Backends may also implement :meth:`Runtime.intermediates` for layer-wise parity.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ class TensorSpec:
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
-def _is_torch(x) -> bool:
+def is_torch_tensor(x) -> bool:
     mod = type(x).__module__
     return mod.startswith("torch") and hasattr(x, "detach")
 
@@ -86,46 +93,71 @@ class Runtime:
         name = self.config.name if self.config is not None else "unknown model"
         return f"<{type(self).__name__} {self.backend}/{self.precision} {name} {self.path}>"
 
-    def check_input(self, x) -> np.ndarray:
-        """Validate ``x`` against the input spec; return it as a C-contiguous float32 array."""
+    @property
+    def runs_on_device(self) -> bool:
+        """Whether CUDA tensors go to :meth:`_infer_device` (the backend implements it and
+        this runtime's ``device`` is a CUDA device)."""
+        return (type(self)._infer_device is not Runtime._infer_device
+                and str(getattr(self, "device", "cpu")).startswith("cuda"))
+
+    def _infer_device(self, x):  # pragma: no cover - optional hook
+        raise NotImplementedError
+
+    def validate(self, x):
+        """Check ``x`` against the input spec; return it as float32 and contiguous, of the
+        same kind: a numpy array, or a torch tensor on its own device (no host copy)."""
         if self.closed:
             raise RuntimeError(f"{self!r} is closed; load the model again")
-        if _is_torch(x):
+        if is_torch_tensor(x):
             import torch
             if not torch.is_floating_point(x):
                 raise InputError(f"input dtype {x.dtype} is not floating point; the engine takes "
                                  "float32 NCHW images normalised per the model config")
-            arr = x.detach().to("cpu", dtype=torch.float32).numpy()
             src_dtype = str(x.dtype).replace("torch.", "")
         elif isinstance(x, np.ndarray):
-            arr, src_dtype = x, str(x.dtype)
+            src_dtype = str(x.dtype)
         else:
             raise InputError(f"input must be a numpy array or torch tensor, got {type(x).__name__}")
         if src_dtype not in ("float32", "float16", "bfloat16", "float64"):
             raise InputError(f"input dtype {src_dtype} is not supported; pass float32 NCHW images "
                              "(e.g. engine.preprocess(...) or x.astype(np.float32))")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        shape = tuple(x.shape)
         spec = self.inputs[0] if self.inputs else None
-        if arr.ndim != 4:
+        if len(shape) != 4:
             want = spec.describe() if spec else "NCHW (4 dims)"
-            raise InputError(f"input has shape {arr.shape} ({arr.ndim} dims); expected {want}. "
+            raise InputError(f"input has shape {shape} ({len(shape)} dims); expected {want}. "
                              "Add a batch dimension with x[None] for a single image")
         if spec is not None:
-            for axis, (got, want) in enumerate(zip(arr.shape, spec.shape)):
+            for axis, (got, want) in enumerate(zip(shape, spec.shape)):
                 if want is not None and got != want:
-                    raise InputError(f"input shape {arr.shape} does not match {spec.describe()} "
+                    raise InputError(f"input shape {shape} does not match {spec.describe()} "
                                      f"(axis {axis}: got {got}, expected {want})")
-        if self.check_finite and not np.isfinite(arr).all():
-            n_nan = int(np.isnan(arr).sum())
-            n_inf = int(np.isinf(arr).sum())
+        if is_torch_tensor(x):
+            import torch
+            x = x.detach().to(torch.float32).contiguous()
+            finite = self.check_finite and not bool(torch.isfinite(x).all())
+            counts = (lambda: (int(torch.isnan(x).sum()), int(torch.isinf(x).sum())))
+        else:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            finite = self.check_finite and not np.isfinite(x).all()
+            counts = (lambda: (int(np.isnan(x).sum()), int(np.isinf(x).sum())))
+        if finite:
+            n_nan, n_inf = counts()
             raise InputError(f"input holds {n_nan} NaN and {n_inf} Inf values; fix the "
                              "preprocessing (or pass check_finite=False to run anyway)")
-        return arr
+        return x
+
+    def check_input(self, x) -> np.ndarray:
+        """:meth:`validate`, then as a host array (for hooks that read host data)."""
+        x = self.validate(x)
+        return x.cpu().numpy() if is_torch_tensor(x) else x
 
     def __call__(self, x):
-        arr = self.check_input(x)
-        out = self._infer(arr)
-        if _is_torch(x):
-            import torch
-            return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
-        return out
+        x = self.validate(x)
+        if not is_torch_tensor(x):
+            return self._infer(x)
+        if x.device.type == "cuda" and self.runs_on_device:
+            return self._infer_device(x)
+        import torch
+        out = self._infer(x.cpu().numpy())
+        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)

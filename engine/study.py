@@ -188,7 +188,7 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     import torch
     import calibration
     from .export import export_onnx
-    from .load import load
+    from .loader import load
     from .models.registry import create_model, get_config
     from .fileio import atomic_write_text
 

@@ -133,3 +133,21 @@ def load_weights(model, weights):
     sd = read_state_dict(weights)
     sd = _trim_background_class(model, dict(sd))
     return load_state_dict_strict(model, sd, f"checkpoint {weights}")
+
+
+def set_bn_statistics(model, x):
+    """Set every BatchNorm's running mean/var from one batch ``x`` and return the model in eval.
+
+    For random-weight models used in parity tests and benchmarks: at PyTorch's default BN
+    statistics a deep Inception's activations shrink to ~1e-9, which makes any comparison
+    vacuous; with statistics from real activations they keep unit scale.
+    """
+    import torch
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: one batch sets the statistics exactly
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()

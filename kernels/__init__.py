@@ -1,4 +1,4 @@
-"""Triton kernels for the Inception networks (issue 6). Layout: NHWC everywhere.
+"""Triton kernels for the Inception networks. Layout: NHWC everywhere.
 
 Every kernel file holds the ``@triton.jit`` kernel, a launcher (checks shapes, dtypes and
 strides, allocates when asked, launches) and a plain PyTorch reference with the same
@@ -58,34 +58,42 @@ fold_scale, quantize_weight, dequant_scale.
 References: conv2d_reference, max_pool_reference, avg_pool_reference,
 global_avg_pool_reference, linear_reference, quantize_reference, dequantize_reference.
 
-Layer shapes of the real networks: ``kernels.shapes.network_shapes(model_name)`` (distinct
-conv and pool shapes, and the groups of 1x1 convs sharing an input, traced by forward hooks
-on ``engine.create_model`` on the meta device).
+Ahead-of-time compile without a GPU: ``kernels.aot.compile_many(specs, archs)`` compiles
+kernel specializations for sm_80/sm_90 and reports registers, spills and tensor-core use;
+the specs of the real networks come from ``engine.models.shapes`` (``benchmarks/aot.py``).
 
-Ahead-of-time compile without a GPU: ``python -m kernels.aot --out aot.txt`` compiles every
-specialization a network uses for sm_80/sm_90 and reports registers, spills and tensor-core
-use (``kernels.aot.network_specs``, ``compile_many``).
+This package is a leaf: it imports torch and triton, never the engine.
 
-Interpreter note: ``triton.jit`` decides at import time, so ``TRITON_INTERPRET=1`` must be
-set before the first ``import kernels`` in a process; launchers refuse CPU tensors otherwise.
+Interpreter note: ``triton.jit`` decides when it decorates a kernel, so ``TRITON_INTERPRET=1``
+must be set before the first launcher is imported in a process (``kernels.env`` may be
+imported first: the launchers load on first use); launchers refuse CPU tensors otherwise.
 Autotuning on a GPU is keyed on the problem shape (batch, H, W, C, OH, OW, N, kernel,
 stride, destinations, residual): the first call for each distinct layer benchmarks the tiles
 of ``kernels.conv.CONFIGS`` (pruned to the problem); pass ``config=`` to skip it.
 """
-from ._launch import interpreting
-from .conv import (conv2d, conv2d_reference, dequant_scale, fold_bn, fold_scale, pack_weight,
-                   quantize_reference, quantize_weight)
-from .linear import linear, linear_reference, pack_linear_weight
-from .pool import (avg_pool, avg_pool_reference, global_avg_pool, global_avg_pool_reference,
-                   max_pool, max_pool_reference)
-from .quant import dequantize, dequantize_reference, quantize
+import importlib
 
-__all__ = [
-    "interpreting",
-    "conv2d", "conv2d_reference", "pack_weight", "fold_bn", "fold_scale", "quantize_weight",
-    "dequant_scale",
-    "linear", "linear_reference", "pack_linear_weight",
-    "max_pool", "max_pool_reference", "avg_pool", "avg_pool_reference",
-    "global_avg_pool", "global_avg_pool_reference",
-    "quantize", "quantize_reference", "dequantize", "dequantize_reference",
-]
+# public name -> submodule that defines it, imported on first use (see the interpreter note)
+_LAZY = {
+    "interpreting": "env", "cuda_usable": "env",
+    **{n: "conv" for n in ("conv2d", "conv2d_reference", "pack_weight", "fold_bn", "fold_scale",
+                           "quantize_weight", "quantize_reference", "dequant_scale")},
+    **{n: "linear" for n in ("linear", "linear_reference", "pack_linear_weight")},
+    **{n: "pool" for n in ("max_pool", "max_pool_reference", "avg_pool", "avg_pool_reference",
+                           "global_avg_pool", "global_avg_pool_reference")},
+    **{n: "quant" for n in ("quantize", "dequantize", "dequantize_reference")},
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"kernels.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,23 +1,19 @@
-"""Launch-time helpers shared by the kernel launchers: interpreter detection, config
+"""Launch-time helpers shared by the kernel launchers: config
 choice and the checks on NHWC tensors and channel slices.
 
 Nothing here touches a GPU; it is imported by every kernel file.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch
 import triton
 
+from .env import interpreting
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ALL_DTYPES = FLOAT_DTYPES + (torch.int8,)
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels with its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def next_pow2(n: int) -> int:

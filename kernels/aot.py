@@ -5,7 +5,7 @@ and a check for tensor-core instructions (``mma`` on sm_80, ``wgmma`` on sm_90).
 
 A specialization is what Triton compiles once: the kernel, the dtypes of its pointers and
 its constexprs (kernel size, stride, epilogue flags, tile sizes). The list for a network
-comes from its traced layer shapes (:mod:`kernels.shapes`).
+comes from its traced layer shapes (:mod:`engine.models.shapes`).
 """
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ def network_specs(model_name: str = "inception_resnet_v2", dtypes=(torch.float16
     (requantised), except the residual up-projections, which add the fp16 trunk and write
     fp16 (Q/DQ on the shortcut input is applied when the trunk is next quantised).
     """
-    from .shapes import network_shapes
+    from engine.models.shapes import network_shapes
 
     shapes = network_shapes(model_name)   # full width: alignment (channels % 16) matters
     specs: Dict[str, Spec] = {}

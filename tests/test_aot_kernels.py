@@ -66,7 +66,7 @@ def test_representative_specs_compile_without_spills_and_use_tensor_cores():
 
 def test_irv2_spec_list_covers_the_network():
     """Every conv geometry and every epilogue IR-v2 needs has a specialization."""
-    from kernels.shapes import network_shapes
+    from engine.models.shapes import network_shapes
     specs = aot.network_specs("inception_resnet_v2", dtypes=(torch.float16,))
     names = [s.name for s in specs]
     shapes = network_shapes("inception_resnet_v2", width=0.25)

@@ -199,7 +199,7 @@ def _qdq_file(path):
     """A tiny Q/DQ conv graph with our int8 metadata (what calibration writes, in small)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from engine.export import META_PRECISION, set_metadata
+    from engine.onnxmeta import META_PRECISION, set_metadata
     w = np.random.default_rng(0).integers(-20, 20, (4, 3, 3, 3)).astype(np.int8)
     inits = [numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
              numpy_helper.from_array(np.array(0, np.int8), "xz"),

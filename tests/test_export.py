@@ -6,8 +6,8 @@ import pytest
 
 import engine
 from engine.errors import ArtifactError
-from engine.export import (META_CONFIG, META_PRECISION, META_WEIGHTS, load_onnx, read_metadata,
-                           weights_fingerprint)
+from engine.export import weights_fingerprint
+from engine.onnxmeta import META_CONFIG, META_PRECISION, META_WEIGHTS, load_onnx, read_metadata
 
 onnx = pytest.importorskip("onnx")
 ARCHS = ["inception_v4", "inception_resnet_v1", "inception_resnet_v2"]

@@ -326,7 +326,7 @@ def test_global_avg_pool_and_linear(dtype):
 
 def test_cases_cover_every_layer_class():
     """The classes tested above are exactly those of the three networks (traced on meta)."""
-    from kernels.shapes import network_shapes
+    from engine.models.shapes import network_shapes
     seen, groups = set(), []
     for name in ("inception_v4", "inception_resnet_v1", "inception_resnet_v2"):
         shapes = network_shapes(name, width=0.25)

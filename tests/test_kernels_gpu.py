@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gpu,
 
 if torch.cuda.is_available():
     import kernels as K
-    from kernels.shapes import network_shapes
+    from engine.models.shapes import network_shapes
 
 DEV = "cuda"
 

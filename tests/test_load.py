@@ -11,7 +11,7 @@ import pytest
 import engine
 from engine import backends
 from engine.errors import ArtifactError, BackendUnavailableError
-from engine.load import ConfigUnknownWarning
+from engine.loader import ConfigUnknownWarning
 
 pytest.importorskip("onnx")
 SMALL = dict(width=0.25, input_size=(3, 75, 75))
@@ -167,7 +167,7 @@ def test_import_is_light_and_load_is_callable():
             "assert not heavy, heavy\n"
             "import engine.load, engine.verify\n"
             "assert callable(engine.load) and callable(engine.verify)\n"
-            "from engine.load import load; from engine.verify import verify\n"
+            "from engine.loader import load; from engine.parity import verify\n"
             "assert callable(load) and callable(verify)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

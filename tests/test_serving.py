@@ -10,9 +10,9 @@ import json
 import pytest
 
 import engine
-from engine.backends import tensorrt_meta as meta
+from engine.backends.tensorrt import meta
 from engine.errors import ArtifactError
-from engine.serving import export_triton
+from engine.tritonserver import export_triton
 
 from test_tensorrt import fake_sidecar, temp_files, tiny_onnx
 

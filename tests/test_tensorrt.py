@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import engine
-from engine.backends import tensorrt_meta as meta
+from engine.backends.tensorrt import meta
+from engine.onnxmeta import onnx_io
 from engine.errors import ArtifactError, BackendUnavailableError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -35,7 +36,7 @@ def tiny_onnx(path, config_name=FMNIST, num_classes=None, qdq=False, zero_point=
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from engine.export import META_CONFIG, META_PRECISION, set_metadata
+    from engine.onnxmeta import META_CONFIG, META_PRECISION, set_metadata
     cfg = engine.get_config(config_name)
     if num_classes is not None:
         cfg = cfg.with_(num_classes=num_classes)
@@ -71,7 +72,7 @@ def tiny_onnx(path, config_name=FMNIST, num_classes=None, qdq=False, zero_point=
 
 def fake_sidecar(plan, onnx_path, trt="10.8.0.43", gpu=None, precision="fp16", **options):
     """A sidecar as ``build`` writes it, for a plan at ``plan`` (environment facts given)."""
-    from engine.export import load_onnx, read_metadata
+    from engine.onnxmeta import load_onnx, read_metadata
     from engine.fileio import sha256_file
     opts = {"min_batch": 1, "opt_batch": 8, "max_batch": 32, "workspace": None,
             "hardware_compatible": False, "keep_io_fp32": True, "timing_cache": None}
@@ -80,7 +81,7 @@ def fake_sidecar(plan, onnx_path, trt="10.8.0.43", gpu=None, precision="fp16", *
     return meta.make_sidecar(
         plan_path=plan, plan_sha256=sha256_file(plan), plan_bytes=Path(plan).stat().st_size,
         onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), onnx_meta=read_metadata(proto),
-        precision=precision, io=meta.onnx_io(proto), tensorrt_version=trt,
+        precision=precision, io=onnx_io(proto), tensorrt_version=trt,
         gpu=gpu or {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
         build_options=opts, mode=meta.build_mode(precision, ["FP16", "INT8", "TF32"], True))
 
@@ -99,12 +100,12 @@ def test_sidecar_contents_and_round_trip(tmp_path):
     gpu = {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
 
     def make(sha, n):
-        from engine.export import read_metadata
+        from engine.onnxmeta import read_metadata
         return meta.make_sidecar(
             plan_path=plan, plan_sha256=sha, plan_bytes=n, onnx_path=onnx_path,
             onnx_sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
             onnx_meta=read_metadata(onnx_path), precision="int8",
-            io=meta.onnx_io(__import__("onnx").load(str(onnx_path))),
+            io=onnx_io(__import__("onnx").load(str(onnx_path))),
             tensorrt_version="11.1.0.7", gpu=gpu,
             build_options={"min_batch": 1, "opt_batch": 4, "max_batch": 16, "workspace": 1 << 30,
                            "hardware_compatible": False, "keep_io_fp32": True,
@@ -491,7 +492,7 @@ def _ort(model_or_path):
 def test_fp16_conversion_keeps_outputs_within_fp16_tolerance(irv2_onnx):
     import onnx
     from onnx import TensorProto
-    from engine.backends.tensorrt_fp16 import convert_to_fp16
+    from engine.backends.tensorrt.fp16 import convert_to_fp16
     proto = onnx.load(str(irv2_onnx))
     m16, stats = convert_to_fp16(proto, keep_io_fp32=True)
     # every float weight is float16 now; I/O stay float32
@@ -517,7 +518,7 @@ def test_fp16_conversion_keeps_outputs_within_fp16_tolerance(irv2_onnx):
 def test_fp16_conversion_with_fp16_io(irv2_onnx):
     import onnx
     from onnx import TensorProto
-    from engine.backends.tensorrt_fp16 import convert_to_fp16
+    from engine.backends.tensorrt.fp16 import convert_to_fp16
     m16, _ = convert_to_fp16(onnx.load(str(irv2_onnx)), keep_io_fp32=False)
     assert m16.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
     assert m16.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
@@ -531,7 +532,7 @@ def test_fp16_conversion_with_fp16_io(irv2_onnx):
 
 def test_fp16_conversion_file_and_refusals(tmp_path):
     import onnx
-    from engine.backends.tensorrt_fp16 import convert_file, convert_to_fp16
+    from engine.backends.tensorrt.fp16 import convert_file, convert_to_fp16
     from engine.errors import UnsupportedGraphError
     src = tiny_onnx(tmp_path / "m.onnx")
     # a weight beyond the float16 range is clipped and counted, not turned into inf

@@ -45,7 +45,7 @@ if not _ok:
 import torch  # noqa: E402
 import tensorrt as trt  # noqa: E402
 
-from engine.backends import tensorrt_meta as meta  # noqa: E402
+from engine.backends.tensorrt import meta  # noqa: E402
 from engine.backends.tensorrt import TensorRTRuntime, build  # noqa: E402
 
 
@@ -274,7 +274,7 @@ def test_parser_error_names_the_node(workdir):
 
 
 def test_serve_export_of_a_real_plan(plans, workdir):
-    from engine.serving import export_triton
+    from engine.tritonserver import export_triton
     d = export_triton(plans["fp16"], workdir / "repo", name="subject")
     text = (d / "config.pbtxt").read_text()
     assert 'platform: "tensorrt_plan"' in text and "max_batch_size: 64" in text

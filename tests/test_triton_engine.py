@@ -27,7 +27,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import engine  # noqa: E402
-from engine.models.stats import set_bn_statistics  # noqa: E402
+from engine.weights import set_bn_statistics  # noqa: E402
 from engine.errors import ArtifactError, UnsupportedGraphError  # noqa: E402
 
 SUBJECT = "inception_resnet_v2_fmnist"

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gpu,
 
 
 def _lively(model, size, batch=8):
-    from engine.backends.triton.bench import _lively as lv
+    from benchmarks.triton_engine import _lively as lv
     return lv(model, size, batch)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import engine
 from engine import backends
-from engine.verify import (LayerDiff, ParityReport, Tolerance, first_divergent, module_outputs,
+from engine.parity import (LayerDiff, ParityReport, Tolerance, first_divergent, module_outputs,
                            module_path)
 
 onnx = pytest.importorskip("onnx")

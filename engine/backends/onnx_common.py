@@ -34,7 +34,7 @@ def onnx_info(path) -> dict:
     Missing, empty, truncated and non-ONNX files raise :class:`ArtifactError`. The precision
     comes from our metadata (``inception.precision``); a foreign file's is read off its graph.
     """
-    from ..export import META_PRECISION, read_metadata, load_onnx
+    from ..onnxmeta import META_PRECISION, read_metadata, load_onnx
     path = Path(path)
     proto = load_onnx(path, load_weights=False)
     meta = read_metadata(proto)

@@ -89,7 +89,7 @@ class ONNXRuntimeRuntime(Runtime):
 
     def intermediates(self, x, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         arr = self.check_input(x)
-        from ..export import load_onnx
+        from ..onnxmeta import load_onnx
         if self._aux is None or (names is not None and tuple(names) != self._aux_names):
             proto = load_onnx(self.path)
             produced = [o for n in proto.graph.node for o in n.output if o]

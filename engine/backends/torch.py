@@ -100,8 +100,8 @@ class TorchRuntime(Runtime):
 
     def __call__(self, x):
         # torch in -> torch out on the input's device, without a round trip through numpy
-        from ..runtime import _is_torch
-        if _is_torch(x) and self.device.type == "cuda":
+        from ..runtime import is_torch_tensor
+        if is_torch_tensor(x) and self.device.type == "cuda":
             self.check_input(x)
             return self.forward_torch(x).to(x.device)
         return super().__call__(x)
@@ -109,7 +109,7 @@ class TorchRuntime(Runtime):
     def intermediates(self, x, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         """Outputs of the modules at ``names`` (module paths; default: every named module)."""
         import torch
-        from ..verify import capture_modules
+        from ..models.capture import capture_modules
         arr = self.check_input(x)
         names = list(names) if names is not None else [n for n, _ in self.module.named_modules() if n]
         t = torch.from_numpy(arr).to(self.device)

@@ -101,10 +101,10 @@ def _open(args):
                 raise ValueError(f"{args.model} is a model name: it runs on the torch backend; "
                                  f"export it first to run on {args.backend}")
             from ..backends.torch import TorchRuntime
-            from .export import build_reference
-            return TorchRuntime(build_reference(args.model), precision=args.precision,
+            from ..models.registry import create_model
+            return TorchRuntime(create_model(args.model, seed=0), precision=args.precision,
                                 threads=args.threads)
-    from ..load import load
+    from ..loader import load
     return load(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
 
 

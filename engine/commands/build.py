@@ -35,7 +35,7 @@ def register(sub):
 def run(args):
     import json
     from ..backends.tensorrt import build
-    from ..backends.tensorrt_meta import read_sidecar
+    from ..backends.tensorrt.meta import read_sidecar
     plan = build(args.onnx, args.out, precision=args.precision, min_batch=args.min_batch,
                  opt_batch=args.opt_batch, max_batch=args.max_batch, workspace=args.workspace,
                  timing_cache=args.timing_cache, hardware_compatible=args.hardware_compatible,

@@ -21,22 +21,15 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def build_reference(name, weights=None, width=1.0, num_classes=None, seed=0):
-    """The reference model as export and verify build it: random init is seeded, so an
-    export without weights and a verify without weights see the same network."""
-    import torch
-    from ..models.registry import create_model
-    if weights is None:
-        torch.manual_seed(seed)
-    return create_model(name, weights=weights, width=width, num_classes=num_classes)
-
-
 def run(args):
     import sys
     from pathlib import Path
-    from ..export import export_onnx, read_metadata
+    from ..export import export_onnx
+    from ..onnxmeta import read_metadata
     from ..fileio import sha256_file
-    model = build_reference(args.model, args.weights, args.width, args.num_classes, args.seed)
+    from ..models.registry import create_model
+    model = create_model(args.model, weights=args.weights, width=args.width,
+                         num_classes=args.num_classes, seed=args.seed)
     out = Path(args.out or f"{args.model}.onnx")
     export_onnx(model, out, opset=args.opset, dynamic_batch=not args.static_batch)
     meta = read_metadata(out)

@@ -25,7 +25,7 @@ def register(sub):
 def _runner(args):
     """Return (callable, config, description, random_weights)."""
     if args.engine:
-        from ..load import load
+        from ..loader import load
         rt = load(args.engine, backend=args.backend, precision=args.precision, threads=args.threads)
         if rt.config is None:
             raise ValueError(f"{args.engine} carries no model config (not exported by this tool); "
@@ -44,7 +44,7 @@ def _runner(args):
     import tempfile
     from pathlib import Path
     from ..export import export_onnx
-    from ..load import load
+    from ..loader import load
     tmp = Path(tempfile.mkdtemp(prefix="inception-run-")) / f"{args.model}.onnx"
     export_onnx(model, tmp)
     rt = load(tmp, backend=args.backend, precision=args.precision, threads=args.threads)

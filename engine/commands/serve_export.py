@@ -24,7 +24,7 @@ def register(sub):
 
 
 def run(args):
-    from ..serving import export_triton
+    from ..tritonserver import export_triton
     d = export_triton(args.model_file, args.repo, name=args.name, max_batch=args.max_batch,
                       version=args.model_version, instances=args.instances,
                       preferred_batch_sizes=args.preferred,

@@ -26,9 +26,9 @@ def register(sub):
 
 def run(args):
     import warnings
-    from ..export import read_metadata
-    from ..load import ConfigUnknownWarning, load
-    from .export import build_reference
+    from ..onnxmeta import read_metadata
+    from ..loader import ConfigUnknownWarning, load
+    from ..models.registry import create_model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConfigUnknownWarning)
         rt = load(args.file, backend=args.backend, precision=args.precision, threads=args.threads)
@@ -41,8 +41,9 @@ def run(args):
         width = args.width if args.width is not None else (
             cfg.width if cfg is not None and cfg.name == name else 1.0)
         ncls = cfg.num_classes if cfg is not None and cfg.name == name else None
-        model = build_reference(name, args.weights, width, ncls, args.seed)
-        from ..verify import verify
+        model = create_model(name, weights=args.weights, width=width, num_classes=ncls,
+                             seed=args.seed)
+        from ..parity import verify
         report = verify(rt, model, args.batch, localize=True if args.localize else "auto",
                         seed=args.seed)
     if args.json:

@@ -1,4 +1,8 @@
-"""Registry of model variants and their typed configs."""
+"""Registry of model variants and their typed configs.
+
+The model files register their variants on import (``@register(config)``); the package
+``engine.models`` imports them, so the registry never imports a model file.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -63,19 +67,12 @@ def register(config: ModelConfig):
     return deco
 
 
-def _ensure_loaded():
-    # The model files register themselves on import.
-    from . import inception_v4, inception_resnet_v1, inception_resnet_v2  # noqa: F401
-
-
 def list_models():
     """Names of all registered variants, sorted."""
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
 def _entry(name: str) -> _Entry:
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise UnknownModelError(
             f"unknown model {name!r}; valid names are: {', '.join(sorted(_REGISTRY))}")
@@ -88,11 +85,13 @@ def get_config(name: str) -> ModelConfig:
 
 
 def create_model(name: str, weights=None, width: float = 1.0, num_classes: Optional[int] = None,
-                 **kwargs):
+                 seed: Optional[int] = None, **kwargs):
     """Build a variant in eval mode.
 
     weights: ``None`` (random init, say so where it matters), ``"timm"`` (timm's pretrained
     weights; needs network access) or a path to a local ``.pth``/``.pt``/``.safetensors``.
+    seed: seeds the random initialisation, so two processes (an export and a later verify
+    without weights) build the same network; ``None`` leaves torch's generator as it is.
     width: channel multiplier; 1.0 is the network of the public weights.
     num_classes: override the classifier size (``0`` removes the classifier).
     """
@@ -108,6 +107,9 @@ def create_model(name: str, weights=None, width: float = 1.0, num_classes: Optio
         changes["labels"] = ""
     if changes:
         cfg = cfg.with_(**changes)
+    if seed is not None:
+        import torch
+        torch.manual_seed(seed)
     model = entry.builder(cfg, **kwargs)
     model.config = cfg
     model.eval()

@@ -49,21 +49,3 @@ def model_stats(name: str, width: float = 1.0, input_size: Optional[tuple] = Non
     size = input_size or cfg.input_size
     return {"name": name, "params": count_params(m), "gmacs": count_macs(m, size) / 1e9,
             "input_size": tuple(size), "num_classes": m.config.num_classes, "width": m.config.width}
-
-
-def set_bn_statistics(model, x):
-    """Set every BatchNorm's running mean/var from one batch ``x`` and return the model in eval.
-
-    For random-weight models used in parity tests and benchmarks: at PyTorch's default BN
-    statistics a deep Inception's activations shrink to ~1e-9, which makes any comparison
-    vacuous; with statistics from real activations they keep unit scale.
-    """
-    import torch
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average: one batch sets the statistics exactly
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ...errors import BackendUnavailableError
-from ...runtime import Runtime, TensorSpec, _is_torch
+from ...runtime import Runtime, TensorSpec, is_torch_tensor
 from . import ops
 from .planner import Plan, explain_plan
 
@@ -68,7 +68,7 @@ def compile_onnx(path_or_proto, precision: Optional[str] = None,
     int8. Raises :class:`~engine.errors.UnsupportedGraphError` naming the first node the
     engine cannot run.
     """
-    from ...export import load_onnx, read_metadata
+    from ...onnxmeta import load_onnx, read_metadata
     from ..onnx_common import graph_precision, normalize_precision, resolve_precision
     from .graph import read_graph
     from .planner import build_plan
@@ -192,7 +192,7 @@ class TritonRuntime(Runtime):
         return self._run_torch(t).cpu().numpy()
 
     def __call__(self, x):
-        if _is_torch(x) and x.device.type == "cuda" and self.device.type == "cuda":
+        if is_torch_tensor(x) and x.device.type == "cuda" and self.device.type == "cuda":
             if self.closed:
                 raise RuntimeError(f"{self!r} is closed; load the model again")
             if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.inputs[0].shape[1:]):

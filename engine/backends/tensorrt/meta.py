@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import ArtifactError, BackendUnavailableError, EngineError
+from ...errors import ArtifactError, BackendUnavailableError, EngineError
 
 SIDECAR_FORMAT = "inception-plan"
 SIDECAR_VERSION = 1
@@ -126,23 +126,6 @@ def calibration_info(props: Dict[str, str]) -> Optional[dict]:
             "details": details}
 
 
-def onnx_io(proto) -> Dict[str, List[dict]]:
-    """Graph inputs (minus initializers) and outputs as ``{"name", "shape", "dtype"}``;
-    symbolic or unknown dimensions are ``None``."""
-    from onnx import helper
-    inits = {i.name for i in proto.graph.initializer}
-
-    def describe(vi):
-        t = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                 for d in t.shape.dim]
-        dtype = str(helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else "float32"
-        return {"name": vi.name, "shape": shape, "dtype": dtype}
-
-    return {"inputs": [describe(v) for v in proto.graph.input if v.name not in inits],
-            "outputs": [describe(v) for v in proto.graph.output]}
-
-
 # --------------------------------------------------------------------------- build options
 def profile_shapes(input_shape: Sequence[Optional[int]], min_batch: int, opt_batch: int,
                    max_batch: int, name: str = "input") -> Tuple[tuple, tuple, tuple]:
@@ -219,7 +202,7 @@ def make_sidecar(*, plan_path, plan_sha256: str, plan_bytes: int, onnx_path, onn
                  build_options: dict, mode: dict, created: Optional[str] = None) -> dict:
     """The sidecar's content (a JSON-able dict). ``onnx_meta`` is ``engine.read_metadata``'s
     result; ``gpu`` is ``{"name", "compute_capability": "major.minor"}``."""
-    from .. import __version__
+    from ...version import __version__
     cfg = onnx_meta.get("config")
     return {
         "format": SIDECAR_FORMAT,
@@ -267,7 +250,7 @@ def validate_sidecar(data, where="sidecar") -> dict:
 
 def write_sidecar(plan, data: dict) -> Path:
     """Write ``plan``'s sidecar atomically (temporary file, then rename)."""
-    from ..fileio import atomic_write_text
+    from ...fileio import atomic_write_text
     path = sidecar_path(plan)
     atomic_write_text(path, json.dumps(validate_sidecar(data, path), indent=2, sort_keys=True)
                       + "\n")
@@ -395,7 +378,7 @@ def write_plan_and_sidecar(plan, blob, make_sidecar_fn) -> Tuple[Path, Path]:
     no sidecar (it loads, with a warning), never a plan with another plan's sidecar.
     """
     import os
-    from ..fileio import atomic_path, sha256_file
+    from ...fileio import atomic_path, sha256_file
     plan = Path(plan)
     side = sidecar_path(plan)
     with atomic_path(side) as tmp_side, atomic_path(plan) as tmp_plan:

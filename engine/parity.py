@@ -55,7 +55,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .export import module_path  # noqa: F401  (re-exported: the node-name convention)
+from .export import module_path
+from .models.capture import compared_modules
 
 JUMP_FLOOR = 10.0
 JUMP_RATIO = 10.0
@@ -217,55 +218,6 @@ def module_outputs(proto) -> Dict[str, tuple]:
         for k in range(1, len(parts) + 1):
             out[".".join(parts[:k])] = (i, node.output[0])
     return out
-
-
-def compared_modules(model) -> List[str]:
-    """Module paths of the units worth comparing: conv-BN-ReLU units, residual blocks, branch
-    concats, other model blocks and pools (not the pieces folded away in export: a unit's conv
-    and BN, a residual's up-projection, and not the head)."""
-    from torch import nn
-    from .models.layers import ConvBNReLU
-    names = []
-    skip_under: List[str] = []
-    for name, m in model.named_modules():
-        if not name:
-            continue
-        if any(name.startswith(p + ".") for p in skip_under):
-            continue
-        if isinstance(m, ConvBNReLU):
-            names.append(name)
-            skip_under.append(name)
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            names.append(name)
-        elif type(m).__module__.startswith("engine.models"):
-            names.append(name)  # Residual, Branches, InceptionC and the other blocks
-    return names
-
-
-def capture_modules(model, x, names: Sequence[str]) -> Dict[str, np.ndarray]:
-    """Run ``model(x)`` and return the outputs of the modules at ``names`` (forward hooks)."""
-    import torch
-    mods = dict(model.named_modules())
-    missing = [n for n in names if n not in mods]
-    if missing:
-        raise KeyError(f"modules not in the model: {', '.join(missing[:5])}")
-    acts: Dict[str, np.ndarray] = {}
-    handles = []
-
-    def hook(name):
-        def fn(_m, _inp, out):
-            if isinstance(out, torch.Tensor):
-                acts[name] = out.detach().float().cpu().numpy().copy()
-        return fn
-    try:
-        for n in names:
-            handles.append(mods[n].register_forward_hook(hook(n)))
-        with torch.inference_mode():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return acts
 
 
 # --------------------------------------------------------------------------- metrics
@@ -443,7 +395,7 @@ class _CallableRuntime:
 
 
 def _engine_graph(runtime, onnx_path):
-    from .export import load_onnx
+    from .onnxmeta import load_onnx
     p = Path(onnx_path) if onnx_path is not None else getattr(runtime, "path", None)
     if p is None or Path(p).suffix.lower() != ".onnx":
         return None
@@ -521,13 +473,3 @@ def first_divergent(layers: Sequence[LayerDiff], tol: float):
         if l.range_rel > floor:
             return l.module, "over tolerance"
     return None, None
-
-
-class _CallableModule(__import__("types").ModuleType):
-    """``engine.verify`` is both this module and the function (see engine/load.py)."""
-
-    def __call__(self, *args, **kw):
-        return verify(*args, **kw)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule

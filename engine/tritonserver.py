@@ -38,8 +38,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 def _model_info(model_file: Path, onnx: Optional[Path]):
     """(io, config, sidecar, plan max batch) of a plan or an ONNX file."""
-    from .backends import tensorrt_meta as meta
-    from .export import load_onnx, read_metadata
+    from .backends.tensorrt import meta
+    from .onnxmeta import load_onnx, onnx_io, read_metadata
     if model_file.suffix == ".plan":
         meta.check_plan_file(model_file)
         side = meta.read_sidecar(model_file, required=onnx is None)
@@ -50,9 +50,9 @@ def _model_info(model_file: Path, onnx: Optional[Path]):
                 cfg = ModelConfig.from_dict(side["model_config"])
             return side["io"], cfg, side, side["build_options"].get("max_batch")
         proto = load_onnx(onnx, load_weights=False)
-        return meta.onnx_io(proto), read_metadata(proto)["config"], None, None
+        return onnx_io(proto), read_metadata(proto)["config"], None, None
     proto = load_onnx(model_file, load_weights=False)
-    return meta.onnx_io(proto), read_metadata(proto)["config"], None, None
+    return onnx_io(proto), read_metadata(proto)["config"], None, None
 
 
 def _labels(config) -> Optional[List[str]]:
@@ -198,7 +198,7 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
     with atomic_path(vdir / filename) as tmp:
         shutil.copyfile(model_file, tmp)
     if side is not None:
-        from .backends.tensorrt_meta import sidecar_path
+        from .backends.tensorrt.meta import sidecar_path
         side_copy = dict(side, plan=dict(side["plan"], file=filename))
         atomic_write_text(sidecar_path(vdir / filename),
                           json.dumps(side_copy, indent=2, sort_keys=True) + "\n")

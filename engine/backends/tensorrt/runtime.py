@@ -7,13 +7,13 @@ Targets TensorRT 10.x and 11.x through the Python API they both document: ``Onnx
 what it has (``hasattr``), never its version string:
 
 - TensorRT 11 removed ``BuilderFlag.FP16``/``INT8`` and builds strongly typed networks: FP16
-  comes from an FP16 graph (``tensorrt_fp16``), INT8 from the Q/DQ graph our calibration
+  comes from an FP16 graph (``fp16``), INT8 from the Q/DQ graph our calibration
   writes. TensorRT 10 gets the same graphs and, because it still has them, the flags.
 - ``IParserError.node_name``/``node_operator`` exist from 10.x on; otherwise the node index is
   looked up in the ONNX file, so a parser error always names the node.
 
 Everything that needs no TensorRT (sidecar, compatibility checks, profile shapes, the FP16
-conversion) lives in ``tensorrt_meta``/``tensorrt_fp16`` and is tested without a GPU. This
+conversion) lives in ``tensorrt_meta``/``fp16`` and is tested without a GPU. This
 module is the thin part; CI does not run it against a real TensorRT.
 
 Device buffers are torch CUDA tensors when torch has CUDA, otherwise raw allocations through
@@ -32,9 +32,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError, UnsupportedGraphError
-from ..runtime import Runtime, TensorSpec, _is_torch
-from . import tensorrt_meta as meta
+from ...errors import ArtifactError, InputError, UnsupportedGraphError
+from ...runtime import Runtime, TensorSpec, is_torch_tensor
+from . import meta
 
 __all__ = ["build", "load", "TensorRTRuntime", "available", "is_available",
            "running_environment"]
@@ -156,7 +156,7 @@ def _parser_errors(parser, proto) -> str:
 def _prepare_onnx(onnx_path, precision: Optional[str], keep_io_fp32: bool):
     """Read the ONNX file and decide what TensorRT parses: ``(proto_to_parse, precision,
     source_meta)``. FP16 converts the graph; INT8 requires Q/DQ nodes."""
-    from ..export import load_onnx, read_metadata
+    from ...onnxmeta import load_onnx, onnx_io, read_metadata
     proto = load_onnx(onnx_path)
     src_meta = read_metadata(proto)
     qdq = meta.qdq_nodes(proto)
@@ -169,7 +169,7 @@ def _prepare_onnx(onnx_path, precision: Optional[str], keep_io_fp32: bool):
                 "TensorRT takes symmetric INT8 only. Quantize with `inception-engine quantize`, "
                 "which writes zero points of 0")
     if precision == "fp16" and src_meta["precision"] != "fp16":
-        from .tensorrt_fp16 import convert_to_fp16
+        from .fp16 import convert_to_fp16
         proto, stats = convert_to_fp16(proto, keep_io_fp32=keep_io_fp32)
         if stats["clipped"]:
             warnings.warn(f"{stats['clipped']} weight values exceed the float16 range and were "
@@ -194,12 +194,12 @@ def build(onnx, plan=None, precision: Optional[str] = None, min_batch: int = 1,
     hardware_compatible: build for every GPU from Ampere on (slower kernels).
     Returns the plan path. Raises BackendUnavailableError when TensorRT is missing.
     """
-    from ..fileio import atomic_write_bytes, sha256_file
+    from ...fileio import atomic_write_bytes, sha256_file
     onnx = Path(onnx)
     plan = Path(plan) if plan is not None else onnx.with_suffix(".plan")
     proto, precision, src_meta = _prepare_onnx(onnx, precision, keep_io_fp32)  # file errors first
     trt = _import_trt()
-    io = meta.onnx_io(proto)
+    io = onnx_io(proto)
     if len(io["inputs"]) != 1:
         raise UnsupportedGraphError(f"{onnx}: expected one image input, found "
                                     f"{[i['name'] for i in io['inputs']]}")
@@ -287,7 +287,7 @@ class TensorRTRuntime(Runtime):
     """A TensorRT plan behind the common runtime interface.
 
     check_env: compare the sidecar's TensorRT version and GPU with the running ones before
-        deserializing (a mismatch is a :class:`~engine.backends.tensorrt_meta.PlanMismatchError`
+        deserializing (a mismatch is a :class:`~engine.backends.tensorrt.meta.PlanMismatchError`
         naming both and the rebuild command); ``False`` downgrades it to a warning.
     cuda_graph: capture the execution into a CUDA graph the first time a shape is seen and
         replay it while the shape stays the same (torch CUDA buffers only; for fixed-shape
@@ -300,7 +300,7 @@ class TensorRTRuntime(Runtime):
     def __init__(self, path, precision: Optional[str] = None, threads: Optional[int] = None,
                  check_env: bool = True, cuda_graph: bool = False, device: int = 0,
                  check_finite: bool = True, verbose: bool = False):
-        from ..fileio import sha256_file
+        from ...fileio import sha256_file
         path = meta.check_plan_file(path)
         trt = _import_trt()
         self._trt = trt
@@ -360,7 +360,7 @@ class TensorRTRuntime(Runtime):
         if sidecar is not None:
             precision = sidecar["precision"]
             if sidecar.get("model_config"):
-                from ..models.registry import ModelConfig
+                from ...models.registry import ModelConfig
                 config = ModelConfig.from_dict(sidecar["model_config"])
         super().__init__(path=path, precision=precision, config=config,
                          inputs=[spec(in_name)], outputs=[spec(n) for n in self._out_names],
@@ -525,7 +525,7 @@ class TensorRTRuntime(Runtime):
         return res[0] if len(res) == 1 else res
 
     def __call__(self, x):
-        if _is_torch(x) and x.is_cuda:
+        if is_torch_tensor(x) and x.is_cuda:
             return self._call_cuda(x)
         return super().__call__(x)
 

@@ -109,14 +109,3 @@ def load(path, backend: Optional[str] = None, precision: Optional[str] = None,
                       "package): it runs, but preprocessing, labels and the model name are "
                       "unknown (runtime.config is None)", ConfigUnknownWarning, stacklevel=2)
     return rt
-
-
-class _CallableModule(__import__("types").ModuleType):
-    """``engine.load`` is both this module and the function: importing the submodule binds the
-    module to the package attribute, so the module forwards calls to :func:`load`."""
-
-    def __call__(self, *args, **kw):
-        return load(*args, **kw)
-
-
-__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,6 @@
 """GPU benchmark of the triton engine against PyTorch, in one run (issue 7's targets).
 
-    python -m engine.backends.triton.bench [--model inception_resnet_v2] [--size 299]
+    python -m benchmarks.triton_engine [--model inception_resnet_v2] [--size 299]
         [--large-batch 256] [--out benchmarks/triton_engine.json]
 
 Measured on the same GPU, same weights, same process:
@@ -46,7 +46,7 @@ def _timed(fn, iters: int, warmup: int):
 
 def _lively(model, size, batch=8):
     import torch
-    from ...models.stats import set_bn_statistics
+    from engine.weights import set_bn_statistics
     return set_bn_statistics(model, torch.randn(batch, *size))
 
 
@@ -55,7 +55,7 @@ def run(model_name: str = "inception_resnet_v2", size: int = 299, large_batch: i
     import numpy as np
     import torch
     import engine
-    from .runtime import TritonRuntime
+    from engine.backends.triton.runtime import TritonRuntime
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA GPU")
     torch.backends.cudnn.benchmark = True
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     text = json.dumps(res, indent=2)
     print(text)
     if a.out:
-        from ...fileio import atomic_write_bytes
+        from engine.fileio import atomic_write_bytes
         atomic_write_bytes(a.out, text.encode())
     return 0
 

@@ -65,12 +65,12 @@ class NetworkShapes:
 @functools.lru_cache(maxsize=None)
 def network_shapes(model_name: str, size: int = 0, width: float = 1.0) -> NetworkShapes:
     """Trace ``engine.create_model(model_name)`` at ``size`` (default: its config's input size)."""
-    import engine
-    from engine.models.layers import ConvBNReLU
+    from .layers import ConvBNReLU
+    from .registry import create_model, get_config
 
-    model = engine.create_model(model_name, width=width).eval()
+    model = create_model(model_name, width=width).eval()
     if not size:
-        size = engine.get_config(model_name).input_size[-1]
+        size = get_config(model_name).input_size[-1]
     result = NetworkShapes()
     keep_alive = []            # hold inputs so tensor ids stay unique during the trace
     readers: Dict[int, List[str]] = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UnsupportedGraphError
+from ...errors import UnsupportedGraphError
 
 FP16_MAX = float(np.finfo(np.float16).max)
 # (op_type, input index) that stay float32 in an FP16 graph
@@ -158,8 +158,8 @@ def _set_meta(model, entries: dict):
 def convert_file(src, dst, keep_io_fp32: bool = True) -> dict:
     """Convert the FP32 ONNX file ``src`` to an FP16 ONNX file ``dst`` (written atomically)."""
     import onnx
-    from ..export import load_onnx
-    from ..fileio import atomic_path
+    from ...onnxmeta import load_onnx
+    from ...fileio import atomic_path
     model, stats = convert_to_fp16(load_onnx(src), keep_io_fp32=keep_io_fp32)
     with atomic_path(Path(dst)) as tmp:
         onnx.save(model, str(tmp))

@@ -1,0 +1,82 @@
+"""The one timing loop: every latency in this project (the study, ``inception-engine bench``,
+the Triton-engine and kernel benchmarks) is measured by :func:`time_calls`.
+
+A call is timed from just before it starts until its result is ready. On a GPU "ready"
+means the device has finished, so CUDA work is synchronised: with ``cuda=True`` each call
+is bracketed by CUDA events (device time, what a kernel benchmark wants); with
+``cuda=None`` (the default) the loop synchronises whenever a call returned a CUDA tensor and
+reports wall-clock time (what a caller of a runtime sees, copies included).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def _returns_cuda(out) -> bool:
+    if isinstance(out, (list, tuple)):
+        return any(_returns_cuda(o) for o in out)
+    return bool(getattr(out, "is_cuda", False))
+
+
+def time_calls(fn: Callable[[], object], iters: int = 20, warmup: int = 3,
+               duration: float = 0.0, cuda: Optional[bool] = None) -> List[float]:
+    """Milliseconds of each of at least ``iters`` calls of ``fn()``, after ``warmup`` untimed
+    calls; more calls while less than ``duration`` seconds have been timed (``trtexec
+    --duration``). ``cuda``: ``True`` times with CUDA events, ``None`` synchronises when a
+    call returns CUDA tensors, ``False`` never touches CUDA."""
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+    if warmup < 0 or duration < 0:
+        raise ValueError(f"warmup and duration must be >= 0, got {warmup} and {duration}")
+    torch = None
+    if cuda is not False:
+        import torch  # CUDA timing needs torch; the CPU path does not
+    for _ in range(warmup):
+        out = fn()
+        if cuda or (cuda is None and _returns_cuda(out)):
+            torch.cuda.synchronize()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < iters or time.perf_counter() - start < duration:
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(float(a.elapsed_time(b)))
+            continue
+        t0 = time.perf_counter()
+        out = fn()
+        if cuda is None and _returns_cuda(out):
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def median_ms(fn: Callable[[], object], iters: int = 20, warmup: int = 3,
+              cuda: Optional[bool] = None) -> float:
+    """Median of :func:`time_calls`."""
+    return float(np.median(time_calls(fn, iters=iters, warmup=warmup, cuda=cuda)))
+
+
+def percentiles(samples_ms: Sequence[float]) -> Dict[str, float]:
+    """p50/p90/p95/p99, mean, min, max (ms) and the sample count."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no timing samples")
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p95_ms": float(np.percentile(a, 95)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "max_ms": float(a.max()),
+            "n": int(a.size)}
+
+
+def summarize(samples_ms: Sequence[float], batch: int) -> Dict[str, float]:
+    """:func:`percentiles` plus the batch and the throughput at the median (images/s)."""
+    s = percentiles(samples_ms)
+    s["throughput_ips"] = batch * 1e3 / s["p50_ms"]
+    s["batch"] = batch
+    return s
