@@ -23,7 +23,8 @@ setup(
         "cpu": ["openvino>=2024.0", "onnxruntime>=1.18", "onnxscript", "matplotlib"],
         "plot": ["matplotlib"],
         # test-only: reference implementations at random init, serving-config schema
-        "test": ["pytest", "pytest-timeout", "timm", "requests", "tritonclient[grpc]", "matplotlib"],
+        "test": ["pytest", "pytest-timeout", "timm", "requests", "tritonclient[grpc]", "matplotlib",
+                 "grimp"],
         # GPU: TensorRT wheels come from NVIDIA's index (pip install --extra-index-url
         # https://pypi.nvidia.com tensorrt), not from PyPI
         "gpu": ["cuda-python"],

@@ -41,8 +41,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import engine  # noqa: E402
-from engine.commands.bench import percentiles, time_calls  # noqa: E402
+from engine.export import weights_fingerprint  # noqa: E402
 from engine.fileio import atomic_path, atomic_write_text  # noqa: E402
+from engine.timing import percentiles, summarize, time_calls  # noqa: E402
 
 TIMM_NAMES = {"inception_v4": "inception_v4", "inception_resnet_v2": "inception_resnet_v2"}
 
@@ -183,55 +184,17 @@ def build_runners(args, model, onnx_path: Path, int8_path, work: Path):
 def run(args) -> dict:
     import torch
     from engine.models.registry import create_model
-    cfg0 = engine.get_config(args.model)
-    size = args.size or cfg0.input_size[1]
+    size = args.size or engine.get_config(args.model).input_size[1]
     model = create_model(args.model, weights=args.weights, width=args.width, seed=0)
     work = args.work or Path(tempfile.mkdtemp(prefix="e2e-"))
     work.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.model}-w{args.width:g}-{size}"
-    onnx_path = args.onnx
-    if onnx_path is None:
-        onnx_path = work / f"{stem}.onnx"
-        if not (args.work and onnx_path.exists()
-                and engine.read_metadata(onnx_path)["weights_sha256"]
-                == __import__("engine.export", fromlist=["x"]).weights_fingerprint(model)):
-            engine.export_onnx(model, onnx_path, input_size=(3, size, size))
-    cached_int8 = work / f"{stem}.int8.onnx"
-    int8_file = {"path": args.int8_onnx or (cached_int8 if args.work and cached_int8.exists()
-                                            else None)}
-
-    def int8_path():
-        if int8_file["path"] is None:
-            int8_file["path"] = make_int8(onnx_path, cached_int8, size, args.threads)
-        return int8_file["path"]
-    want_int8 = not args.no_int8 and (args.int8_onnx is not None or _has_calibration())
-    runners = build_runners(args, model, onnx_path, int8_path if want_int8 else None, work)
+    onnx_path, int8_path = model_files(args, model, size, work)
+    runners = build_runners(args, model, onnx_path, int8_path, work)
 
     info = machine_info(args.device)
     info["loadavg_before"] = list(os.getloadavg())
-    dev = "cuda" if args.device == "cuda" else "cpu"
-    for r in runners:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                r.rt = r.make()
-        except Exception as e:  # an engine this machine lacks: listed, not fatal
-            r.error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-            print(f"  skip {r.label}: {r.error}", file=sys.stderr)
-    live = [r for r in runners if r.rt is not None]
-
-    parity = {}
-    if not args.no_verify:
-        x = np.random.default_rng(1).standard_normal((2, 3, size, size)).astype(np.float32)
-        for r in live:
-            if r.baseline or r.engine.startswith(("torch", "timm")):
-                continue
-            rep = engine.verify(r.rt, model, x, localize=False,
-                                tolerance={"top1": None, "top5": None}
-                                if r.precision != "fp32" else None)
-            parity[r.label] = {"passed": rep.passed, "range_rel_err": rep.range_rel_err,
-                               "cosine_min": rep.cosine_min,
-                               "top1_agreement": rep.top1_agreement}
+    live = open_runners(runners)
+    parity = {} if args.no_verify else check_parity(live, model, size)
 
     rows = []
     result = {"model": args.model, "size": size, "width": args.width,
@@ -242,35 +205,10 @@ def run(args) -> dict:
               "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     for b in args.batch:
         x = np.random.default_rng(b).standard_normal((b, 3, size, size)).astype(np.float32)
-        if dev == "cuda":
+        if args.device == "cuda":
             x = torch.from_numpy(x).cuda()
-        samples = {r.label: [] for r in live}
-        cpu = {r.label: 0.0 for r in live}
-        for r in live:
-            time_calls(r.rt, x, 0, args.warmup)
-        for _ in range(args.rounds):
-            for r in live:
-                c0 = time.process_time()
-                samples[r.label] += time_calls(r.rt, x, args.iters)
-                cpu[r.label] += time.process_time() - c0
-        base = next((r for r in live if r.baseline), None)
-        base_p50 = percentiles(samples[base.label])["p50_ms"] if base else None
-        for r in live:
-            s = percentiles(samples[r.label])
-            rows.append({"batch": b, "label": r.label, "engine": r.engine,
-                         "precision": r.precision, "baseline": r.baseline,
-                         **{k: round(v, 3) for k, v in s.items() if k != "n"}, "n": s["n"],
-                         "throughput_ips": round(b * 1e3 / s["p50_ms"], 2),
-                         # CPU seconds of this process per call (all threads, spinning
-                         # included): less sensitive than wall time to other processes
-                         "cpu_ms_per_call": round(cpu[r.label] * 1e3 / s["n"], 2),
-                         "latency_ratio": round(s["p50_ms"] / base_p50, 3) if base_p50 else None,
-                         "speedup": round(base_p50 / s["p50_ms"], 2) if base_p50 else None,
-                         "parity": parity.get(r.label)})
-            print(f"  batch {b:>2} {r.label:22} p50 {s['p50_ms']:8.2f} ms  p90 {s['p90_ms']:8.2f}"
-                  f"  p99 {s['p99_ms']:8.2f}  {b * 1e3 / s['p50_ms']:7.1f} img/s"
-                  + (f"  x{s['p50_ms'] / base_p50:.3f} of baseline" if base_p50 else ""),
-                  flush=True)
+        samples, cpu = time_batch(live, x, args.warmup, args.iters, args.rounds)
+        rows.extend(batch_rows(b, live, samples, cpu, parity))
         info["loadavg_after"] = list(os.getloadavg())
         write_outputs(result, args.out)   # after every batch size: a cut-short run keeps them
     for r in live:
@@ -278,12 +216,96 @@ def run(args) -> dict:
     return result
 
 
-def _has_calibration() -> bool:
-    try:
-        import calibration
-        return hasattr(calibration, "quantize")
-    except ImportError:
-        return False
+def model_files(args, model, size: int, work: Path):
+    """``(FP32 ONNX path, INT8 path maker or None)``: the export (reused from ``--work`` when
+    its weights match), and a function that makes the Q/DQ file on first use."""
+    stem = f"{args.model}-w{args.width:g}-{size}"
+    onnx_path = args.onnx
+    if onnx_path is None:
+        onnx_path = work / f"{stem}.onnx"
+        if not (args.work and onnx_path.exists()
+                and engine.read_metadata(onnx_path)["weights_sha256"]
+                == weights_fingerprint(model)):
+            engine.export_onnx(model, onnx_path, input_size=(3, size, size))
+    if args.no_int8:
+        return onnx_path, None
+    cached_int8 = work / f"{stem}.int8.onnx"
+    int8_file = {"path": args.int8_onnx or (cached_int8 if args.work and cached_int8.exists()
+                                            else None)}
+
+    def int8_path():
+        if int8_file["path"] is None:
+            int8_file["path"] = make_int8(onnx_path, cached_int8, size, args.threads)
+        return int8_file["path"]
+    return onnx_path, int8_path
+
+
+def open_runners(runners):
+    """Open every runner; one this machine cannot run is listed with the reason."""
+    for r in runners:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r.rt = r.make()
+        except Exception as e:  # an engine this machine lacks: listed, not fatal
+            r.error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            print(f"  skip {r.label}: {r.error}", file=sys.stderr)
+    return [r for r in runners if r.rt is not None]
+
+
+def check_parity(live, model, size: int) -> dict:
+    """Parity of each engine against the eager model on two random images (reduced
+    precisions on cosine only: random weights give near-tied logits)."""
+    x = np.random.default_rng(1).standard_normal((2, 3, size, size)).astype(np.float32)
+    parity = {}
+    for r in live:
+        if r.baseline or r.engine.startswith(("torch", "timm")):
+            continue
+        rep = engine.verify(r.rt, model, x, localize=False,
+                            tolerance={"top1": None, "top5": None}
+                            if r.precision != "fp32" else None)
+        parity[r.label] = {"passed": rep.passed, "range_rel_err": rep.range_rel_err,
+                           "cosine_min": rep.cosine_min, "top1_agreement": rep.top1_agreement}
+    return parity
+
+
+def time_batch(live, x, warmup: int, iters: int, rounds: int):
+    """``(samples ms, CPU seconds)`` per runner label: every runner warmed up, then timed in
+    ``rounds`` interleaved rounds of ``iters`` calls."""
+    samples = {r.label: [] for r in live}
+    cpu = {r.label: 0.0 for r in live}
+    for r in live:
+        time_calls(lambda: r.rt(x), iters=1, warmup=warmup)   # warm-up only
+    for _ in range(rounds):
+        for r in live:
+            c0 = time.process_time()
+            samples[r.label] += time_calls(lambda: r.rt(x), iters=iters, warmup=0)
+            cpu[r.label] += time.process_time() - c0
+    return samples, cpu
+
+
+def batch_rows(batch: int, live, samples: dict, cpu: dict, parity: dict) -> list:
+    """The result rows of one batch size (printed as they are made)."""
+    base = next((r for r in live if r.baseline), None)
+    base_p50 = percentiles(samples[base.label])["p50_ms"] if base else None
+    rows = []
+    for r in live:
+        s = summarize(samples[r.label], batch)
+        times = {k: round(v, 3) for k, v in s.items() if k.endswith("_ms")}
+        rows.append({"batch": batch, "label": r.label, "engine": r.engine,
+                     "precision": r.precision, "baseline": r.baseline, **times, "n": s["n"],
+                     "throughput_ips": round(s["throughput_ips"], 2),
+                     # CPU seconds of this process per call (all threads, spinning
+                     # included): less sensitive than wall time to other processes
+                     "cpu_ms_per_call": round(cpu[r.label] * 1e3 / s["n"], 2),
+                     "latency_ratio": round(s["p50_ms"] / base_p50, 3) if base_p50 else None,
+                     "speedup": round(base_p50 / s["p50_ms"], 2) if base_p50 else None,
+                     "parity": parity.get(r.label)})
+        print(f"  batch {batch:>2} {r.label:22} p50 {s['p50_ms']:8.2f} ms  p90 {s['p90_ms']:8.2f}"
+              f"  p99 {s['p99_ms']:8.2f}  {s['throughput_ips']:7.1f} img/s"
+              + (f"  x{s['p50_ms'] / base_p50:.3f} of baseline" if base_p50 else ""),
+              flush=True)
+    return rows
 
 
 def write_outputs(result: dict, out: Path):

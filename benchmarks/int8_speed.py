@@ -2,8 +2,8 @@
 
 Inception-ResNet-v2 at 299x299 (random weights: speed does not depend on them), batch 1,
 ``--threads`` CPU threads (default 2), OpenVINO CPU with one stream and the latency hint.
-Every engine is timed in this one process, interleaved round by round, so a busy shared machine
-slows them alike; the median over rounds is reported.
+Every engine is timed (``engine.timing.time_calls``) in this one process, interleaved round by
+round, so a busy shared machine slows them alike; the median over rounds is reported.
 
 Rows:
 - ``torch eager fp32``: the PyTorch reference (``engine.create_model``), ``torch.inference_mode``;
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import statistics as st
 import sys
 import tempfile
 import time
@@ -92,6 +91,7 @@ def main(argv=None):
     import torch
     import engine
     import calibration
+    from engine.timing import percentiles, time_calls
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="int8_speed_"))
@@ -140,17 +140,17 @@ def main(argv=None):
         for _ in range(args.warmup):
             for f in runners.values():
                 f()
-        for _ in range(args.rounds):
+        for _ in range(args.rounds):          # one timed call per engine per round
             for k, f in runners.items():
-                t = time.perf_counter()
-                f()
-                times[k].append((time.perf_counter() - t) * 1e3)
-    eager = st.median(times["torch eager fp32"])
+                times[k] += time_calls(f, iters=1, warmup=0, cuda=False)
+    summary = {k: percentiles(ts) for k, ts in times.items()}
+    eager = summary["torch eager fp32"]["p50_ms"]
     rows = []
-    for k, ts in times.items():
-        med = st.median(ts)
-        rows.append({"engine": k, "median_ms": round(med, 2), "min_ms": round(min(ts), 2),
-                     "vs_eager": round(med / eager, 3), "runs_as": precisions.get(k)})
+    for k, stat in summary.items():
+        rows.append({"engine": k, "median_ms": round(stat["p50_ms"], 2),
+                     "min_ms": round(stat["min_ms"], 2),
+                     "vs_eager": round(stat["p50_ms"] / eager, 3),
+                     "runs_as": precisions.get(k)})
     for k, e in errors.items():
         rows.append({"engine": k, "error": e})
     info = {"model": args.model, "size": args.size, "batch": 1, "threads": args.threads,

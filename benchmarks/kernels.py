@@ -1,5 +1,5 @@
-"""Kernel microbenchmarks (issue 6): our fused Triton kernels against cuDNN and torch.compile
-on every distinct conv/pool shape of Inception-ResNet-v2 and Inception-v4.
+"""Kernel microbenchmarks: our fused Triton kernels against cuDNN and torch.compile on every
+distinct conv/pool shape of Inception-ResNet-v2 and Inception-v4.
 
 For each shape and batch (1, 32, 128), in one run on one GPU:
   ours_fp16        kernels.conv2d: conv + folded BN + ReLU (or + shortcut for up-projections)
@@ -12,10 +12,12 @@ For each shape and batch (1, 32, 128), in one run on one GPU:
 Pools: ours vs F.max_pool2d / F.avg_pool2d (channels_last) + concat copy, in GB/s.
 
 Shapes come from forward hooks on the PyTorch models (engine.models.shapes), never from tables.
-Each of our kernels is checked against its reference before it is timed.
+Each of our kernels is checked against its reference before it is timed; every time is the
+device time of one call (CUDA events, :func:`engine.timing.time_calls`), median and 20th/80th
+percentiles over a timing window.
 Output: CSV (one row per shape x batch x implementation), a PNG of TFLOPS at the largest
-batch, and the summary the issue's targets are judged on (geometric means over IR-v2 conv
-shapes at batch 128). On a machine without CUDA it says so and exits 0.
+batch, and the summary the targets (:data:`TARGETS`) are judged on (geometric means over
+IR-v2 conv shapes at batch 128). On a machine without CUDA it says so and exits 0.
 
     python benchmarks/kernels.py --out kernels.csv [--models inception_resnet_v2] [--batch 128]
 """
@@ -36,12 +38,17 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 if os.path.dirname(_HERE) not in sys.path:
     sys.path.insert(0, os.path.dirname(_HERE))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-# peak dense TFLOPS (fp16/bf16, int8) by GPU name fragment (REFERENCE.md)
+from engine.timing import time_calls  # noqa: E402
+from kernels.env import cuda_usable  # noqa: E402
+
+# peak dense TFLOPS (fp16/bf16, int8) by GPU name fragment, from the vendors' data sheets
 PEAKS = {"H100": (989.0, 1979.0), "H200": (989.0, 1979.0), "A100": (312.0, 624.0)}
 BATCHES = (128, 32, 1)
+TARGETS = "vs cudnn_bias_relu >= 1.0, vs unfused_cat >= 1.3, int8 vs fp16 >= 1.6"
 
 
 def _peak(name: str):
@@ -52,9 +59,11 @@ def _peak(name: str):
 
 
 def _bench(fn, reps_ms: int):
-    from triton.testing import do_bench
-    med, p20, p80 = do_bench(fn, warmup=max(5, reps_ms // 4), rep=reps_ms, quantiles=[0.5, 0.2, 0.8])
-    return med, p20, p80
+    """(median, p20, p80) device milliseconds of ``fn()``, timed for at least ``reps_ms`` ms
+    (and 10 calls) after 5 warm-up calls (the first one autotunes)."""
+    samples = time_calls(fn, iters=10, warmup=5, duration=reps_ms / 1e3, cuda=True)
+    med, p20, p80 = np.percentile(samples, [50, 20, 80])
+    return float(med), float(p20), float(p80)
 
 
 def conv_cases(models):
@@ -157,7 +166,7 @@ def _conv_impls(s, batch, dev, compile_ok):
 
 
 def run(args) -> int:
-    if not torch.cuda.is_available():
+    if not cuda_usable():
         print("benchmarks/kernels.py needs an NVIDIA GPU (CUDA); none here, nothing measured.")
         return 0
     import kernels as K  # noqa: F401  (imports triton kernels for the GPU)
@@ -226,7 +235,7 @@ def summary(rows, batch=128, model="inception_resnet_v2"):
     g, n = gmean("ours_fp16", "ours_int8")
     out["int8_speedup_vs_ours_fp16"], out["n_int8"] = g, n
     out.update(batch=batch, model=model,
-               targets="vs cudnn_bias_relu >= 1.0, vs unfused_cat >= 1.3, int8 vs fp16 >= 1.6")
+               targets=TARGETS)
     return out
 
 
@@ -277,7 +286,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="+", default=["inception_resnet_v2", "inception_v4"])
     ap.add_argument("--batch", type=int, nargs="+", default=list(BATCHES))
     ap.add_argument("--out", default="kernels.csv")
-    ap.add_argument("--rep-ms", type=int, default=50, help="timing window per measurement (do_bench rep)")
+    ap.add_argument("--rep-ms", type=int, default=50, help="timing window per measurement, in ms")
     ap.add_argument("--budget-s", type=float, default=float("inf"),
                     help="stop starting new shapes after this many seconds (results so far are written)")
     ap.add_argument("--compile-limit", type=int, default=10 ** 6,

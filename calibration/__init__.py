@@ -1,4 +1,4 @@
-"""INT8 calibration: FP32 ONNX + calibration images -> symmetric Q/DQ ONNX (issue 4).
+"""INT8 calibration: FP32 ONNX + calibration images -> symmetric Q/DQ ONNX.
 
 One call does it all::
 
@@ -36,7 +36,9 @@ Public API (stable; extend, don't rename):
 - ``plan_quantization(proto, exclude=(), quantize_gemm=False) -> QuantPlan`` (``.layers``,
   ``.tensors``, ``.groups``, ``.readers``): where the Q/DQ nodes go; ``load_fp32(path)``.
 - ``sensitivity(model, data, amax=None, method="entropy", layers=None, num_images=64) ->
-  [LayerSensitivity(node, module, error, agreement)]``, worst first.
+  [LayerSensitivity(node, module, error, agreement)]``, worst first (in
+  ``calibration/ranking.py``: a submodule named like the function would replace it here once
+  imported).
 - ``read_cache(path) -> CalibrationCache`` (``.scales``, ``.amax()``, ``.version``),
   ``write_cache(path, scales_or_cache, version="8601")``, ``scale_to_hex``, ``hex_to_scale``.
 - Errors: ``CalibrationError`` (an ``engine.EngineError``), ``CalibrationDataError`` (also an
@@ -62,7 +64,7 @@ _LAZY = {
     "quantize": "calibration.qdq",
     "QuantizeResult": "calibration.qdq",
     "write_qdq": "calibration.qdq",
-    "quantize_weight": "calibration.qdq",
+    "quantize_weight": "calibration.methods",
     "collect_statistics": "calibration.stats",
     "Statistics": "calibration.stats",
     "Histogram": "calibration.stats",
@@ -74,8 +76,8 @@ _LAZY = {
     "load_fp32": "calibration.graph",
     "QuantPlan": "calibration.graph",
     "module_path": "calibration.graph",
-    "sensitivity": "calibration.sensitivity",
-    "LayerSensitivity": "calibration.sensitivity",
+    "sensitivity": "calibration.ranking",
+    "LayerSensitivity": "calibration.ranking",
     "read_cache": "calibration.cache",
     "write_cache": "calibration.cache",
     "CalibrationCache": "calibration.cache",

@@ -6,7 +6,9 @@ Accepted sources (:func:`batches`):
   ``engine.preprocess`` with the model config read from the ONNX metadata (resize, crop,
   normalise), so the model sees exactly what inference will feed it;
 - a ``.npy`` or ``.npz`` file: float arrays are taken as ready NCHW input; uint8 arrays are
-  images, ``(N, H, W)`` grayscale or ``(N, H, W, C)``, preprocessed per the config like files.
+  images, ``(N, H, W)`` grayscale or ``(N, H, W, C)``, turned into model input per the config
+  by ``engine.datasets.to_model_input``, the same function that prepares the study's test and
+  calibration arrays, so one array gives one model input whichever way it comes in.
   In an ``.npz`` the array named ``images``, ``input``, ``x`` or ``data`` is used (or the only
   array);
 - a numpy array or torch tensor (the same rules as a file);
@@ -91,11 +93,11 @@ def _need_config(cfg, what):
     return cfg
 
 
-def _preprocess_images(images, cfg, batch_size) -> Iterator[np.ndarray]:
+def _preprocess_files(files, cfg, batch_size) -> Iterator[np.ndarray]:
     from engine.preprocess import preprocess
     buf = []
-    for img in images:
-        x = preprocess(img, cfg)
+    for path in files:
+        x = preprocess(path, cfg)
         buf.append(x.numpy() if hasattr(x, "numpy") else np.asarray(x))
         if len(buf) == batch_size:
             yield np.concatenate(buf).astype(np.float32, copy=False)
@@ -104,20 +106,27 @@ def _preprocess_images(images, cfg, batch_size) -> Iterator[np.ndarray]:
         yield np.concatenate(buf).astype(np.float32, copy=False)
 
 
+def _images_to_input(arr, cfg, batch_size, what) -> Iterator[np.ndarray]:
+    """uint8 image arrays through ``engine.datasets.to_model_input``, ``batch_size`` at a time."""
+    from engine.datasets import to_model_input
+    from engine.errors import InputError
+    if len(arr) == 0:
+        raise CalibrationDataError(f"{what} is empty (0 images)")
+    _need_config(cfg, what)
+    for i in range(0, len(arr), batch_size):
+        try:
+            x = to_model_input(arr[i:i + batch_size], cfg)
+        except InputError as e:
+            raise CalibrationDataError(f"{what}: {e}") from e
+        yield x.numpy()
+
+
 def _from_array(arr, cfg, batch_size, what) -> Iterator[np.ndarray]:
     if hasattr(arr, "detach"):
         arr = arr.detach().cpu().numpy()
     arr = np.asarray(arr) if not isinstance(arr, np.ndarray) else arr
     if arr.dtype == np.uint8:
-        if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3, 4)):
-            raise CalibrationDataError(
-                f"{what}: uint8 images must be (N, H, W) grayscale or (N, H, W, C) with C in "
-                f"1/3/4, got {arr.shape}")
-        if len(arr) == 0:
-            raise CalibrationDataError(f"{what} is empty (0 images)")
-        _need_config(cfg, what)
-        yield from _preprocess_images((a if a.ndim == 2 or a.shape[-1] != 1 else a[..., 0]
-                                       for a in arr), cfg, batch_size)
+        yield from _images_to_input(arr, cfg, batch_size, what)
         return
     if not np.issubdtype(arr.dtype, np.floating):
         raise CalibrationDataError(f"{what}: dtype {arr.dtype} is neither float (NCHW input) nor "
@@ -190,11 +199,11 @@ def batches(source, model=None, batch_size: int = 32, limit: Optional[int] = Non
             files = _image_files(path)
             if limit is not None:
                 files = files[:limit]
-            gen = _preprocess_images(files, _need_config(cfg, what), batch_size)
+            gen = _preprocess_files(files, _need_config(cfg, what), batch_size)
         elif path.is_file() and path.suffix in (".npy", ".npz"):
             gen = _from_array(_load_array(path), cfg, batch_size, what)
         elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            gen = _preprocess_images([path], _need_config(cfg, what), batch_size)
+            gen = _preprocess_files([path], _need_config(cfg, what), batch_size)
         elif not path.exists():
             raise CalibrationDataError(f"calibration source {path} does not exist")
         else:

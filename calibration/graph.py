@@ -30,25 +30,24 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from engine.export import module_path  # noqa: F401  (the exporter's node-name convention)
 
 from .errors import AlreadyQuantizedError, CalibrationError
 
-QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-             "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd", "QLinearConcat"}
 PASSTHROUGH = {"Concat", "MaxPool"}
 
 
 def load_fp32(model):
     """An FP32 ONNX model (path or proto); an already quantized model is an error."""
-    from engine.onnxmeta import load_onnx, META_PRECISION
+    from engine.onnxmeta import (META_PRECISION, QUANT_OPS, is_quantized, load_onnx,
+                                 metadata_props)
     proto = model if hasattr(model, "graph") else load_onnx(model)
-    qnodes = [n for n in proto.graph.node if n.op_type in QUANT_OPS]
-    props = {p.key: p.value for p in proto.metadata_props}
+    props = metadata_props(proto)
     where = getattr(model, "name", None) if hasattr(model, "graph") else str(model)
-    if qnodes:
+    if is_quantized(proto):
+        qnodes = [n for n in proto.graph.node if n.op_type in QUANT_OPS]
         raise AlreadyQuantizedError(
             f"{where or 'the model'} is already quantized: it holds {len(qnodes)} quantization "
             f"nodes (first: {qnodes[0].op_type} {qnodes[0].name!r}); calibrate the FP32 export "
@@ -224,23 +223,32 @@ def plan_quantization(proto, exclude: Iterable[str] = (), quantize_gemm: bool = 
     plan.tensors = sorted(readers, key=lambda t: order.get(t, -1))
     plan.readers = {t: readers[t] for t in plan.tensors}
     plan.groups = {t: uf.find(t) for t in plan.tensors}
-
-    def nonneg(t, depth=0):
-        n = producer.get(t)
-        if n is None or depth > 64:
-            return False
-        if n.op_type == "Relu":
-            return True
-        if n.op_type in ("MaxPool", "AveragePool", "GlobalAveragePool", "Flatten"):
-            return nonneg(n.input[0], depth + 1)
-        if n.op_type == "Concat":
-            return all(nonneg(i, depth + 1) for i in n.input)
-        return False
-    for members in plan.group_members().values():
-        if all(nonneg(t) for t in members):
-            plan.nonnegative.update(members)
+    plan.nonnegative = _nonnegative_groups(plan, producer)
     for t in plan.tensors:
         if t in inits:
             raise CalibrationError(f"tensor {t!r} read as an activation is an initializer; "
                                    "the graph is not an exported Inception model")
     return plan
+
+
+def _nonnegative(tensor, producer, depth=0) -> bool:
+    """Whether ``tensor`` is provably >= 0: a ReLU output, or a pool/concat of such."""
+    n = producer.get(tensor)
+    if n is None or depth > 64:
+        return False
+    if n.op_type == "Relu":
+        return True
+    if n.op_type in ("MaxPool", "AveragePool", "GlobalAveragePool", "Flatten"):
+        return _nonnegative(n.input[0], producer, depth + 1)
+    if n.op_type == "Concat":
+        return all(_nonnegative(i, producer, depth + 1) for i in n.input)
+    return False
+
+
+def _nonnegative_groups(plan: QuantPlan, producer) -> Set[str]:
+    """The plan's tensors whose whole scale group is >= 0 (uint8 candidates)."""
+    out: Set[str] = set()
+    for members in plan.group_members().values():
+        if all(_nonnegative(t, producer) for t in members):
+            out.update(members)
+    return out

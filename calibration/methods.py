@@ -16,7 +16,7 @@ and the exact ``amax`` seen):
   over the histogram (bin centres), searched over bin edges.
 
 Weights are quantized per output channel (axis 0) from their exact max ``|w|``:
-:func:`weight_amax`.
+:func:`weight_amax`, :func:`quantize_weight`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from .errors import CalibrationError
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 NUM_QUANT_BINS = 128          # levels on one side of a signed 8-bit grid (0..127 plus sign)
-QMAX = 127
+QMAX = 127                    # int8, narrow range [-127, 127]
+UINT8_MAX = 255               # uint8 with zero point 0, for tensors that are >= 0
 
 
 def _check_hist(hist):
@@ -164,6 +165,18 @@ def weight_amax(w: np.ndarray, axis: int = 0) -> np.ndarray:
     w = np.asarray(w)
     red = tuple(d for d in range(w.ndim) if d != axis)
     return np.abs(w).max(axis=red) if red else np.abs(w)
+
+
+def quantize_weight(w: np.ndarray, axis: int = 0):
+    """Symmetric per-channel int8 weights: ``(w_int8, scale float32 per channel)``.
+
+    Narrow range [-127, 127] (TensorRT's weight range); round half to even like QuantizeLinear.
+    """
+    scale = amax_to_scale(weight_amax(w, axis))
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    return q, scale
 
 
 def amax_to_scale(amax, qmax: int = QMAX) -> np.ndarray:

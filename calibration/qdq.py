@@ -4,33 +4,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 from .errors import CalibrationError
 from .graph import QuantPlan, load_fp32, plan_quantization
-from .methods import METHODS, amax_to_scale, weight_amax
-
-META_CALIBRATION = "inception.calibration"
-QMAX = 127
-
-
-def _q_names(t: str):
-    return (f"{t}_QuantizeLinear", f"{t}_DequantizeLinear", f"{t}_quantized",
-            f"{t}_dequantized", f"{t}_scale", f"{t}_zero_point")
-
-
-def quantize_weight(w: np.ndarray, axis: int = 0):
-    """Symmetric per-channel int8 weights: ``(w_int8, scale float32 per channel)``.
-
-    Narrow range [-127, 127] (TensorRT's weight range); round half to even like QuantizeLinear.
-    """
-    scale = amax_to_scale(weight_amax(w, axis))
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
-    return q, scale
+from .methods import METHODS, quantize_weight
+from .nodes import activation_qdq, qdq_names
 
 
 def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: bool = False):
@@ -56,14 +37,11 @@ def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: boo
     # activation Q/DQ pairs, placed right after the producer (graph inputs: at the top)
     act_nodes: Dict[str, list] = {}
     for t in plan.tensors:
-        qn, dqn, qt, dqt, sc, zp = _q_names(t)
-        u8 = unsigned_relu and t in plan.nonnegative
-        scale = amax_to_scale(amax[t], 255 if u8 else QMAX).reshape(())
-        new_inits.append(numpy_helper.from_array(scale, sc))
-        new_inits.append(numpy_helper.from_array(np.zeros((), np.uint8 if u8 else np.int8), zp))
-        act_nodes[t] = [helper.make_node("QuantizeLinear", [t, sc, zp], [qt], name=qn),
-                        helper.make_node("DequantizeLinear", [qt, sc, zp], [dqt], name=dqn)]
-    rewire = {(node, idx): _q_names(t)[3] for t, rs in plan.readers.items() for node, idx in rs}
+        inits_t, act_nodes[t] = activation_qdq(t, amax[t], qdq_names(t),
+                                               unsigned=unsigned_relu and t in plan.nonnegative)
+        new_inits += inits_t
+    rewire = {(node, idx): qdq_names(t).dequantized
+              for t, rs in plan.readers.items() for node, idx in rs}
 
     # weights: int8 initializer -> DequantizeLinear(axis) in front of the layer
     weight_nodes: Dict[str, object] = {}
@@ -71,12 +49,14 @@ def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: boo
     for layer in plan.layers:
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
         q, scale = quantize_weight(w, layer.axis)
-        _, dqn, qt, dqt, sc, zp = _q_names(layer.weight)
-        new_inits += [numpy_helper.from_array(q, qt), numpy_helper.from_array(scale, sc),
-                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), zp)]
+        names = qdq_names(layer.weight)
+        new_inits += [numpy_helper.from_array(q, names.quantized),
+                      numpy_helper.from_array(scale, names.scale),
+                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), names.zero_point)]
         weight_nodes[layer.node] = helper.make_node(
-            "DequantizeLinear", [qt, sc, zp], [dqt], name=dqn, axis=layer.axis)
-        rewire[(layer.node, 1)] = dqt
+            "DequantizeLinear", [names.quantized, names.scale, names.zero_point],
+            [names.dequantized], name=names.dequantize, axis=layer.axis)
+        rewire[(layer.node, 1)] = names.dequantized
         dropped.add(layer.weight)
 
     nodes = []
@@ -106,7 +86,9 @@ def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: boo
     return m
 
 
-def _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, extra):
+def _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, ranking,
+                      from_cache, unsigned_relu, seconds):
+    """The ``inception.calibration`` record: how the ranges were found and what was kept float."""
     meta = {"method": method, "activations": "per-tensor symmetric int8, zero point 0",
             "weights": "per-output-channel symmetric int8 (axis 0), max |w|",
             "num_images": stats.num_images if stats is not None else None,
@@ -116,8 +98,100 @@ def _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, e
             "quantized_layers": len(plan.layers), "qdq_tensors": len(plan.tensors)}
     if method == "percentile":
         meta["percentile"] = percentile
-    meta.update(extra or {})
+    meta["seconds"] = round(seconds, 3)
+    if from_cache is not None:
+        meta["from_cache"] = f"TRT-{from_cache.version}-{from_cache.algorithm}"
+    if ranking is not None:
+        meta["sensitivity"] = [{"node": r.node, "error": r.error, "agreement": r.agreement}
+                               for r in ranking[: max(len(auto_excluded), 10)]]
+    meta["activation_types"] = "uint8 (zero point 0) on non-negative tensors, else int8" \
+        if unsigned_relu else "int8"
     return meta
+
+
+def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude):
+    """Reject what :func:`quantize` cannot do before any work is done."""
+    if method not in METHODS:
+        raise CalibrationError(f"unknown calibration method {method!r}; choose one of "
+                               f"{', '.join(METHODS)}")
+    if auto_exclude < 0:
+        raise CalibrationError(f"auto_exclude must be >= 0, got {auto_exclude}")
+    if isinstance(onnx_in, (str, Path)) and Path(onnx_in).resolve() == Path(onnx_out).resolve():
+        raise CalibrationError(f"the output {onnx_out} would overwrite the FP32 input; "
+                               "choose another file name")
+    if auto_exclude and data is None:
+        raise CalibrationError("auto_exclude needs calibration data to measure sensitivity")
+    if auto_exclude and iter(data) is data:
+        raise CalibrationError("auto_exclude reads the calibration data twice (statistics, then "
+                               "sensitivity); pass a list, an array or a path, not a one-shot "
+                               "iterator")
+
+
+def _ranges_from_scales(plan, scales):
+    """``(amax per plan tensor, the CalibrationCache or None)`` from given scales."""
+    from .cache import CalibrationCache, read_cache
+    if isinstance(scales, (str, Path)):
+        scales = read_cache(scales)
+    from_cache = scales if isinstance(scales, CalibrationCache) else None
+    if from_cache is not None:
+        scales = from_cache.amax()
+    missing = [t for t in plan.tensors if t not in scales]
+    if missing:
+        raise CalibrationError(
+            f"the given scales lack {len(missing)} of the {len(plan.tensors)} tensors to "
+            f"quantize (first: {missing[0]!r}); they were made for another model or placement")
+    return {t: float(scales[t]) for t in plan.tensors}, from_cache
+
+
+def _ranges_from_statistics(proto, plan, stats, data, method, percentile, collect):
+    """``(amax per plan tensor, statistics)``; the statistics are collected from ``data`` when
+    none are given (``collect``: the keyword arguments of ``collect_statistics``)."""
+    from .stats import collect_statistics
+    if stats is None:
+        if data is None:
+            raise CalibrationError("quantize needs calibration data (data=...), "
+                                   "statistics=... or scales=...")
+        stats = collect_statistics(proto, data, tensors=plan.tensors, **collect)
+    missing = [t for t in plan.tensors if t not in stats]
+    if missing:
+        raise CalibrationError(f"the statistics lack {len(missing)} tensors of this model "
+                               f"(first: {missing[0]!r}); collect them on this model")
+    return stats.amax(method, percentile, names=plan.tensors), stats
+
+
+def _auto_exclude(proto, plan, amax, stats, data, count, method, percentile, exclude,
+                  quantize_gemm, sensitivity_options):
+    """Keep the ``count`` most sensitive layers in float: ``(new plan, amax, ranking)``.
+
+    A passthrough op next to an excluded layer becomes quantized at its output only, so the
+    new plan may need ranges the first one did not; they come from the statistics.
+    """
+    from .ranking import sensitivity
+    ranking = sensitivity(proto, data, amax=plan.group_amax(amax), plan=plan,
+                          **sensitivity_options)
+    excluded = {r.node for r in ranking[:count]}
+    plan = plan_quantization(proto, exclude, quantize_gemm=quantize_gemm,
+                             excluded_nodes=excluded)
+    missing = [t for t in plan.tensors if t not in amax]
+    if missing:
+        if stats is None:
+            raise CalibrationError(f"no range for {missing[0]!r} in the given scales")
+        amax = {**amax, **stats.amax(method, percentile, names=missing)}
+    return plan, amax, ranking
+
+
+def _save(out, onnx_out, check, cache, cache_version, from_cache, amax):
+    """Check ``out`` and write it (and the TensorRT cache, if asked) atomically."""
+    import onnx
+    from engine.fileio import atomic_path
+    from .cache import CalibrationCache, DEFAULT_VERSION, write_cache
+    if check:
+        onnx.checker.check_model(out)
+    with atomic_path(Path(onnx_out)) as tmp:
+        onnx.save(out, str(tmp))
+        if cache is not None:
+            ver = cache_version or (from_cache.version if from_cache else DEFAULT_VERSION)
+            write_cache(cache, CalibrationCache.from_amax(amax, version=ver))
 
 
 def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Sequence[str] = (),
@@ -140,96 +214,37 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     calibration cache there (scales amax/127 either way). The output (and the cache) are
     written atomically. Returns a :class:`QuantizeResult`.
     """
-    import onnx
-    from engine.onnxmeta import META_PRECISION, set_metadata
-    from engine.fileio import atomic_path
-    from .cache import CalibrationCache, DEFAULT_VERSION, read_cache, write_cache
-    from .stats import collect_statistics
+    from engine.onnxmeta import META_CALIBRATION, META_PRECISION, set_metadata
 
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method {method!r}; choose one of "
-                               f"{', '.join(METHODS)}")
-    if auto_exclude < 0:
-        raise CalibrationError(f"auto_exclude must be >= 0, got {auto_exclude}")
-    if isinstance(onnx_in, (str, Path)) and Path(onnx_in).resolve() == Path(onnx_out).resolve():
-        raise CalibrationError(f"the output {onnx_out} would overwrite the FP32 input; "
-                               "choose another file name")
-    if auto_exclude and data is not None and iter(data) is data:
-        raise CalibrationError("auto_exclude reads the calibration data twice (statistics, then "
-                               "sensitivity); pass a list, an array or a path, not a one-shot "
-                               "iterator")
+    _check_arguments(onnx_in, onnx_out, data, method, auto_exclude)
     proto = load_fp32(onnx_in)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
     plan = plan_quantization(proto, exclude, quantize_gemm=quantize_gemm)
-
-    stats = statistics
-    from_cache = None
+    stats, from_cache = statistics, None
     if scales is not None:
-        if isinstance(scales, (str, Path)):
-            scales = read_cache(scales)
-        if isinstance(scales, CalibrationCache):
-            from_cache = scales
-            scales = scales.amax()
-        missing = [t for t in plan.tensors if t not in scales]
-        if missing:
-            raise CalibrationError(
-                f"the given scales lack {len(missing)} of the {len(plan.tensors)} tensors to "
-                f"quantize (first: {missing[0]!r}); they were made for another model or "
-                "placement")
-        amax = {t: float(scales[t]) for t in plan.tensors}
+        amax, from_cache = _ranges_from_scales(plan, scales)
     else:
-        if stats is None:
-            if data is None:
-                raise CalibrationError("quantize needs calibration data (data=...), "
-                                       "statistics=... or scales=...")
-            stats = collect_statistics(proto, data, tensors=plan.tensors, num_images=num_images,
-                                       batch_size=batch_size, threads=threads, progress=progress)
-        missing = [t for t in plan.tensors if t not in stats]
-        if missing:
-            raise CalibrationError(f"the statistics lack {len(missing)} tensors of this model "
-                                   f"(first: {missing[0]!r}); collect them on this model")
-        amax = stats.amax(method, percentile, names=plan.tensors)
+        amax, stats = _ranges_from_statistics(
+            proto, plan, stats, data, method, percentile,
+            dict(num_images=num_images, batch_size=batch_size, threads=threads,
+                 progress=progress))
     calib_seconds = time.perf_counter() - t0
 
-    auto_excluded = []
     ranking = None
     if auto_exclude:
-        if data is None:
-            raise CalibrationError("auto_exclude needs calibration data to measure sensitivity")
-        from .sensitivity import sensitivity
-        ranking = sensitivity(proto, data, amax=plan.group_amax(amax), plan=plan,
-                              num_images=sensitivity_images, batch_size=batch_size,
-                              threads=threads, progress=progress)
-        auto_excluded = [r.node for r in ranking[:auto_exclude]]
-        plan = plan_quantization(proto, exclude, quantize_gemm=quantize_gemm,
-                                 excluded_nodes=set(auto_excluded))
-        missing = [t for t in plan.tensors if t not in amax]
-        if missing:                       # a passthrough now quantized at its output only
-            if stats is None:
-                raise CalibrationError(f"no range for {missing[0]!r} in the given scales")
-            amax.update(stats.amax(method, percentile, names=missing))
+        plan, amax, ranking = _auto_exclude(
+            proto, plan, amax, stats, data, auto_exclude, method, percentile, exclude,
+            quantize_gemm, dict(num_images=sensitivity_images, batch_size=batch_size,
+                                threads=threads, progress=progress))
+    auto_excluded = [r.node for r in ranking[:auto_exclude]] if ranking is not None else []
     final = plan.group_amax(amax)
     out = write_qdq(proto, plan, final, unsigned_relu=unsigned_relu)
-    extra = {"seconds": round(time.perf_counter() - t0, 3)}
-    if from_cache is not None:
-        extra["from_cache"] = f"TRT-{from_cache.version}-{from_cache.algorithm}"
-    if ranking is not None:
-        extra["sensitivity"] = [{"node": r.node, "error": r.error, "agreement": r.agreement}
-                                for r in ranking[: max(auto_exclude, 10)]]
-    extra["activation_types"] = "uint8 (zero point 0) on non-negative tensors, else int8" \
-        if unsigned_relu else "int8"
-    meta = _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, extra)
+    meta = _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, ranking,
+                             from_cache, unsigned_relu, time.perf_counter() - t0)
     set_metadata(out, {META_PRECISION: "int8", META_CALIBRATION: json.dumps(meta)})
-    if check:
-        onnx.checker.check_model(out)
-    onnx_out = Path(onnx_out)
-    with atomic_path(onnx_out) as tmp:
-        onnx.save(out, str(tmp))
-        if cache is not None:
-            ver = cache_version or (from_cache.version if from_cache else DEFAULT_VERSION)
-            write_cache(cache, CalibrationCache.from_amax(final, version=ver))
-    return QuantizeResult(onnx_out, method, final, plan, stats, auto_excluded, ranking,
+    _save(out, onnx_out, check, cache, cache_version, from_cache, final)
+    return QuantizeResult(Path(onnx_out), method, final, plan, stats, auto_excluded, ranking,
                           calib_seconds, time.perf_counter() - t0,
                           Path(cache) if cache is not None else None)
 

@@ -2,6 +2,11 @@
 
 Each subcommand lives in ``engine/commands/<name>.py`` and exposes ``register(subparsers)``
 which adds its parser and sets ``func``. Heavy imports happen inside the handlers.
+
+Errors: this package's own (:class:`engine.errors.EngineError` and its subclasses, which
+calibration's errors extend) say what is wrong and what to do, so they are printed as one
+``inception-engine: error: ...`` message with exit status 2, as argparse does for a bad
+option. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import sys
 
 COMMANDS = ["models", "run", "export", "verify", "quantize", "study", "build", "bench",
             "serve_export"]
+ERROR_STATUS = 2
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -19,13 +25,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"engine.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"engine.commands.{name}":
-                continue  # subcommand not shipped in this build
-            raise
-        mod.register(sub)
+        importlib.import_module(f"engine.commands.{name}").register(sub)
     return p
 
 
@@ -39,12 +39,12 @@ def main(argv=None) -> int:
         return 0
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return ERROR_STATUS
     try:
         return int(args.func(args) or 0)
-    except (EngineError, FileNotFoundError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except EngineError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return ERROR_STATUS
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ package ships, under ``engine/data/fashion_mnist/``:
   Nx28x28, ``labels`` uint8, ``train_index`` int32), for INT8 calibration. Calibration never
   sees a test image.
 
-Only numpy is needed to read the data; :func:`to_model_input` uses torch for the resize, so the
-batch is the one the model was trained on. Nothing here downloads anything.
+Only numpy is needed to read the data. :func:`to_model_input` is the one path from uint8 image
+arrays to model input (the study's sets, ``--data``/``--calib`` arrays, and
+``calibration.batches``); it uses torch for the resize, so the batch is the one the model was
+trained on. Nothing here downloads anything.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import zipfile
 from pathlib import Path
 
@@ -90,7 +93,7 @@ def read_source(directory, split: str = "train"):
     """The original IDX files of a split (``"train"`` or ``"test"``) from ``directory``."""
     names = {"train": TRAIN_FILES, "test": TEST_FILES}.get(split)
     if names is None:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     directory = Path(directory)
     return _read_pair(directory / names[0], directory / names[1])
 
@@ -119,44 +122,91 @@ def fashion_mnist(split: str = "test", data_dir=None, limit=None):
             raise DatasetError(f"{path}: expected uint8 images (N, 28, 28) and N labels, got "
                                f"{images.dtype} {images.shape} and {labels.shape}")
     else:
-        raise ValueError(f"split must be 'test' or 'calib', got {split!r} "
+        raise InputError(f"split must be 'test' or 'calib', got {split!r} "
                          f"(the train set is not shipped; see benchmarks/train_subject.py)")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return images, labels
 
 
-def to_model_input(images, config):
-    """uint8 grayscale images (N, H, W) -> the model's float32 NCHW batch, per ``config``.
+_RESIZE_MODES = ("bilinear", "bicubic")     # config interpolations the array path reproduces
 
-    Resize to ``config.input_size`` (bilinear, align_corners=False, no antialias: the
-    training transform), replicate to the config's channel count, scale to [0, 1], then
-    ``(x - mean) / std`` per channel. Deterministic; returns a torch tensor (contiguous NCHW).
-    """
+
+def _as_float_nchw(images, channels: int):
+    """uint8 images (N, H, W) or (N, H, W, C) -> float32 NCHW with 1 or ``channels`` channels."""
     import torch
-    import torch.nn.functional as F
 
     if not isinstance(images, torch.Tensor):
         images = np.asarray(images)
     dtype, shape = images.dtype, tuple(images.shape)
-    if dtype not in (np.uint8, torch.uint8) or len(shape) != 3:
-        raise InputError(f"expected uint8 grayscale images of shape (N, H, W), got "
-                         f"{dtype} {shape}")
-    c, h, w = config.input_size
+    colour = len(shape) == 4 and shape[-1] in (1, 3, 4)
+    if dtype not in (np.uint8, torch.uint8) or not (len(shape) == 3 or colour):
+        raise InputError(f"expected uint8 images of shape (N, H, W) (grayscale) or (N, H, W, C) "
+                         f"with C in 1/3/4, got {dtype} {shape}")
+    # one float32 copy (the shipped arrays are read-only views of the file data)
+    if isinstance(images, torch.Tensor):
+        x = images.float()
+    else:
+        x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+    if len(shape) == 3:
+        return x[:, None]
+    x = x[..., :3].permute(0, 3, 1, 2)          # RGBA -> RGB: the alpha channel is dropped
+    if x.shape[1] != 1 and x.shape[1] != channels:
+        raise InputError(f"got {x.shape[1]}-channel images for a model that takes {channels} "
+                         "channels; convert them first")
+    return x
+
+
+def _resize(x, config):
+    """Resize float NCHW images to ``config.input_size`` with the config's interpolation.
+
+    ``crop_pct`` 1 resizes the whole frame to the input size; a smaller ``crop_pct`` resizes
+    the shorter side to ``floor(size / crop_pct)`` and takes the centre, as ``preprocess`` does.
+    """
+    import torch.nn.functional as F
+
+    _, h, w = config.input_size
+    if (x.shape[-2], x.shape[-1]) == (h, w):
+        return x
+    if config.interpolation not in _RESIZE_MODES:
+        raise InputError(f"to_model_input resizes with {' or '.join(_RESIZE_MODES)}; config "
+                         f"{config.name!r} asks for {config.interpolation!r}")
+    size = (h, w)
+    if config.crop_pct < 1.0:
+        if h != w:
+            raise InputError(f"config {config.name!r}: crop_pct {config.crop_pct} needs a square "
+                             f"input size, got {h}x{w}")
+        short = math.floor(h / config.crop_pct)
+        ih, iw = x.shape[-2], x.shape[-1]
+        size = (short, int(round(iw * short / ih))) if ih <= iw else \
+            (int(round(ih * short / iw)), short)
+    x = F.interpolate(x, size=size, mode=config.interpolation, align_corners=False,
+                      antialias=False)
+    if config.interpolation == "bicubic":
+        x = x.clamp_(0.0, 255.0)                 # cubic overshoot, clipped like a uint8 image
+    top, left = int(round((size[0] - h) / 2.0)), int(round((size[1] - w) / 2.0))
+    return x[..., top:top + h, left:left + w] if size != (h, w) else x
+
+
+def to_model_input(images, config):
+    """uint8 images -> the model's float32 NCHW batch, per ``config``: the one path from image
+    arrays to model input (the study's test and calibration sets, ``calibration.batches``).
+
+    images: (N, H, W) grayscale or (N, H, W, C) with C in 1/3/4 (alpha dropped). Resize to
+    ``config.input_size`` (bilinear or bicubic per the config, align_corners=False, no
+    antialias: the training transform; see :func:`_resize` for ``crop_pct``), replicate
+    grayscale to the config's channel count, scale to [0, 1], then ``(x - mean) / std`` per
+    channel. Deterministic, independent of how the images are batched; returns a torch tensor
+    (contiguous NCHW).
+    """
+    import torch
+
+    c = config.input_size[0]
     if len(config.mean) != c or len(config.std) != c:
         raise InputError(f"config {config.name!r}: mean/std have {len(config.mean)}/"
                          f"{len(config.std)} entries for {c} channels")
-    # one float32 copy (the shipped arrays are read-only views of the file data)
-    if isinstance(images, torch.Tensor):
-        x = images.unsqueeze(1).float()
-    else:
-        x = torch.from_numpy(np.asarray(images, dtype=np.float32))[:, None]
-    if (x.shape[-2], x.shape[-1]) != (h, w):
-        if config.interpolation != "bilinear":
-            raise InputError(f"to_model_input resizes bilinearly; config {config.name!r} asks "
-                             f"for {config.interpolation!r}")
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+    x = _resize(_as_float_nchw(images, c), config)
     # (x / 255 - mean) / std, in this order, so values match the formula (255 -> exactly 1.0)
     mean = torch.tensor(config.mean, dtype=torch.float32).view(1, c, 1, 1)
     std = torch.tensor(config.std, dtype=torch.float32).view(1, c, 1, 1)
-    return (x.div_(255.0).expand(-1, c, -1, -1) - mean).div_(std)
+    return (x.div_(255.0).expand(-1, c, -1, -1) - mean).div_(std).contiguous()

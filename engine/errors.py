@@ -23,7 +23,8 @@ class BackendUnavailableError(EngineError):
 
 
 class InputError(EngineError, ValueError):
-    """Input of the wrong rank, shape, dtype, or holding NaN/Inf."""
+    """A bad value from the caller: input of the wrong rank, shape or dtype, input holding
+    NaN/Inf, or an argument or command-line option out of its range."""
 
 
 class UnsupportedGraphError(EngineError):

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from .errors import InputError
 from .onnxmeta import (FORMAT_VERSION, META_CONFIG, META_FORMAT, META_PRECISION, META_WEIGHTS,
                        set_metadata)
 
@@ -98,12 +99,12 @@ def export_onnx(model, path, opset: int = 17, dynamic_batch: bool = True, input_
     from .fileio import atomic_path
 
     if opset < 17:
-        raise ValueError(f"opset {opset} is too old; use 17 or newer (needed for full "
+        raise InputError(f"opset {opset} is too old; use 17 or newer (needed for full "
                          "per-channel Q/DQ and the engines' parsers)")
     cfg = getattr(model, "config", None)
     if input_size is None:
         if cfg is None:
-            raise ValueError("the model has no .config; pass input_size=(3, H, W) "
+            raise InputError("the model has no .config; pass input_size=(3, H, W) "
                              "(models from engine.create_model carry one)")
         input_size = cfg.input_size
     fingerprint = weights_fingerprint(model)

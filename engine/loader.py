@@ -6,10 +6,11 @@ Choice when ``backend`` is None, by file type (see ``engine.backends.BACKENDS``)
 - ``.onnx`` -> ``openvino``, then ``onnxruntime`` (the first one installed);
 - ``.pt``/``.pth``/``.safetensors`` -> only with ``backend="torch", model=NAME``.
 
-The precision defaults to the file's own (``inception.precision`` in the metadata: fp32 for
-an export, int8 for a Q/DQ file from calibration). A foreign ONNX file (not exported by this
-package) still runs; its runtime has ``config=None`` and a :class:`ConfigUnknownWarning` says
-so. When no engine can run the file, the error names what is missing and how to install it.
+The precision defaults to the file's own (for ONNX, :func:`engine.onnxmeta.file_precision`:
+int8 for a Q/DQ graph from calibration, else fp32 or fp16 as the metadata says). A foreign
+ONNX file (not exported by this package) still runs; its runtime has ``config=None`` and a
+:class:`ConfigUnknownWarning` says so. When no engine can run the file, the error names what
+is missing and how to install it.
 """
 from __future__ import annotations
 
@@ -57,6 +58,22 @@ def load(path, backend: Optional[str] = None, precision: Optional[str] = None,
     """
     if backend is not None:
         _b.info(backend)  # an unknown name fails first, listing the valid ones
+    path = _model_file(path)
+    if backend is None:
+        backend = _pick_backend(path)
+    else:
+        _check_backend(backend, path)
+    cls = _b.get_backend(backend)
+    rt = cls(path, precision=precision, threads=threads, **kw)
+    if rt.config is None:
+        warnings.warn(f"{path.name} carries no Inception model config (not exported by this "
+                      "package): it runs, but preprocessing, labels and the model name are "
+                      "unknown (runtime.config is None)", ConfigUnknownWarning, stacklevel=2)
+    return rt
+
+
+def _model_file(path) -> Path:
+    """``path`` as a Path to an existing file, or an error that says how to make one."""
     path = Path(path)
     if not path.exists():
         how = ("build one with `inception-engine build model.onnx --out model.plan`"
@@ -65,47 +82,45 @@ def load(path, backend: Optional[str] = None, precision: Optional[str] = None,
         raise ArtifactError(f"{path}: no such file; {how}")
     if path.is_dir():
         raise ArtifactError(f"{path} is a directory; pass the model file (.onnx or .plan)")
+    return path
+
+
+def _pick_backend(path: Path) -> str:
+    """The first usable engine that runs ``path``'s file type, by ``auto`` rank."""
     suffix = path.suffix.lower()
-    runners = sorted({s for b in _b.BACKENDS.values() for s in b.formats})
-    if backend is None:
-        cands = _candidates(suffix)
-        if not cands:
-            if suffix in runners:
-                byname = [n for n, b in _b.BACKENDS.items() if suffix in b.formats]
-                raise ArtifactError(f"{path}: {suffix} files are opened by naming the backend: "
-                                    f"{', '.join(byname)} (e.g. backend={byname[0]!r})")
-            raise ArtifactError(f"{path}: unknown model file type {suffix or '(no suffix)'!r}; "
-                                f"engines run {', '.join(runners)}")
-        reasons = []
-        for name in cands:
-            ok, why = _b.check_available(name)
-            if ok:
-                backend = name
-                break
-            reasons.append(f"  {name}: {why}")
-        else:
-            raise BackendUnavailableError(
-                f"no engine on this machine can run {path.name}:\n" + "\n".join(reasons)
-                + "\ninstall one of them (" + "; ".join(_b.BACKENDS[n].install for n in cands)
-                + ")")
-    else:
-        b = _b.BACKENDS[backend]
-        if suffix not in b.formats:
-            others = [n for n, x in _b.BACKENDS.items() if suffix in x.formats]
-            raise ArtifactError(
-                f"the {backend} backend runs {', '.join(b.formats)} files, not {suffix or path.name}"
-                + (f"; {path.name} runs on: {', '.join(others)}" if others else ""))
-        ok, why = _b.check_available(backend)
-        if not ok:
-            alt = [n for n in available_backends(path) if n != backend]
-            raise BackendUnavailableError(
-                f"the {backend} backend is not usable here: {why}."
-                + (f" {path.name} would run on: {', '.join(alt)} (backend={alt[0]!r})"
-                   if alt else f" No other installed engine runs {suffix} files."))
-    cls = _b.get_backend(backend)
-    rt = cls(path, precision=precision, threads=threads, **kw)
-    if rt.config is None:
-        warnings.warn(f"{path.name} carries no Inception model config (not exported by this "
-                      "package): it runs, but preprocessing, labels and the model name are "
-                      "unknown (runtime.config is None)", ConfigUnknownWarning, stacklevel=2)
-    return rt
+    cands = _candidates(suffix)
+    if not cands:
+        runners = sorted({s for b in _b.BACKENDS.values() for s in b.formats})
+        if suffix in runners:
+            byname = [n for n, b in _b.BACKENDS.items() if suffix in b.formats]
+            raise ArtifactError(f"{path}: {suffix} files are opened by naming the backend: "
+                                f"{', '.join(byname)} (e.g. backend={byname[0]!r})")
+        raise ArtifactError(f"{path}: unknown model file type {suffix or '(no suffix)'!r}; "
+                            f"engines run {', '.join(runners)}")
+    reasons = []
+    for name in cands:
+        ok, why = _b.check_available(name)
+        if ok:
+            return name
+        reasons.append(f"  {name}: {why}")
+    raise BackendUnavailableError(
+        f"no engine on this machine can run {path.name}:\n" + "\n".join(reasons)
+        + "\ninstall one of them (" + "; ".join(_b.BACKENDS[n].install for n in cands) + ")")
+
+
+def _check_backend(backend: str, path: Path) -> None:
+    """That the named ``backend`` reads ``path``'s file type and is usable here."""
+    suffix = path.suffix.lower()
+    b = _b.BACKENDS[backend]
+    if suffix not in b.formats:
+        others = [n for n, x in _b.BACKENDS.items() if suffix in x.formats]
+        raise ArtifactError(
+            f"the {backend} backend runs {', '.join(b.formats)} files, not {suffix or path.name}"
+            + (f"; {path.name} runs on: {', '.join(others)}" if others else ""))
+    ok, why = _b.check_available(backend)
+    if not ok:
+        alt = [n for n in available_backends(path) if n != backend]
+        raise BackendUnavailableError(
+            f"the {backend} backend is not usable here: {why}."
+            + (f" {path.name} would run on: {', '.join(alt)} (backend={alt[0]!r})"
+               if alt else f" No other installed engine runs {suffix} files."))

@@ -1,4 +1,5 @@
-"""``engine.verify``: parity of an engine against the PyTorch reference, output and layer by layer.
+"""``engine.verify`` (:func:`verify`): parity of an engine against the PyTorch reference, output
+and layer by layer.
 
 What is measured on the final output (the reference's numbers are the truth):
 
@@ -55,8 +56,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .export import module_path
+from .errors import InputError
+from .export import module_path, weights_fingerprint
 from .models.capture import compared_modules
+from .onnxmeta import META_WEIGHTS, load_onnx, normalize_precision
 
 JUMP_FLOOR = 10.0
 JUMP_RATIO = 10.0
@@ -263,9 +266,40 @@ def verify(runtime, reference, inputs, precision: Optional[str] = None,
     ``False``; it compares the first ``localize_samples`` samples layer by layer.
     onnx_path: the ONNX graph the engine runs, when ``runtime.path`` is not one.
     """
-    from .errors import InputError
     reference_rt = _reference_runtime(reference)
     cfg = getattr(runtime, "config", None) or getattr(reference_rt, "config", None)
+    x = _input_batch(inputs, runtime, cfg, seed)
+    out = _run_batched(runtime, x, batch_size)
+    ref = _run_batched(reference_rt, x, batch_size)
+    if out.shape != ref.shape:
+        raise InputError(f"output shapes differ: engine {out.shape}, reference {ref.shape}; "
+                         "are they the same model?")
+    precision = precision or getattr(runtime, "precision", "fp32")
+    tol = _criteria(precision, tolerance, embedding=cfg is not None and cfg.output == "embedding")
+    metrics = _output_metrics(out, ref)
+    failures = _failures(metrics, tol, out)
+    config_known = getattr(runtime, "config", None) is not None
+    notes = [] if config_known else ["config unknown: the engine's file carries no Inception "
+                                     "metadata"]
+    notes.extend(_weights_note(runtime, reference_rt))
+    report = ParityReport(
+        engine=_describe(runtime), reference=_describe(reference_rt),
+        model=cfg.name if cfg is not None else None, config_known=config_known,
+        precision=precision, n_samples=int(len(x)), output_shape=tuple(out.shape[1:]),
+        **metrics,
+        tolerance={f.name: getattr(tol, f.name) for f in dataclasses.fields(tol)},
+        smallest_passing={"range_rel": metrics["range_rel_err"], "atol": metrics["max_abs_err"],
+                          "rtol": metrics["max_rel_err"], "cosine": metrics["cosine_min"],
+                          "top1": metrics["top1_agreement"], "top5": metrics["top5_overlap"]},
+        passed=not failures, failures=failures, notes=notes)
+    if localize is True or (localize == "auto" and failures):
+        _localize(report, runtime, reference_rt, x[:max(1, localize_samples)], tol, onnx_path)
+    return report
+
+
+def _input_batch(inputs, runtime, cfg, seed: int) -> np.ndarray:
+    """``inputs`` as an NCHW float32 array; an int ``n`` gives ``n`` seeded standard-normal
+    images of the engine's input size (else the config's)."""
     if isinstance(inputs, (int, np.integer)) and not isinstance(inputs, bool):
         spec = runtime.inputs[0].shape if getattr(runtime, "inputs", None) else ()
         if len(spec) == 4 and all(d is not None for d in spec[1:]):
@@ -280,20 +314,26 @@ def verify(runtime, reference, inputs, precision: Optional[str] = None,
     x = _as_numpy(inputs)
     if x.ndim != 4:
         raise InputError(f"inputs must be NCHW (4 dims), got shape {x.shape}")
-    bs = batch_size or x.shape[0]
-    out = np.concatenate([_as_numpy(runtime(x[i:i + bs])) for i in range(0, len(x), bs)])
-    ref = np.concatenate([_as_numpy(reference_rt(x[i:i + bs])) for i in range(0, len(x), bs)])
-    if out.shape != ref.shape:
-        raise ValueError(f"output shapes differ: engine {out.shape}, reference {ref.shape}; "
-                         "are they the same model?")
+    return x
 
-    precision = precision or getattr(runtime, "precision", "fp32")
+
+def _run_batched(rt, x: np.ndarray, batch_size: Optional[int]) -> np.ndarray:
+    bs = batch_size or x.shape[0]
+    return np.concatenate([_as_numpy(rt(x[i:i + bs])) for i in range(0, len(x), bs)])
+
+
+def _criteria(precision: str, tolerance, embedding: bool) -> Tolerance:
+    """The tolerance to judge by; an embedding (without an explicit ``tolerance``) is judged
+    on cosine only (see the module docstring)."""
     tol = _tolerance(precision, tolerance)
-    embedding = cfg is not None and cfg.output == "embedding"
     if embedding and tolerance is None:
         cos = tol.cosine if tol.cosine is not None else 0.99999
         tol = dataclasses.replace(tol, cosine=cos, top1=None, top5=None)
+    return tol
 
+
+def _output_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
+    """The output measures of :class:`ParityReport` (see the module docstring), by field."""
     d = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     rng = _range(ref)
     max_abs = float(d.max()) if d.size else 0.0
@@ -301,54 +341,41 @@ def verify(runtime, reference, inputs, precision: Optional[str] = None,
     cos = _cosines(out, ref)
     flat_o, flat_r = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
     k = min(5, flat_r.shape[1])
-    top1 = float((flat_o.argmax(1) == flat_r.argmax(1)).mean())
-    to, tr = _topk(flat_o, k), _topk(flat_r, k)
-    top5 = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(to, tr)]))
-    range_rel = max_abs / rng
+    top_o, top_r = _topk(flat_o, k), _topk(flat_r, k)
+    return {"max_abs_err": max_abs, "mean_abs_err": float(d.mean()) if d.size else 0.0,
+            "max_rel_err": float((d / denom).max()) if d.size else 0.0,
+            "range_rel_err": max_abs / rng, "output_range": rng,
+            "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+            "top1_agreement": float((flat_o.argmax(1) == flat_r.argmax(1)).mean()),
+            "top5_overlap": float(np.mean([len(set(a) & set(b)) / k
+                                           for a, b in zip(top_o, top_r)])),
+            "topk": k}
 
+
+def _failures(m: Dict[str, float], tol: Tolerance, out: np.ndarray) -> List[str]:
+    """One line per criterion of ``tol`` that the metrics ``m`` miss."""
     failures = []
-    if tol.range_rel is not None and not range_rel <= tol.range_rel:
-        failures.append(f"max abs error {max_abs:.3e} is {range_rel:.3e} of the output range "
-                        f"(allowed {tol.range_rel:g})")
-    if tol.cosine is not None and not float(cos.min()) >= tol.cosine:
-        failures.append(f"min cosine similarity {float(cos.min()):.6f} < {tol.cosine}")
-    if tol.top1 is not None and not top1 >= tol.top1:
-        failures.append(f"top-1 agreement {top1 * 100:.1f}% < {tol.top1 * 100:g}%")
-    if tol.top5 is not None and not top5 >= tol.top5:
-        failures.append(f"top-{k} overlap {top5 * 100:.1f}% < {tol.top5 * 100:g}%")
+    if tol.range_rel is not None and not m["range_rel_err"] <= tol.range_rel:
+        failures.append(f"max abs error {m['max_abs_err']:.3e} is {m['range_rel_err']:.3e} of "
+                        f"the output range (allowed {tol.range_rel:g})")
+    if tol.cosine is not None and not m["cosine_min"] >= tol.cosine:
+        failures.append(f"min cosine similarity {m['cosine_min']:.6f} < {tol.cosine}")
+    if tol.top1 is not None and not m["top1_agreement"] >= tol.top1:
+        failures.append(f"top-1 agreement {m['top1_agreement'] * 100:.1f}% < "
+                        f"{tol.top1 * 100:g}%")
+    if tol.top5 is not None and not m["top5_overlap"] >= tol.top5:
+        failures.append(f"top-{m['topk']} overlap {m['top5_overlap'] * 100:.1f}% < "
+                        f"{tol.top5 * 100:g}%")
     if not np.isfinite(out).all():
         failures.append(f"engine output holds {int((~np.isfinite(out)).sum())} NaN/Inf values")
-
-    notes = []
-    if getattr(runtime, "config", None) is None:
-        notes.append("config unknown: the engine's file carries no Inception metadata")
-    notes.extend(_weights_note(runtime, reference_rt))
-    report = ParityReport(
-        engine=_describe(runtime), reference=_describe(reference_rt),
-        model=cfg.name if cfg is not None else None,
-        config_known=getattr(runtime, "config", None) is not None,
-        precision=precision, n_samples=int(len(x)), output_shape=tuple(out.shape[1:]),
-        max_abs_err=max_abs, mean_abs_err=float(d.mean()) if d.size else 0.0,
-        max_rel_err=float((d / denom).max()) if d.size else 0.0, range_rel_err=range_rel,
-        output_range=rng, cosine_min=float(cos.min()), cosine_mean=float(cos.mean()),
-        top1_agreement=top1, top5_overlap=top5, topk=k,
-        tolerance={f.name: getattr(tol, f.name) for f in dataclasses.fields(tol)},
-        smallest_passing={"range_rel": range_rel, "atol": max_abs,
-                          "rtol": float((d / denom).max()) if d.size else 0.0,
-                          "cosine": float(cos.min()), "top1": top1, "top5": top5},
-        passed=not failures, failures=failures, notes=notes)
-
-    if localize is True or (localize == "auto" and failures):
-        _localize(report, runtime, reference_rt, x[:max(1, localize_samples)], tol, onnx_path)
-    return report
+    return failures
 
 
 def _weights_note(runtime, reference_rt) -> List[str]:
-    sha = (getattr(runtime, "metadata", None) or {}).get("inception.weights_sha256")
+    sha = (getattr(runtime, "metadata", None) or {}).get(META_WEIGHTS)
     module = getattr(reference_rt, "module", None)
     if not sha or module is None:
         return []
-    from .export import weights_fingerprint
     if weights_fingerprint(module) == sha:
         return []
     return ["the reference's weights are not the ones exported into the file (weights_sha256 "
@@ -356,7 +383,6 @@ def _weights_note(runtime, reference_rt) -> List[str]:
 
 
 def _tolerance(precision: str, tolerance) -> Tolerance:
-    from .backends.onnx_common import normalize_precision
     base = DEFAULT_TOLERANCES.get(normalize_precision(precision) or "fp32", DEFAULT_TOLERANCES["fp32"])
     if tolerance is None:
         return base
@@ -395,7 +421,6 @@ class _CallableRuntime:
 
 
 def _engine_graph(runtime, onnx_path):
-    from .onnxmeta import load_onnx
     p = Path(onnx_path) if onnx_path is not None else getattr(runtime, "path", None)
     if p is None or Path(p).suffix.lower() != ".onnx":
         return None
@@ -403,43 +428,26 @@ def _engine_graph(runtime, onnx_path):
 
 
 def _localize(report: ParityReport, runtime, reference_rt, x, tol: Tolerance, onnx_path):
+    """Compare the engine and the reference layer by layer on ``x`` and record the layers,
+    the first divergent one and its block in ``report``."""
     proto = _engine_graph(runtime, onnx_path)
     if proto is None:
         report.notes.append("layer-wise localization needs the engine's ONNX graph "
                             "(pass onnx_path=...)")
         return
     mod_out = module_outputs(proto)
-    ref_module = getattr(reference_rt, "module", None)
-    structure = ref_module
-    if structure is None:  # two engines: the module structure comes from the config
-        cfg = getattr(runtime, "config", None) or getattr(reference_rt, "config", None)
-        if cfg is not None:
-            from .models.registry import create_model
-            structure = create_model(cfg.name, width=cfg.width, num_classes=cfg.num_classes)
-    if structure is not None:
-        wanted = [m for m in compared_modules(structure) if m in mod_out]
-    else:  # a foreign graph: every named scope
-        wanted = list(mod_out)
-    # de-duplicate modules that share an output tensor (a Sequential and its last child):
-    # keep the innermost, which is the more specific name
-    by_tensor: Dict[str, str] = {}
-    for m in wanted:
-        t = mod_out[m][1]
-        if t not in by_tensor or len(m) > len(by_tensor[t]):
-            by_tensor[t] = m
-    wanted = sorted(set(by_tensor.values()), key=lambda m: (mod_out[m][0], -len(m)))
+    by_module = getattr(reference_rt, "module", None) is not None
+    wanted = _compared_layers(runtime, reference_rt, mod_out)
     tensors = [mod_out[m][1] for m in wanted]
     try:
         eng = runtime.intermediates(x, tensors)
-        ref = (reference_rt.intermediates(x, wanted) if ref_module is not None
-               else reference_rt.intermediates(x, tensors))
+        ref = reference_rt.intermediates(x, wanted if by_module else tensors)
     except NotImplementedError as e:
         report.notes.append(f"layer-wise localization unavailable: {e}")
         return
     layers: List[LayerDiff] = []
     for m, t in zip(wanted, tensors):
-        a = eng.get(t)
-        b = ref.get(m) if ref_module is not None else ref.get(t)
+        a, b = eng.get(t), ref.get(m if by_module else t)
         if a is None or b is None or a.shape != b.shape:
             continue
         dd = np.abs(a.astype(np.float64) - b.astype(np.float64))
@@ -459,6 +467,28 @@ def _localize(report: ParityReport, runtime, reference_rt, x, tol: Tolerance, on
     elif layers:
         report.notes.append("no compared layer diverges; the difference arises after the last "
                             f"compared layer ({layers[-1].module}), in the head")
+
+
+def _compared_layers(runtime, reference_rt, mod_out: Dict[str, tuple]) -> List[str]:
+    """The module paths to compare, in graph order, one per output tensor."""
+    structure = getattr(reference_rt, "module", None)
+    if structure is None:  # two engines: the module structure comes from the config
+        cfg = getattr(runtime, "config", None) or getattr(reference_rt, "config", None)
+        if cfg is not None:
+            from .models.registry import create_model
+            structure = create_model(cfg.name, width=cfg.width, num_classes=cfg.num_classes)
+    if structure is not None:
+        wanted = [m for m in compared_modules(structure) if m in mod_out]
+    else:  # a foreign graph: every named scope
+        wanted = list(mod_out)
+    # de-duplicate modules that share an output tensor (a Sequential and its last child):
+    # keep the innermost, which is the more specific name
+    by_tensor: Dict[str, str] = {}
+    for m in wanted:
+        t = mod_out[m][1]
+        if t not in by_tensor or len(m) > len(by_tensor[t]):
+            by_tensor[t] = m
+    return sorted(set(by_tensor.values()), key=lambda m: (mod_out[m][0], -len(m)))
 
 
 def first_divergent(layers: Sequence[LayerDiff], tol: float):

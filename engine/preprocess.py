@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -16,6 +16,10 @@ from .errors import InputError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 _INTERP = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST", "lanczos": "LANCZOS"}
+
+
+class ImageNotFoundError(InputError, FileNotFoundError):
+    """An image path that does not exist."""
 
 
 def _open(image):
@@ -29,7 +33,7 @@ def _open(image):
         return Image.fromarray(image)
     path = Path(image)
     if not path.exists():
-        raise FileNotFoundError(f"image {path} does not exist")
+        raise ImageNotFoundError(f"image {path} does not exist; check the path")
     try:
         img = Image.open(path)
         img.load()
@@ -69,11 +73,6 @@ def preprocess(image, config, dtype="float32"):
     std = np.asarray(config.std, dtype=np.float32)
     arr = (arr - mean) / std
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].to(getattr(torch, dtype))
-
-
-def preprocess_batch(images: Iterable, config):
-    import torch
-    return torch.cat([preprocess(i, config) for i in images], 0)
 
 
 def labels_for(config) -> Optional[List[str]]:

@@ -23,7 +23,6 @@ import csv
 import json
 import os
 import platform
-import statistics as st
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
+from calibration.methods import METHODS
+
+from .errors import InputError
+
 SUBJECT = "inception_resnet_v2_fmnist"
 
 
@@ -55,13 +57,13 @@ class Row:
 def load_eval_data(data, config, limit=None):
     """(x float32 NCHW, labels int64). Default: the shipped Fashion-MNIST test set.
 
-    data: None, an ``.npz`` with ``images`` (uint8 N x H x W grayscale, or float32 NCHW already
+    data: None, an ``.npz`` with ``images`` (uint8 images, made model input by
+    :func:`engine.datasets.to_model_input` like ``--calib`` arrays, or float32 NCHW already
     preprocessed) and ``labels``, or a folder with one sub-folder of images per class (sorted
     sub-folder names are the class indices).
     """
     import torch
     from .datasets import fashion_mnist, to_model_input
-    from .errors import InputError
     from .preprocess import preprocess
     if data is None:
         images, labels = fashion_mnist("test", limit=limit)
@@ -85,13 +87,13 @@ def load_eval_data(data, config, limit=None):
             if "images" not in z or "labels" not in z:
                 raise InputError(f"{path}: expected arrays 'images' and 'labels', found {list(z)}")
             images, y = z["images"], z["labels"].astype(np.int64)
-        if images.dtype == np.uint8 and images.ndim == 3:
+        if images.dtype == np.uint8:
             x = to_model_input(images, config).numpy()
         elif images.dtype == np.float32 and images.ndim == 4:
             x = images
         else:
-            raise InputError(f"{path}: 'images' must be uint8 (N, H, W) or float32 NCHW, got "
-                             f"{images.dtype} {images.shape}")
+            raise InputError(f"{path}: 'images' must be uint8 images (N, H, W) or (N, H, W, C), "
+                             f"or float32 NCHW model input, got {images.dtype} {images.shape}")
     else:
         raise InputError(f"--data {path}: expected a .npz file or a folder of class folders")
     if limit is not None:
@@ -115,14 +117,9 @@ def predict(fn: Callable, x: np.ndarray, batch: int = 64) -> np.ndarray:
 
 
 def latency_ms(fn: Callable, x: np.ndarray, iters: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(st.median(times))
+    """Median batch latency of ``fn(x)`` in ms (:func:`engine.timing.median_ms`)."""
+    from .timing import median_ms
+    return median_ms(lambda: fn(x), iters=iters, warmup=warmup)
 
 
 def _torch_fn(model):
@@ -149,21 +146,83 @@ def machine_info() -> dict:
             "platform": platform.platform()}
 
 
+@dataclass
+class Bench:
+    """What every row is measured on: the labelled test set, the FP32 reference's top-1, and
+    the batch-1 inputs at the model's own size (``x1``) and at 299 (``x299``)."""
+
+    x_test: np.ndarray
+    y_test: np.ndarray
+    threads: int = 2
+    iters: int = 20
+    eval_batch: int = 64
+    ref_pred: Optional[np.ndarray] = None
+    x299: Optional[np.ndarray] = None
+    log: Callable[[str], None] = print
+
+    @property
+    def x1(self) -> np.ndarray:
+        return self.x_test[:1]
+
+    @property
+    def iters_299(self) -> int:
+        return max(5, self.iters // 2)
+
+    def score(self, logits):
+        """(top-1 %, agreement % with the reference's top-1)."""
+        pred = logits.argmax(1)
+        return (100.0 * float((pred == self.y_test).mean()),
+                100.0 * float((pred == self.ref_pred).mean()))
+
+    def torch_row(self, model) -> Row:
+        """The PyTorch eager FP32 baseline; its predictions become the reference."""
+        fn = _torch_fn(model)
+        logits = predict(fn, self.x_test, self.eval_batch)
+        self.ref_pred = logits.argmax(1)
+        row = Row("torch", "fp32", "-", *self.score(logits), latency_ms(fn, self.x1, self.iters),
+                  note="PyTorch eager: the baseline")
+        t = time.perf_counter()
+        predict(fn, self.x_test[:self.eval_batch * 2], self.eval_batch)
+        row.throughput = min(len(self.x_test), self.eval_batch * 2) / (time.perf_counter() - t)
+        self.log(f"  torch fp32: top1 {row.top1:.2f}%  {row.latency_ms:.2f} ms")
+        return row
+
+    def engine_row(self, backend, precision, method, path, big_path=None, calib_s=None,
+                   excluded=()) -> Row:
+        """One engine on one file: accuracy, latency, throughput (and latency at 299)."""
+        from .loader import load
+        row = Row(backend, precision, method, calib_seconds=calib_s, excluded=list(excluded))
+        try:
+            with load(path, backend=backend, precision=precision, threads=self.threads) as rt:
+                row.top1, row.agreement = self.score(predict(rt, self.x_test, self.eval_batch))
+                row.latency_ms = latency_ms(rt, self.x1, self.iters)
+                t0 = time.perf_counter()
+                rt(self.x_test[:self.eval_batch])
+                row.throughput = self.eval_batch / (time.perf_counter() - t0)
+            if big_path is not None:
+                with load(big_path, backend=backend, precision=precision,
+                          threads=self.threads) as rt:
+                    row.latency_ms_299 = latency_ms(rt, self.x299, self.iters_299)
+        except Exception as e:  # one engine failing must not sink the study: record why
+            row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        self.log(f"  {backend} {precision} {method}: top1 {_rounded(row.top1, 2)}  "
+                 f"{_rounded(row.latency_ms, 2)} ms  @299 {_rounded(row.latency_ms_299, 1)} ms "
+                 f"{row.note}")
+        return row
+
+
+def _rounded(value, digits):
+    return value if value is None else round(value, digits)
+
+
 # ----------------------------------------------------------------------------- the study
-def _has_cuda() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 def engines_available(requested: Optional[Sequence[str]] = None) -> List[tuple]:
     """(backend, precision) pairs to study: float precisions; INT8 is added per method."""
+    from kernels.env import cuda_usable
     from . import backends as B
     pairs = []
     wanted = list(requested) if requested else ["openvino", "onnxruntime", "tensorrt", "triton"]
-    gpu = _has_cuda()
+    gpu = cuda_usable()
     for name in wanted:
         ok, why = B.check_available(name)
         if not ok:
@@ -180,148 +239,97 @@ def engines_available(requested: Optional[Sequence[str]] = None) -> List[tuple]:
     return pairs
 
 
-def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
-              methods: Sequence[str] = METHODS, engines: Optional[Sequence[str]] = None,
-              out="study", num_test: Optional[int] = None, num_calib: int = 1000,
-              threads: int = 2, iters: int = 20, big: bool = True, auto_exclude: int = 0,
-              cpu_uint8: bool = True, eval_batch: int = 64, log: Callable[[str], None] = print) -> List[dict]:
-    import torch
+@dataclass
+class Int8File:
+    """A quantized file of the study: its path, calibration seconds, layers kept float."""
+
+    path: Path
+    calib_seconds: float
+    excluded: List[str] = field(default_factory=list)
+
+
+def quantize_methods(fp32_path, stats, stats_seconds, methods, folder, name, cpu_uint8=True,
+                     log: Callable[[str], None] = print) -> Dict[str, Int8File]:
+    """One INT8 file per method from one statistics pass (and a ``+u8`` CPU variant each)."""
     import calibration
-    from .export import export_onnx
-    from .loader import load
-    from .models.registry import create_model, get_config
-    from .fileio import atomic_write_text
-
-    torch.set_num_threads(threads)
-    out = Path(out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    if weights == "bundled" and model != SUBJECT:
-        weights = None
-    ref = create_model(model, weights=weights)
-    cfg = ref.config
-    random_weights = weights is None
-    if random_weights:
-        log("WARNING: no --weights given: the model's weights are random, so accuracies are "
-            "meaningless (latency figures still hold)")
-    if data is None and cfg.labels != "fashion_mnist":
-        raise ValueError(f"{model} was not trained on the shipped Fashion-MNIST data; pass "
-                         "--data with your labelled test set (and --calib)")
-    x_test, y_test = load_eval_data(data, cfg, num_test)
-    calib_data = calib if calib is not None else default_calib(cfg, num_calib)
-    log(f"study: {cfg.name}, {len(x_test)} test images, calibration from "
-        f"{'the shipped train split' if calib is None else calib}, {threads} threads")
-
-    fp32_path = export_onnx(ref, out / "models" / f"{cfg.name}.onnx")
-    rows: List[Row] = []
-
-    # baseline: PyTorch eager FP32
-    tfn = _torch_fn(ref)
-    ref_logits = predict(tfn, x_test, eval_batch)
-    ref_pred = ref_logits.argmax(1)
-    x1 = x_test[:1]
-
-    def score(logits):
-        pred = logits.argmax(1)
-        return 100.0 * float((pred == y_test).mean()), 100.0 * float((pred == ref_pred).mean())
-
-    base = Row("torch", "fp32", "-", *score(ref_logits), latency_ms(tfn, x1, iters),
-               note="PyTorch eager: the baseline")
-    t = time.perf_counter()
-    predict(tfn, x_test[:eval_batch * 2], eval_batch)
-    base.throughput = min(len(x_test), eval_batch * 2) / (time.perf_counter() - t)
-    rows.append(base)
-    log(f"  torch fp32: top1 {base.top1:.2f}%  {base.latency_ms:.2f} ms")
-
-    # INT8 files, one per method, sharing one statistics pass
-    t = time.perf_counter()
-    stats = calibration.collect_statistics(fp32_path, calib_data, num_images=num_calib,
-                                           threads=threads, progress=False)
-    stats_seconds = time.perf_counter() - t
-    int8: Dict[str, tuple] = {}
+    files: Dict[str, Int8File] = {}
     for m in methods:
-        res = calibration.quantize(fp32_path, out / "models" / f"{cfg.name}.int8.{m}.onnx",
+        res = calibration.quantize(fp32_path, folder / f"{name}.int8.{m}.onnx",
                                    statistics=stats, method=m)
-        int8[m] = (res.path, stats_seconds + res.calibration_seconds, [])
-        log(f"  calibrated {m} in {int8[m][1]:.1f} s")
+        files[m] = Int8File(res.path, stats_seconds + res.calibration_seconds)
+        log(f"  calibrated {m} in {files[m].calib_seconds:.1f} s")
         if cpu_uint8:
             # CPU-only variant: uint8 (zero point 0) on ReLU outputs, so CPUs without AMX run
             # every concat in int8; TensorRT takes only int8 Q/DQ, so GPU engines skip it
-            res = calibration.quantize(fp32_path, out / "models" / f"{cfg.name}.u8.{m}.onnx",
+            res = calibration.quantize(fp32_path, folder / f"{name}.u8.{m}.onnx",
                                        statistics=stats, method=m, unsigned_relu=True)
-            int8[f"{m}+u8"] = (res.path, stats_seconds + res.calibration_seconds, [])
-    if auto_exclude:
-        # mse is the most robust range here (entropy clips a spike-shaped histogram hard:
-        # see benchmarks/RESULTS.md); auto-exclusion then removes what is left
-        best_guess = "mse" if "mse" in methods else methods[0]
-        res = calibration.quantize(fp32_path, out / "models" / f"{cfg.name}.int8.{best_guess}"
-                                   f".auto{auto_exclude}.onnx", data=calib_data,
-                                   statistics=stats, method=best_guess, auto_exclude=auto_exclude,
-                                   num_images=num_calib, threads=threads)
-        int8[f"{best_guess}+auto{auto_exclude}"] = (res.path, stats_seconds + res.seconds,
-                                                      list(res.auto_excluded))
-        if cpu_uint8:
-            res = calibration.quantize(fp32_path, out / "models" / f"{cfg.name}.u8.{best_guess}"
-                                       f".auto{auto_exclude}.onnx", data=calib_data,
-                                       statistics=stats, method=best_guess,
-                                       auto_exclude=auto_exclude, num_images=num_calib,
-                                       threads=threads, unsigned_relu=True)
-            int8[f"{best_guess}+u8+auto{auto_exclude}"] = (
-                res.path, stats_seconds + res.seconds, list(res.auto_excluded))
+            files[f"{m}+u8"] = Int8File(res.path, stats_seconds + res.calibration_seconds)
+    return files
 
-    # the canonical 299 shape: IR-v2 at full size, random weights
-    big_files = {}
-    if big:
-        big_model = create_model("inception_resnet_v2")
-        big_fp32 = export_onnx(big_model, out / "models" / "inception_resnet_v2_299.onnx")
-        rng = np.random.default_rng(0)
-        # speed does not depend on the scale values: calibrate on a few shipped images
-        big_calib = torch.nn.functional.interpolate(
-            torch.from_numpy(default_calib(get_config(SUBJECT), 8)), size=(299, 299),
-            mode="bilinear", align_corners=False).numpy()
-        big_stats = calibration.collect_statistics(big_fp32, big_calib, threads=threads)
-        big_files["fp32"] = big_fp32
-        for m in int8:
-            base_m = m.split("+")[0]
-            big_files[m] = calibration.quantize(
-                big_fp32, out / "models" / f"inception_resnet_v2_299.int8.{m}.onnx",
-                statistics=big_stats, method=base_m, unsigned_relu="+u8" in m).path
-        xb = rng.standard_normal((1, 3, 299, 299)).astype(np.float32)
-        base.latency_ms_299 = latency_ms(_torch_fn(big_model), xb, max(5, iters // 2))
-        log(f"  torch fp32 @299: {base.latency_ms_299:.1f} ms")
 
-    def measure(backend, precision, method, path, big_path, calib_s=None, excluded=()):
-        row = Row(backend, precision, method, calib_seconds=calib_s, excluded=list(excluded))
-        try:
-            with load(path, backend=backend, precision=precision, threads=threads) as rt:
-                logits = predict(rt, x_test, eval_batch)
-                row.top1, row.agreement = score(logits)
-                row.latency_ms = latency_ms(rt, x1, iters)
-                t0 = time.perf_counter()
-                rt(x_test[:eval_batch])
-                row.throughput = eval_batch / (time.perf_counter() - t0)
-            if big_path is not None:
-                with load(big_path, backend=backend, precision=precision, threads=threads) as rt:
-                    row.latency_ms_299 = latency_ms(rt, xb, max(5, iters // 2))
-        except Exception as e:  # one engine failing must not sink the study: record why
-            row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        log(f"  {backend} {precision} {method}: top1 "
-            f"{row.top1 if row.top1 is None else round(row.top1, 2)}  "
-            f"{row.latency_ms if row.latency_ms is None else round(row.latency_ms, 2)} ms  "
-            f"@299 {row.latency_ms_299 if row.latency_ms_299 is None else round(row.latency_ms_299, 1)} ms "
-            f"{row.note}")
-        return row
+def quantize_auto_excluded(fp32_path, stats, stats_seconds, calib_data, methods, count, folder,
+                           name, num_calib, threads, cpu_uint8=True) -> Dict[str, Int8File]:
+    """The ``+autoK`` files: the K most sensitive layers kept float."""
+    import calibration
+    # mse is the most robust range here (entropy clips a spike-shaped histogram hard:
+    # see benchmarks/RESULTS.md); auto-exclusion then removes what is left
+    method = "mse" if "mse" in methods else methods[0]
+    files: Dict[str, Int8File] = {}
+    for u8 in ((False, True) if cpu_uint8 else (False,)):
+        kind = "u8" if u8 else "int8"
+        res = calibration.quantize(fp32_path, folder / f"{name}.{kind}.{method}.auto{count}.onnx",
+                                   data=calib_data, statistics=stats, method=method,
+                                   auto_exclude=count, num_images=num_calib, threads=threads,
+                                   unsigned_relu=u8)
+        key = f"{method}+u8+auto{count}" if u8 else f"{method}+auto{count}"
+        files[key] = Int8File(res.path, stats_seconds + res.seconds, list(res.auto_excluded))
+    return files
 
+
+def big_model_files(int8: Dict[str, Int8File], folder, threads):
+    """The canonical 299 shape: IR-v2 at full size with random weights, exported FP32 and
+    quantized like each study file. Returns ``(model, {"fp32" or method: path})``."""
+    import torch
+    import calibration
+    from .export import export_onnx
+    from .models.registry import create_model, get_config
+    big_model = create_model("inception_resnet_v2")
+    big_fp32 = export_onnx(big_model, folder / "inception_resnet_v2_299.onnx")
+    # speed does not depend on the scale values: calibrate on a few shipped images
+    big_calib = torch.nn.functional.interpolate(
+        torch.from_numpy(default_calib(get_config(SUBJECT), 8)), size=(299, 299),
+        mode="bilinear", align_corners=False).numpy()
+    big_stats = calibration.collect_statistics(big_fp32, big_calib, threads=threads)
+    files = {"fp32": big_fp32}
+    for m in int8:
+        files[m] = calibration.quantize(
+            big_fp32, folder / f"inception_resnet_v2_299.int8.{m}.onnx",
+            statistics=big_stats, method=m.split("+")[0], unsigned_relu="+u8" in m).path
+    return big_model, files
+
+
+def engine_rows(bench: Bench, fp32_path, int8: Dict[str, Int8File], big_files,
+                engines: Optional[Sequence[str]] = None) -> List[Row]:
+    """Every available engine on the FP32 file, and on each INT8 file it can run."""
+    rows = []
     for backend, precision in engines_available(engines):
-        rows.append(measure(backend, precision, "-", fp32_path, big_files.get("fp32")))
-        if backend in ("openvino", "onnxruntime", "tensorrt", "triton") and precision != "bf16":
-            for m, (path, secs, excl) in int8.items():
-                if "+u8" in m and backend not in ("openvino", "onnxruntime"):
-                    continue
-                rows.append(measure(backend, "int8", m, path, big_files.get(m), secs, excl))
+        rows.append(bench.engine_row(backend, precision, "-", fp32_path, big_files.get("fp32")))
+        if precision == "bf16":
+            continue
+        for m, f in int8.items():
+            if "+u8" in m and backend not in ("openvino", "onnxruntime"):
+                continue
+            rows.append(bench.engine_row(backend, "int8", m, f.path, big_files.get(m),
+                                         f.calib_seconds, f.excluded))
+    return rows
 
+
+def result_rows(rows: List[Row], model: str, random_weights: bool) -> List[dict]:
+    """The rows as dicts, with the ratios to the baseline (the first row)."""
+    base = rows[0]
     result = [asdict(r) for r in rows]
     for r in result:
-        r["model"] = cfg.name
+        r["model"] = model
         r["random_weights"] = random_weights
         if base.latency_ms and r["latency_ms"]:
             r["latency_vs_torch"] = r["latency_ms"] / base.latency_ms
@@ -329,9 +337,13 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
             r["latency_299_vs_torch"] = r["latency_ms_299"] / base.latency_ms_299
         if base.top1 is not None and r["top1"] is not None:
             r["top1_delta_vs_fp32"] = r["top1"] - base.top1
-    meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
-            "test_images": int(len(x_test)), "threads": threads, "iters": iters,
-            "calibration_images": num_calib, "statistics_seconds": stats_seconds}
+    return result
+
+
+def write_outputs(out: Path, result: List[dict], meta: dict,
+                  log: Callable[[str], None] = print) -> None:
+    """results.json, meta.json, results.csv, report.md and pareto.png in ``out``."""
+    from .fileio import atomic_write_text
     atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     write_csv(out / "results.csv", result)
@@ -341,6 +353,72 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     except ImportError:
         log("  (matplotlib not installed: no pareto.png; pip install matplotlib)")
     log(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
+
+
+def _study_subject(model, weights, log):
+    """The reference model, the weights actually used, and whether they are random."""
+    from .models.registry import create_model
+    if weights == "bundled" and model != SUBJECT:
+        weights = None
+    ref = create_model(model, weights=weights)
+    if weights is None:
+        log("WARNING: no --weights given: the model's weights are random, so accuracies are "
+            "meaningless (latency figures still hold)")
+    return ref, weights
+
+
+def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
+              methods: Sequence[str] = METHODS, engines: Optional[Sequence[str]] = None,
+              out="study", num_test: Optional[int] = None, num_calib: int = 1000,
+              threads: int = 2, iters: int = 20, big: bool = True, auto_exclude: int = 0,
+              cpu_uint8: bool = True, eval_batch: int = 64,
+              log: Callable[[str], None] = print) -> List[dict]:
+    """Run the study and write its outputs to ``out``; returns the rows (see the module
+    docstring). The baseline is the first row."""
+    import torch
+    import calibration
+    from .export import export_onnx
+
+    torch.set_num_threads(threads)
+    out = Path(out)
+    folder = out / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    ref, weights = _study_subject(model, weights, log)
+    cfg = ref.config
+    if data is None and cfg.labels != "fashion_mnist":
+        raise InputError(f"{model} was not trained on the shipped Fashion-MNIST data; pass "
+                         "--data with your labelled test set (and --calib)")
+    x_test, y_test = load_eval_data(data, cfg, num_test)
+    calib_data = calib if calib is not None else default_calib(cfg, num_calib)
+    log(f"study: {cfg.name}, {len(x_test)} test images, calibration from "
+        f"{'the shipped train split' if calib is None else calib}, {threads} threads")
+    fp32_path = export_onnx(ref, folder / f"{cfg.name}.onnx")
+    bench = Bench(x_test, y_test, threads=threads, iters=iters, eval_batch=eval_batch, log=log)
+    base = bench.torch_row(ref)
+
+    t = time.perf_counter()
+    stats = calibration.collect_statistics(fp32_path, calib_data, num_images=num_calib,
+                                           threads=threads, progress=False)
+    stats_seconds = time.perf_counter() - t
+    int8 = quantize_methods(fp32_path, stats, stats_seconds, methods, folder, cfg.name,
+                            cpu_uint8, log)
+    if auto_exclude:
+        int8.update(quantize_auto_excluded(fp32_path, stats, stats_seconds, calib_data, methods,
+                                           auto_exclude, folder, cfg.name, num_calib, threads,
+                                           cpu_uint8))
+    big_files = {}
+    if big:
+        big_model, big_files = big_model_files(int8, folder, threads)
+        bench.x299 = np.random.default_rng(0).standard_normal((1, 3, 299, 299)).astype(np.float32)
+        base.latency_ms_299 = latency_ms(_torch_fn(big_model), bench.x299, bench.iters_299)
+        log(f"  torch fp32 @299: {base.latency_ms_299:.1f} ms")
+
+    rows = [base] + engine_rows(bench, fp32_path, int8, big_files, engines)
+    result = result_rows(rows, cfg.name, weights is None)
+    meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
+            "test_images": int(len(x_test)), "threads": threads, "iters": iters,
+            "calibration_images": num_calib, "statistics_seconds": stats_seconds}
+    write_outputs(out, result, meta, log)
     return result
 
 

@@ -78,7 +78,7 @@ _LAZY = {
     "interpreting": "env", "cuda_usable": "env",
     **{n: "conv" for n in ("conv2d", "conv2d_reference", "pack_weight", "fold_bn", "fold_scale",
                            "quantize_weight", "quantize_reference", "dequant_scale")},
-    **{n: "linear" for n in ("linear", "linear_reference", "pack_linear_weight")},
+    **{n: "fully_connected" for n in ("linear", "linear_reference", "pack_linear_weight")},
     **{n: "pool" for n in ("max_pool", "max_pool_reference", "avg_pool", "avg_pool_reference",
                            "global_avg_pool", "global_avg_pool_reference")},
     **{n: "quant" for n in ("quantize", "dequantize", "dequantize_reference")},

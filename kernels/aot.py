@@ -1,11 +1,13 @@
-"""Ahead-of-time compilation of the kernel specializations a network uses, for a GPU
-architecture this machine need not have (``triton.compile(ASTSource(...),
-target=GPUTarget("cuda", 90, 32))``), with register and spill counts from ``ptxas -v``
-and a check for tensor-core instructions (``mma`` on sm_80, ``wgmma`` on sm_90).
+"""Ahead-of-time compilation of kernel specializations for a GPU architecture this machine
+need not have (``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``), with
+register and spill counts from ``ptxas -v`` and a check for tensor-core instructions
+(``mma`` on sm_80, ``wgmma`` on sm_90).
 
-A specialization is what Triton compiles once: the kernel, the dtypes of its pointers and
-its constexprs (kernel size, stride, epilogue flags, tile sizes). The list for a network
-comes from its traced layer shapes (:mod:`engine.models.shapes`).
+A specialization (:class:`Spec`) is what Triton compiles once: the kernel, the dtypes of its
+pointers and its constexprs (kernel size, stride, epilogue flags, tile sizes). The builders
+here (:func:`conv_spec`, :func:`pool_spec`, :func:`global_avg_spec`, :func:`requant_spec`)
+make one each; which ones a network needs is read off its traced layer shapes outside this
+package (``benchmarks/aot.py``), since kernels never import the engine.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import triton
@@ -184,10 +186,13 @@ def compile_many(specs: List[Spec], archs) -> List[CompileResult]:
 
 
 # --------------------------------------------------------------------------------------
-# Specializations of a network
+# Spec builders: one specialization of each kernel, named as the table prints it
 # --------------------------------------------------------------------------------------
 
-def _conv_spec(kh, kw, stride, x_dt, y_dt, res_dt=None, relu=True, dests=1, config=None, aligned=True):
+def conv_spec(kh, kw, stride, x_dt, y_dt, res_dt=None, relu=True, dests=1, config=None, aligned=True) -> Spec:
+    """The conv kernel for a ``kh x kw`` / ``stride`` layer reading ``x_dt`` and writing
+    ``dests`` destinations of ``y_dt`` (with a ``res_dt`` shortcut when given), on the tile
+    ``config`` (default :data:`kernels.conv.DEFAULT_CONFIG`)."""
     cfg = config or _conv.DEFAULT_CONFIG
     meta = dict(cfg.kwargs)
     flags = dict(KH=kh, KW=kw, STRIDE_H=stride, STRIDE_W=stride, HAS_BIAS=True, RELU=relu,
@@ -203,53 +208,33 @@ def _conv_spec(kh, kw, stride, x_dt, y_dt, res_dt=None, relu=True, dests=1, conf
                 fp_fusion=x_dt != torch.int8)
 
 
-def network_specs(model_name: str = "inception_resnet_v2", dtypes=(torch.float16, torch.int8),
-                  configs=None) -> List[Spec]:
-    """Every kernel specialization the network's layers need, per compute dtype.
+def _tile_constexprs(meta: dict) -> Tuple:
+    return tuple((k, v) for k, v in meta.items() if k.startswith("BLOCK"))
 
-    fp16/bf16: activations stay in that dtype. int8: convs read int8 and write int8
-    (requantised), except the residual up-projections, which add the fp16 trunk and write
-    fp16 (Q/DQ on the shortcut input is applied when the trunk is next quantised).
-    """
-    from engine.models.shapes import network_shapes
 
-    shapes = network_shapes(model_name)   # full width: alignment (channels % 16) matters
-    specs: Dict[str, Spec] = {}
-    cfgs = configs or [None]
+def pool_spec(kind: str, dtype) -> Spec:
+    """The 3x3 pool kernel as the launchers run it: ``"max"`` (stride 2, VALID) or ``"avg"``
+    (stride 1, pad 1), on the GPU tile :data:`kernels.pool.POOL_META`."""
+    if kind not in ("max", "avg"):
+        raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
+    geometry = (("IS_MAX", True), ("PAD", 0), ("STRIDE", 2)) if kind == "max" else \
+        (("IS_MAX", False), ("PAD", 1), ("STRIDE", 1))
+    label = "maxpool 3x3/2" if kind == "max" else "avgpool 3x3/1"
+    return Spec(f"{label} {_TY[dtype]}", "pool3x3", (dtype, dtype),
+                geometry + _tile_constexprs(_pool.POOL_META))
 
-    def add(s: Spec):
-        specs.setdefault(s.name, s)
 
-    for dt in dtypes:
-        act = dt
-        for cfg in cfgs:
-            for shape in shapes.convs:
-                if shape.residual:
-                    res = torch.float16 if dt == torch.int8 else dt
-                    add(_conv_spec(1, 1, 1, dt, res, res_dt=res, relu=True, config=cfg))
-                    add(_conv_spec(1, 1, 1, dt, res, res_dt=res, relu=False, config=cfg))  # final block8
-                else:
-                    add(_conv_spec(shape.kh, shape.kw, shape.stride, dt, act, config=cfg,
-                                   aligned=shape.c_in % 16 == 0))
-            for group in shapes.fusion_groups:
-                add(_conv_spec(1, 1, 1, dt, act, dests=len(group), config=cfg))
-            add(_conv_spec(1, 1, 1, dt, torch.float32 if dt == torch.int8 else dt, relu=False, config=cfg))  # head
-        pool_meta = tuple((k, v) for k, v in _pool.POOL_META.items() if k.startswith("BLOCK"))
-        kinds = {p.kind for p in shapes.pools}
-        if "max" in kinds:
-            add(Spec(f"maxpool 3x3/2 {_TY[dt]}", "pool3x3", (dt, dt),
-                     (("IS_MAX", True), ("PAD", 0), ("STRIDE", 2)) + pool_meta))
-        if "avg" in kinds:
-            add(Spec(f"avgpool 3x3/1 {_TY[dt]}", "pool3x3", (dt, dt),
-                     (("IS_MAX", False), ("PAD", 1), ("STRIDE", 1)) + pool_meta))
-        gdt = torch.float16 if dt == torch.int8 else dt
-        add(Spec(f"global avgpool {_TY[gdt]}", "global_avg", (gdt, gdt),
-                 tuple((k, v) for k, v in _pool.GLOBAL_AVG_META.items() if k.startswith("BLOCK"))))
-        if dt == torch.int8:
-            rq = tuple((k, v) for k, v in _quant.REQUANT_META.items() if k.startswith("BLOCK"))
-            add(Spec("quantize fp16->i8", "requant", (torch.float16, torch.int8), rq))
-            add(Spec("dequantize i8->fp16", "requant", (torch.int8, torch.float16), rq))
-    return list(specs.values())
+def global_avg_spec(dtype) -> Spec:
+    """The global average pool on the GPU tile :data:`kernels.pool.GLOBAL_AVG_META`."""
+    return Spec(f"global avgpool {_TY[dtype]}", "global_avg", (dtype, dtype),
+                _tile_constexprs(_pool.GLOBAL_AVG_META))
+
+
+def requant_spec(x_dt, y_dt) -> Spec:
+    """The elementwise quantize (float -> int8) or dequantize (int8 -> float) kernel."""
+    what = "quantize" if y_dt == torch.int8 else "dequantize"
+    return Spec(f"{what} {_TY[x_dt]}->{_TY[y_dt]}", "requant", (x_dt, y_dt),
+                _tile_constexprs(_quant.REQUANT_META))
 
 
 def format_table(results: List[CompileResult]) -> str:
@@ -272,36 +257,3 @@ def check(results: List[CompileResult]) -> List[str]:
         if tc is not None and not (r.mma or r.wgmma):
             problems.append(f"{r.spec.name} on {r.ptx_target}: no tensor-core instruction (mma/wgmma) in the PTX")
     return problems
-
-
-def main(argv=None) -> int:
-    import argparse
-    import time
-
-    ap = argparse.ArgumentParser(description="Compile a network's kernel specializations for sm_80/sm_90 "
-                                             "without a GPU; print registers, spills and tensor-core use.")
-    ap.add_argument("--model", default="inception_resnet_v2")
-    ap.add_argument("--arch", type=int, nargs="+", default=[80, 90])
-    ap.add_argument("--dtypes", nargs="+", default=["fp16", "bf16", "int8"])
-    ap.add_argument("--all-configs", action="store_true", help="every autotune config, not only the default tile")
-    ap.add_argument("--out", help="also write the table here")
-    args = ap.parse_args(argv)
-    dts = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8, "fp32": torch.float32}
-    specs = network_specs(args.model, tuple(dts[d] for d in args.dtypes),
-                          configs=_conv.CONFIGS if args.all_configs else None)
-    t0 = time.time()
-    results = compile_many(specs, args.arch)
-    table = format_table(results)
-    problems = check(results)
-    text = (f"{args.model}: {len(specs)} specializations x {len(args.arch)} archs compiled in "
-            f"{time.time() - t0:.0f} s (triton {triton.__version__})\n{table}\n")
-    text += ("problems:\n  " + "\n  ".join(problems) + "\n") if problems else "no spills in fp16, tensor cores everywhere expected\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -26,15 +26,17 @@ Precisions: fp16/bf16 inputs with fp32 accumulation; fp32 with IEEE dot products
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import (ALL_DTYPES, FLOAT_DTYPES, check_dtype, check_runnable, check_nhwc, check_vector,
-                      clamp_pow2, config_kwargs, interpreting, overlaps)
+from ._launch import (ALL_DTYPES, check_dtype, check_runnable, check_nhwc, check_vector, clamp_pow2,
+                      config_kwargs, overlaps)
+from .env import interpreting
 
 MAX_DESTINATIONS = 3
 
@@ -205,7 +207,7 @@ CONFIGS = [
     _cfg(32, 128, 128, 4, 3),  # small M, long K (1x1 over 1088-2080 channels)
 ]
 
-# The single config used under the interpreter (and the default for AOT compiles).
+# The tile AOT compiles use when no autotune config is named (kernels.aot.conv_spec).
 DEFAULT_CONFIG = _cfg(64, 64, 32, 4, 3)
 
 
@@ -246,9 +248,11 @@ _conv_kernel_tuned = triton.autotune(
 
 
 def interpreter_config(m: int, n: int, c: int) -> dict:
-    """One config sized to the problem: big tiles mean few interpreted programs."""
-    return {"BLOCK_M": clamp_pow2(m, 16, 64), "BLOCK_N": clamp_pow2(n, 16, 64),
-            "BLOCK_K": clamp_pow2(c, 16, 64), "GROUP_M": 8, "num_warps": 4, "num_stages": 1}
+    """The one tile used under the interpreter, for an ``m x n`` output over ``c`` input
+    channels: as large as the problem allows (up to 256x128x128), since the interpreter's
+    cost is per program and per loop step, not per element."""
+    return {"BLOCK_M": clamp_pow2(m, 16, 256), "BLOCK_N": clamp_pow2(n, 16, 128),
+            "BLOCK_K": clamp_pow2(c, 16, 128), "GROUP_M": 8, "num_warps": 4, "num_stages": 1}
 
 
 # --------------------------------------------------------------------------------------
@@ -279,16 +283,23 @@ def fold_scale(w: torch.Tensor, bias: Optional[torch.Tensor], scale: float):
     return w * scale, (None if bias is None else bias * scale)
 
 
+WEIGHT_QMAX = 127
+
+
 def quantize_weight(w_oihw: torch.Tensor):
     """Symmetric per-output-channel INT8: returns ``(q_oihw int8, scale fp32 [O])``.
 
-    ``scale = max|w| / 127`` per output channel; ``q = saturate(round_half_even(w / scale))``.
+    ``scale = max|w| / 127`` per output channel (1 for an all-zero channel);
+    ``q = clamp(round_half_even(w / scale), -127, 127)``.
     """
     w = w_oihw.detach().float()
     amax = w.abs().amax(dim=(1, 2, 3))
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    q = torch.clamp(torch.round(w / scale[:, None, None, None]), -128, 127).to(torch.int8)
-    return q, scale
+    scale = torch.where(amax > 0, amax / float(WEIGHT_QMAX), torch.ones_like(amax))
+    # The narrow, symmetric weight range [-127, 127] is the one the Q/DQ file carries
+    # (TensorRT's weight range), so the Triton engine runs exactly the file's integers;
+    # -128 never appears in a weight, and the int8 GEMM stays symmetric around zero.
+    q = torch.clamp(torch.round(w / scale[:, None, None, None]), -WEIGHT_QMAX, WEIGHT_QMAX)
+    return q.to(torch.int8), scale
 
 
 def dequant_scale(w_scale: torch.Tensor, x_scale: float) -> torch.Tensor:
@@ -344,6 +355,37 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
     Returns ``out`` (the allocated tensor, or what was passed).
     """
+    geo = _check_inputs(x, weight, bias, scale, stride, padding)
+    outs, ret = _destinations(x, out, out_dtype, out_scale, geo)
+    _check_residual(residual, outs, geo)
+    _launch(x, weight, bias, scale, residual, res_scale, outs, out_scale, relu, config, geo)
+    return ret
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The sizes of one conv call, checked: input [b, h, w, c], kernel kh x kw, n output
+    channels, output oh x ow, strides and paddings."""
+
+    b: int
+    h: int
+    w: int
+    c: int
+    kh: int
+    kw: int
+    n: int
+    oh: int
+    ow: int
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+
+    def describe(self) -> str:
+        return (f"input {(self.b, self.h, self.w, self.c)}, kernel {self.kh}x{self.kw}, "
+                f"stride {self.stride}, padding {self.padding}")
+
+
+def _check_inputs(x, weight, bias, scale, stride, padding) -> _Geometry:
+    """Check the input, the packed weight, bias, int8 scale, stride and padding."""
     check_nhwc(x, "x")
     check_runnable(x)
     check_dtype(x, "x", ALL_DTYPES)
@@ -353,7 +395,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     if not weight.is_contiguous():
         raise ValueError("weight must be contiguous HWIO (see kernels.conv.pack_weight)")
     kh, kw, c, n = weight.shape
-    b_, h, w_, cx = x.shape
+    b, h, w, cx = x.shape
     if cx != c:
         raise ValueError(f"x has {cx} channels but the weight expects {c} (weight shape {tuple(weight.shape)}, "
                          "packed HWIO; an OIHW weight must go through pack_weight first)")
@@ -364,24 +406,27 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     if sh < 1 or sw < 1 or ph < 0 or pw < 0:
-        raise ValueError(f"bad stride {stride} or padding {padding}")
-    oh, ow = out_size(h, w_, kh, kw, (sh, sw), (ph, pw))
+        raise ValueError(f"bad stride {stride} or padding {padding}: strides must be >= 1, paddings >= 0")
+    oh, ow = out_size(h, w, kh, kw, (sh, sw), (ph, pw))
     if oh < 1 or ow < 1:
-        raise ValueError(f"input {h}x{w_} is too small for a {kh}x{kw} kernel, stride {stride}, padding {padding}")
-    int8 = x.dtype == torch.int8
+        raise ValueError(f"input {h}x{w} is too small for a {kh}x{kw} kernel, stride {stride}, padding {padding}")
     check_vector(bias, "bias", n, x.device)
-    if int8:
+    if x.dtype == torch.int8:
         if scale is None:
             raise ValueError("int8 convolution needs scale = x_scale * w_scale (see kernels.conv.dequant_scale)")
         check_vector(scale, "scale", n, x.device)
     elif scale is not None:
         raise ValueError("scale is only for int8 input; fold float scales into the weights")
+    return _Geometry(b, h, w, c, kh, kw, n, oh, ow, (sh, sw), (ph, pw))
 
-    # destinations
+
+def _destinations(x, out, out_dtype, out_scale, geo: _Geometry):
+    """The destination views (allocated when ``out`` is None) and what conv2d returns;
+    checks their shapes, shared dtype, channel split and int8 scale."""
     if out is None:
         if out_dtype is None:
-            out_dtype = x.dtype if not int8 else (torch.int8 if out_scale is not None else torch.float32)
-        outs = [torch.empty((b_, oh, ow, n), dtype=out_dtype, device=x.device)]
+            out_dtype = x.dtype if x.dtype != torch.int8 else (torch.int8 if out_scale is not None else torch.float32)
+        outs = [torch.empty((geo.b, geo.oh, geo.ow, geo.n), dtype=out_dtype, device=x.device)]
         ret = outs[0]
     elif isinstance(out, torch.Tensor):
         outs, ret = [out], out
@@ -389,67 +434,74 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         outs, ret = list(out), out
     if not 1 <= len(outs) <= MAX_DESTINATIONS:
         raise ValueError(f"out takes 1 to {MAX_DESTINATIONS} destinations, got {len(outs)}")
-    widths = []
     for i, o in enumerate(outs):
         name = f"out[{i}]" if len(outs) > 1 else "out"
         check_nhwc(o, name, device=x.device)
         check_dtype(o, name, ALL_DTYPES)
-        if tuple(o.shape[:3]) != (b_, oh, ow):
-            raise ValueError(f"{name} has shape {tuple(o.shape)}; expected [{b_}, {oh}, {ow}, channels] "
-                             f"for input {tuple(x.shape)}, kernel {kh}x{kw}, stride {(sh, sw)}, padding {(ph, pw)}")
+        if tuple(o.shape[:3]) != (geo.b, geo.oh, geo.ow):
+            raise ValueError(f"{name} has shape {tuple(o.shape)}; expected [{geo.b}, {geo.oh}, {geo.ow}, channels] "
+                             f"for {geo.describe()}")
         if o.dtype != outs[0].dtype:
             raise TypeError(f"all destinations must share one dtype: {name} is {o.dtype}, out[0] is {outs[0].dtype}")
         if overlaps(o, x):
             raise ValueError(f"{name} overlaps the input x; the conv cannot run in place")
-        widths.append(o.shape[3])
-    if sum(widths) != n:
-        raise ValueError(f"destination channels {widths} sum to {sum(widths)}, but the weight has N = {n} "
+    widths = [o.shape[3] for o in outs]
+    if sum(widths) != geo.n:
+        raise ValueError(f"destination channels {widths} sum to {sum(widths)}, but the weight has N = {geo.n} "
                          "output channels")
     y_int8 = outs[0].dtype == torch.int8
     if y_int8 and out_scale is None:
         raise ValueError("an int8 destination needs out_scale (the requantisation scale)")
-    if out_scale is not None and (not y_int8):
+    if out_scale is not None and not y_int8:
         raise ValueError("out_scale given but the destination is not int8")
-    if residual is not None:
-        if len(outs) != 1:
-            raise ValueError("residual needs a single destination")
-        check_nhwc(residual, "residual", shape=(b_, oh, ow, n), device=x.device)
-        check_dtype(residual, "residual", ALL_DTYPES)
-        if overlaps(residual, outs[0]) and (residual.data_ptr() != outs[0].data_ptr()
-                                            or residual.stride() != outs[0].stride()):
-            raise ValueError("residual partly overlaps out; in place is only allowed when they are the same view")
-    while len(widths) < MAX_DESTINATIONS:
-        widths.append(0)
+    return outs, ret
+
+
+def _check_residual(residual, outs, geo: _Geometry):
+    if residual is None:
+        return
+    if len(outs) != 1:
+        raise ValueError("residual needs a single destination")
+    check_nhwc(residual, "residual", shape=(geo.b, geo.oh, geo.ow, geo.n), device=outs[0].device)
+    check_dtype(residual, "residual", ALL_DTYPES)
+    if overlaps(residual, outs[0]) and (residual.data_ptr() != outs[0].data_ptr()
+                                        or residual.stride() != outs[0].stride()):
+        raise ValueError("residual partly overlaps out; in place is only allowed when they are the same view")
+
+
+def _launch(x, weight, bias, scale, residual, res_scale, outs, out_scale, relu, config, geo: _Geometry):
+    """Launch the kernel on checked arguments: the explicit (or interpreter) tile, else the
+    autotuner."""
+    widths = [o.shape[3] for o in outs] + [0] * (MAX_DESTINATIONS - len(outs))
     y = outs + [outs[0]] * (MAX_DESTINATIONS - len(outs))
     dummy = torch.empty(1, dtype=torch.float32, device=x.device)
     res = residual if residual is not None else outs[0]
-
-    m = b_ * oh * ow
+    (sh, sw), (ph, pw) = geo.stride, geo.padding
+    m, n = geo.b * geo.oh * geo.ow, geo.n
     args = (x, weight, bias if bias is not None else dummy, scale if scale is not None else dummy, res,
             y[0], y[1], y[2],
-            b_, h, w_, c, oh, ow, n, widths[0], widths[0] + widths[1], ph, pw,
+            geo.b, geo.h, geo.w, geo.c, geo.oh, geo.ow, n, widths[0], widths[0] + widths[1], ph, pw,
             x.stride(0), x.stride(1), x.stride(2),
             res.stride(0), res.stride(1), res.stride(2),
             y[0].stride(0), y[0].stride(1), y[0].stride(2),
             y[1].stride(0), y[1].stride(1), y[1].stride(2),
             y[2].stride(0), y[2].stride(1), y[2].stride(2),
             float(res_scale), float(out_scale) if out_scale is not None else 1.0)
-    flags = dict(KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, HAS_BIAS=bias is not None, RELU=bool(relu),
+    flags = dict(KH=geo.kh, KW=geo.kw, STRIDE_H=sh, STRIDE_W=sw, HAS_BIAS=bias is not None, RELU=bool(relu),
                  HAS_RES=residual is not None, NUM_DEST=len(outs),
                  UPCAST_DOT=interpreting() and x.dtype == torch.bfloat16)
     # INT8 results must be bit-exact: no fused multiply-add in the dequantising epilogue
     # (``acc * scale + bias`` contracted to one fma rounds differently from the reference).
-    options = {"enable_fp_fusion": False} if int8 else {}
+    options = {"enable_fp_fusion": False} if x.dtype == torch.int8 else {}
     if config is None and interpreting():
-        config = interpreter_config(m, n, c)
+        config = interpreter_config(m, n, geo.c)
     if config is not None:
         meta = config_kwargs(config)
         grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
         _conv_kernel[grid](*args, **flags, **meta, **options)
     else:
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         _conv_kernel_tuned[grid](*args, **flags, **options)
-    return ret
 
 
 # --------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import triton
 import triton.language as tl
 
 from ._launch import (ALL_DTYPES, FLOAT_DTYPES, check_dtype, check_nhwc, check_runnable, clamp_pow2,
-                      config_kwargs, interpreting, overlaps)
+                      config_kwargs, overlaps)
+from .env import interpreting
 
 KSIZE = 3
 

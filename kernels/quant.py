@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import (ALL_DTYPES, FLOAT_DTYPES, check_dtype, check_runnable, check_nhwc, clamp_pow2, config_kwargs,
-                      interpreting)
+from ._launch import ALL_DTYPES, FLOAT_DTYPES, check_dtype, check_runnable, check_nhwc, clamp_pow2, config_kwargs
+from .env import interpreting
 from .pool import _quant_store
 
 REQUANT_META = {"BLOCK_P": 32, "BLOCK_C": 64, "num_warps": 4}   # GPU tile: 4 KB of fp16 per program

@@ -6,24 +6,18 @@ import os
 import pytest
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
+from kernels.env import cuda_usable
 
 # Triton decides at kernel-definition time whether to use its CPU interpreter, so this must
 # be set before any test module imports ``kernels``: without a GPU, kernels run interpreted.
-if not _cuda_available():
+if not cuda_usable():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
     """Skip ``gpu`` tests cleanly without CUDA, and ``tensorrt`` tests without TensorRT."""
     import importlib.util
-    has_cuda = _cuda_available()
+    has_cuda = cuda_usable()
     has_trt = has_cuda and importlib.util.find_spec("tensorrt") is not None
     for item in items:
         if "gpu" in item.keywords and not has_cuda:

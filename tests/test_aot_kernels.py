@@ -1,24 +1,27 @@
-"""Ahead-of-time compile of the kernels for sm_80 and sm_90 on a CPU-only machine (issue 6).
+"""Ahead-of-time compile of the kernels for sm_80 and sm_90 on a CPU-only machine.
 
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` needs no GPU. Each
 compiled PTX goes through ``ptxas -v`` for registers and spills. The gate: no spills in
 the FP16 path, tensor-core instructions (mma.sync on sm_80, wgmma on sm_90) in every
 fp16/bf16/int8 conv. The default run compiles a representative subset; the full sweep of
 every IR-v2 specialization (and every autotune tile) is marked slow. The full table:
-``python -m kernels.aot --out aot.txt``.
+``python benchmarks/aot.py --out aot.txt``.
 """
 import os
 
 import pytest
 import torch
 
+from kernels.env import cuda_usable
+
 # Like every kernel test module: without CUDA, kernels are imported for the interpreter
 # (whichever module pytest imports first decides for the session); the AOT compiles then
 # run in a child process without TRITON_INTERPRET (aot.compile_many).
-if not torch.cuda.is_available():
+if not cuda_usable():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels import aot, conv, pool  # noqa: E402
+from kernels import aot, conv  # noqa: E402
+from benchmarks.aot import network_specs  # noqa: E402
 
 try:
     aot._ptxas()
@@ -42,15 +45,13 @@ def _representative():
     int8 requantised, bf16, and the pools."""
     fp16, bf16, i8 = torch.float16, torch.bfloat16, torch.int8
     return [
-        aot._conv_spec(3, 3, 2, fp16, fp16, aligned=False),
-        aot._conv_spec(1, 7, 1, fp16, fp16),
-        aot._conv_spec(1, 1, 1, fp16, fp16, res_dt=fp16, relu=True),
-        aot._conv_spec(1, 1, 1, fp16, fp16, dests=3),
-        aot._conv_spec(3, 1, 1, bf16, bf16),
-        aot._conv_spec(1, 1, 1, i8, i8, dests=3),
-        aot.Spec("maxpool 3x3/2 fp16", "pool3x3", (fp16, fp16),
-                 (("IS_MAX", True), ("PAD", 0), ("STRIDE", 2),
-                  ("BLOCK_P", pool.POOL_META["BLOCK_P"]), ("BLOCK_C", pool.POOL_META["BLOCK_C"]))),
+        aot.conv_spec(3, 3, 2, fp16, fp16, aligned=False),
+        aot.conv_spec(1, 7, 1, fp16, fp16),
+        aot.conv_spec(1, 1, 1, fp16, fp16, res_dt=fp16, relu=True),
+        aot.conv_spec(1, 1, 1, fp16, fp16, dests=3),
+        aot.conv_spec(3, 1, 1, bf16, bf16),
+        aot.conv_spec(1, 1, 1, i8, i8, dests=3),
+        aot.pool_spec("max", fp16),
     ]
 
 
@@ -67,7 +68,7 @@ def test_representative_specs_compile_without_spills_and_use_tensor_cores():
 def test_irv2_spec_list_covers_the_network():
     """Every conv geometry and every epilogue IR-v2 needs has a specialization."""
     from engine.models.shapes import network_shapes
-    specs = aot.network_specs("inception_resnet_v2", dtypes=(torch.float16,))
+    specs = network_specs("inception_resnet_v2", dtypes=(torch.float16,))
     names = [s.name for s in specs]
     shapes = network_shapes("inception_resnet_v2", width=0.25)
     for s in shapes.convs:
@@ -81,7 +82,7 @@ def test_irv2_spec_list_covers_the_network():
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_irv2_specialization_compiles(arch):
-    specs = aot.network_specs("inception_resnet_v2", dtypes=(torch.float16, torch.bfloat16, torch.int8))
+    specs = network_specs("inception_resnet_v2", dtypes=(torch.float16, torch.bfloat16, torch.int8))
     results = _compile_all(specs, [arch])
     problems = aot.check(results)
     assert not problems, "\n".join(problems)
@@ -93,9 +94,9 @@ def test_every_autotune_tile_fp16_has_no_spills(arch):
     fp16 = torch.float16
     specs = []
     for cfg in conv.CONFIGS:
-        specs += [aot._conv_spec(kh, kw, 1, fp16, fp16, config=cfg) for kh, kw in ((1, 1), (3, 3), (1, 7))]
-        specs.append(aot._conv_spec(1, 1, 1, fp16, fp16, dests=3, config=cfg))
-        specs.append(aot._conv_spec(1, 1, 1, fp16, fp16, res_dt=fp16, config=cfg))
+        specs += [aot.conv_spec(kh, kw, 1, fp16, fp16, config=cfg) for kh, kw in ((1, 1), (3, 3), (1, 7))]
+        specs.append(aot.conv_spec(1, 1, 1, fp16, fp16, dests=3, config=cfg))
+        specs.append(aot.conv_spec(1, 1, 1, fp16, fp16, res_dt=fp16, config=cfg))
     problems = aot.check(_compile_all(specs, [arch]))
     assert not problems, "\n".join(problems)
 

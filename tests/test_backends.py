@@ -1,8 +1,8 @@
 """CPU engines (OpenVINO, ONNX Runtime) and the torch reference runtime against PyTorch.
 
 Default run: the three architectures at width 0.25 and 75x75 (cheap); the full networks at
-299 are marked ``slow``. The FP32 criterion is the issue's: max abs error <= 1e-4 of the logit
-range and 100% top-1 agreement on random inputs.
+299 are marked ``slow``. The FP32 criterion: max abs error <= 1e-4 of the logit range and
+100% top-1 agreement on random inputs.
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import engine
-from engine.errors import ArtifactError, BackendUnavailableError, InputError
+from engine.errors import (ArtifactError, BackendUnavailableError, InputError,
+                           UnsupportedPrecisionError)
 
 pytest.importorskip("onnx")
 
@@ -189,10 +190,12 @@ def test_openvino_bf16_unsupported_is_clear(exported_onnx):
 
 def test_precision_checks(exported_onnx, backend):
     path, _ = exported_onnx("inception_resnet_v2", **SMALL)
-    with pytest.raises(ArtifactError, match="Q/DQ"):
+    with pytest.raises(UnsupportedPrecisionError, match="Q/DQ") as e:
         engine.load(path, backend=backend, precision="int8")
-    with pytest.raises(ValueError, match="unknown precision"):
+    assert isinstance(e.value, ArtifactError) and isinstance(e.value, ValueError)
+    with pytest.raises(UnsupportedPrecisionError, match="unknown precision") as e:
         engine.load(path, backend=backend, precision="fp8")
+    assert isinstance(e.value, ValueError)
 
 
 def _qdq_file(path):
@@ -229,8 +232,9 @@ def test_int8_qdq_file_runs_as_int8(tmp_path, backend):
             assert rt.precision == "int8"
             y = rt(np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32))
         assert y.shape == (2, 4, 8, 8) and np.isfinite(y).all()
-        with pytest.raises(ArtifactError, match="INT8"):
+        with pytest.raises(UnsupportedPrecisionError, match="INT8") as e:
             engine.load(path, backend=backend, precision="fp32")
+        assert isinstance(e.value, ArtifactError)
 
 
 def test_torch_runtime_reference(exported_onnx, tmp_path):
@@ -249,10 +253,41 @@ def test_torch_runtime_reference(exported_onnx, tmp_path):
     with engine.load(ckpt, backend="torch", model="inception_resnet_v2_fmnist") as rt2:
         assert rt2.config.name == "inception_resnet_v2_fmnist"
         np.testing.assert_array_equal(rt2(x), _reference(small, x))
-    with pytest.raises(ValueError, match="needs its variant"):
+    with pytest.raises(InputError, match="needs its variant"):
         TorchRuntime(ckpt)
     with pytest.raises(BackendUnavailableError, match="CUDA"):
         TorchRuntime(model, precision="fp16")
+    with pytest.raises(UnsupportedPrecisionError, match="runs fp32, bf16 or fp16"):
+        TorchRuntime(model, precision="int8")
+
+
+def test_torch_runtime_keeps_the_runtime_contract(exported_onnx):
+    """Validation is the base class's (same errors as every engine); a torch tensor comes
+    back as a torch tensor on its device, a numpy array as a numpy array."""
+    from engine.backends.torch import TorchRuntime
+    _, model = exported_onnx("inception_resnet_v2", **SMALL)
+    x = _inputs(2)
+    with TorchRuntime(model) as rt:
+        y = rt(torch.from_numpy(x))
+        assert isinstance(y, torch.Tensor) and y.device.type == "cpu"
+        np.testing.assert_array_equal(y.numpy(), rt(x))
+        bad = x.copy()
+        bad[0, 0, 0, 0] = np.nan
+        with pytest.raises(InputError, match="1 NaN"):
+            rt(torch.from_numpy(bad))
+        with pytest.raises(InputError, match="3 dims"):
+            rt(x[0])
+
+
+@pytest.mark.parametrize("module, cls", [("torch", "TorchRuntime"),
+                                         ("onnxruntime", "ONNXRuntimeRuntime"),
+                                         ("openvino", "OpenVINORuntime")])
+def test_no_backend_overrides_call(module, cls):
+    import importlib
+    if not _installed(module):
+        pytest.skip(f"{module} not installed")
+    runtime = getattr(importlib.import_module(f"engine.backends.{module}"), cls)
+    assert "__call__" not in vars(runtime) and "validate" not in vars(runtime)
 
 
 @pytest.mark.slow

@@ -260,3 +260,39 @@ def test_batches_bad_paths(tmp_path):
         _take(tmp_path / "two.npz")
     with pytest.raises(CalibrationDataError, match="preprocessed"):   # uint8 without a config
         _take(np.zeros((2, 28, 28), np.uint8))
+
+
+def test_uint8_arrays_give_the_study_input(tmp_path):
+    """One uint8 array, one model input: the study's loaders and calibration.batches agree."""
+    import engine
+    from engine.datasets import fashion_mnist
+    from engine.study import default_calib, load_eval_data
+    cfg = engine.get_config("inception_resnet_v2_fmnist")
+    imgs = np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=imgs, labels=np.arange(5))
+    x_study, _ = load_eval_data(tmp_path / "d.npz", cfg)
+    for source in (tmp_path / "d.npz", imgs):
+        x_calib = np.concatenate(list(batches(source, input_shape=SHAPE, config=cfg,
+                                              batch_size=2)))
+        np.testing.assert_array_equal(x_calib, x_study)
+    shipped, _ = fashion_mnist("calib", limit=8)
+    x_calib = np.concatenate(list(batches(shipped, input_shape=SHAPE, config=cfg, batch_size=3)))
+    np.testing.assert_array_equal(x_calib, default_calib(cfg, 8))
+
+
+def test_batches_bad_uint8_images():
+    import engine
+    cfg = engine.get_config("inception_resnet_v2_fmnist")
+    with pytest.raises(CalibrationDataError, match=r"\(N, H, W\)"):
+        _take(np.zeros((2, 5, 28, 28), np.uint8), config=cfg)
+    with pytest.raises(CalibrationDataError, match="empty"):
+        _take(np.zeros((0, 28, 28), np.uint8), config=cfg)
+
+
+def test_lazy_names_are_not_submodules():
+    """A submodule named like a lazy function would replace it once imported."""
+    from pathlib import Path
+    import calibration
+    here = Path(calibration.__file__).parent
+    assert not [n for n in calibration._LAZY if (here / f"{n}.py").exists()]
+    assert callable(calibration.sensitivity) and callable(calibration.quantize_weight)

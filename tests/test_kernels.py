@@ -1,4 +1,4 @@
-"""Kernels against their references (issue 6).
+"""Kernels against their references.
 
 Without CUDA the kernels run in Triton's interpreter on CPU (slow: shapes are reduced);
 with CUDA the same tests run the compiled kernels. The layer classes are those of the
@@ -7,16 +7,19 @@ spatial sizes, with inputs and outputs that are channel slices of larger buffers
 """
 import os
 
+import numpy as np
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+from kernels.env import cuda_usable
+
+if not cuda_usable():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import kernels as K  # noqa: E402
 from engine.models.layers import ConvBNReLU  # noqa: E402
 
-DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEV = torch.device("cuda" if cuda_usable() else "cpu")
 
 # (atol, rtol) against the fp32 reference rounded to the output dtype
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (6e-2, 2e-2)}
@@ -258,6 +261,27 @@ def test_integer_reference_is_exact():
     got = K.conv2d_reference(xq, wq, scale=one, relu=False)
     want = (xq.long().sum(-1, keepdim=True) * -128).float().expand(-1, -1, -1, 3)
     assert torch.equal(got, want)
+
+
+def test_weight_quantization_matches_calibration():
+    """The kernels quantise weights to exactly the integers and scales calibration writes
+    into the Q/DQ file: per output channel, narrow range [-127, 127]."""
+    import calibration
+    gen = torch.Generator().manual_seed(14)
+    w = torch.randn(6, 5, 3, 3, generator=gen) * torch.logspace(-4, 1, 6).view(-1, 1, 1, 1)
+    w[1] = -w[1].abs()            # the extreme is negative: -amax quantises to -127
+    w[2] = 0.0                    # all zero: scale 1
+    w[3] = -1e-44                 # subnormal: the scale underflows to 0, w / scale = -inf,
+    #                               which a [-128, 127] clamp would saturate to -128
+    q, scale = K.quantize_weight(w)
+    with np.errstate(divide="ignore"):
+        q_file, scale_file = calibration.quantize_weight(w.numpy(), axis=0)   # OIHW, axis 0
+    assert q.dtype == torch.int8 and q_file.dtype == np.int8
+    np.testing.assert_array_equal(q.numpy(), q_file)
+    np.testing.assert_array_equal(scale.numpy(), scale_file)
+    assert int(q.min()) == -127 and q[3].unique().tolist() == [-127] and int(q[1].min()) == -127
+    # what the int8 conv reads: the file's integers packed HWIO
+    np.testing.assert_array_equal(K.pack_weight(q).numpy(), q_file.transpose(2, 3, 1, 0))
 
 
 def test_quantize_round_half_even_and_saturate():

@@ -1,4 +1,4 @@
-"""Kernels on a real GPU with autotuning, at full IR-v2 channel counts (issue 6).
+"""Kernels on a real GPU with autotuning, at full IR-v2 channel counts.
 
 Marked ``gpu``: skipped without CUDA. The interpreter tests in test_kernels.py also run on
 the GPU when one is present; these add what only a GPU exercises: the autotuner (and its
@@ -8,10 +8,11 @@ compiled epilogue.
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
+from kernels.env import cuda_usable
 
-if torch.cuda.is_available():
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_usable(), reason="needs an NVIDIA GPU")]
+
+if cuda_usable():
     import kernels as K
     from engine.models.shapes import network_shapes
 
@@ -19,7 +20,7 @@ DEV = "cuda"
 
 
 def _irv2_cases():
-    if not torch.cuda.is_available():
+    if not cuda_usable():
         return []
     shapes = network_shapes("inception_resnet_v2")
     picked = {}

@@ -20,9 +20,8 @@ from __future__ import annotations
 import sys
 import textwrap
 
+import grimp
 import pytest
-
-grimp = pytest.importorskip("grimp", reason="grimp is a test dependency (pip install -e .[test])")
 
 LAYERS = [
     ("api", ["engine$"]),

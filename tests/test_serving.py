@@ -6,15 +6,16 @@ Every generated ``config.pbtxt`` is parsed with Triton's own ModelConfig protobu
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import engine
 from engine.backends.tensorrt import meta
-from engine.errors import ArtifactError
+from engine.errors import ArtifactError, InputError
 from engine.tritonserver import export_triton
-
-from test_tensorrt import fake_sidecar, temp_files, tiny_onnx
+from helpers import fake_sidecar, temp_files, tiny_onnx
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient[grpc] gives the config schema")
@@ -104,7 +105,7 @@ def test_plan_repository_from_sidecar(tmp_path):
     assert copied["tensorrt"]["version"] == side["tensorrt"]["version"]
     assert (d / "labels.txt").exists()
     assert _all_temp(repo) == []
-    with pytest.raises(ValueError, match="exceeds the plan's optimization profile"):
+    with pytest.raises(InputError, match="exceeds the plan's optimization profile"):
         export_triton(plan, repo, max_batch=64)
 
 
@@ -134,16 +135,20 @@ def test_plan_without_sidecar(tmp_path):
 
 def test_bad_arguments(tmp_path):
     src = tiny_onnx(tmp_path / "m.onnx")
-    with pytest.raises(ValueError, match="not usable as a Triton model"):
+    with pytest.raises(InputError, match="not usable as a Triton Inference Server model"):
         export_triton(src, tmp_path / "repo", name="a/b")
-    with pytest.raises(ValueError, match="outside 1..8"):
+    with pytest.raises(InputError, match="outside 1..8"):
         export_triton(src, tmp_path / "repo", max_batch=8, preferred_batch_sizes=[4, 16])
+    with pytest.raises(InputError, match="instances must be >= 1, got 0"):
+        export_triton(src, tmp_path / "repo", instances=0)
+    with pytest.raises(InputError, match="instance kind KIND_TPU is not one of"):
+        export_triton(src, tmp_path / "repo", kind="tpu")
     with pytest.raises(ArtifactError, match="takes a .plan"):
         export_triton(tmp_path / "m.txt", tmp_path / "repo")
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"x")
     meta.sidecar_path(plan).write_text(json.dumps(fake_sidecar(plan, src)))
-    with pytest.raises(ValueError, match="GPU only"):
+    with pytest.raises(InputError, match="GPU only"):
         export_triton(plan, tmp_path / "repo", kind="KIND_CPU")
 
 
@@ -160,4 +165,5 @@ def test_cli(tmp_path, capsys):
     assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 4]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
     assert "tritonserver --model-repository" in capsys.readouterr().out
-    assert main(["serve-export", str(tmp_path / "none.plan"), "--repo", str(repo)]) == 1
+    assert main(["serve-export", str(tmp_path / "none.plan"), "--repo", str(repo)]) == 2
+    assert "none.plan: no such file" in capsys.readouterr().err

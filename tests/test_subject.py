@@ -35,14 +35,7 @@ def reference_input(images_u8, size, mean, std):
 
 
 def load_subject():
-    """The shipped subject, via weights="bundled" where the loader exists."""
-    try:
-        import engine.weights  # noqa: F401
-    except ImportError:
-        from safetensors.torch import load_file
-        model = engine.create_model(MODEL)
-        model.load_state_dict(load_file(str(CHECKPOINT)), strict=True)
-        return model
+    """The shipped subject, through the bundled-weights loader."""
     return engine.create_model(MODEL, weights="bundled")
 
 
@@ -121,6 +114,29 @@ def test_to_model_input_rejects_bad_images():
         datasets.to_model_input(np.zeros((2, 28, 28), np.float32), cfg)
     with pytest.raises(engine.InputError, match=r"\(N, H, W\)"):
         datasets.to_model_input(np.zeros((2, 1, 28, 28), np.uint8), cfg)
+
+
+def test_to_model_input_colour_and_grayscale_agree():
+    cfg = engine.get_config(MODEL)
+    gray = np.random.default_rng(2).integers(0, 256, size=(2, 28, 28), dtype=np.uint8)
+    expect = datasets.to_model_input(gray, cfg)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    rgba = np.concatenate([rgb, np.full((2, 28, 28, 1), 7, np.uint8)], axis=-1)
+    for images in (gray[..., None], rgb, rgba):
+        x = datasets.to_model_input(images, cfg)
+        assert x.is_contiguous()
+        torch.testing.assert_close(x, expect, atol=0, rtol=0)
+
+
+def test_to_model_input_center_crop():
+    # crop_pct 0.5 on a 4x4 image for a 2x2 input: the shorter side goes to 4, then the centre
+    cfg = engine.get_config(MODEL).with_(input_size=(1, 2, 2), mean=(0.0,), std=(1.0,),
+                                        crop_pct=0.5)
+    images = np.arange(16, dtype=np.uint8).reshape(1, 4, 4) * 10
+    x = datasets.to_model_input(images, cfg)
+    np.testing.assert_allclose(x.numpy()[0, 0], images[0, 1:3, 1:3] / 255.0, atol=1e-6)
+    with pytest.raises(engine.InputError, match="'nearest'"):
+        datasets.to_model_input(images, cfg.with_(interpolation="nearest"))
 
 
 # ---------------------------------------------------------------- bad files

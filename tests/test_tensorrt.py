@@ -1,13 +1,15 @@
 """TensorRT path without TensorRT: sidecar, atomic writes, compatibility messages, build
-options, Q/DQ and precision rules, FP16 graph conversion (run on ONNX Runtime), and the clear
-failure when TensorRT is missing.
+options, Q/DQ and precision rules, FP16 graph conversion (run on ONNX Runtime), the runtime's
+input contract, and the clear failure when TensorRT is missing.
 
-The "running" TensorRT version and GPU are passed in as plain facts here; nothing in this
-file claims a TensorRT result. The real builds are in ``test_tensorrt_gpu.py`` (marked
-``tensorrt``).
+The "running" TensorRT version and GPU are passed in as plain facts here, and the builder
+tests talk to a recording stand-in for the ``tensorrt`` module (what ``build`` asks of it, and
+what it writes from the answers); nothing in this file claims a TensorRT result. The real
+builds are in ``test_tensorrt_gpu.py`` (marked ``tensorrt``).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -20,74 +22,11 @@ import pytest
 
 import engine
 from engine.backends.tensorrt import meta
-from engine.onnxmeta import onnx_io
-from engine.errors import ArtifactError, BackendUnavailableError
+from helpers import FMNIST, fake_sidecar, temp_files, tiny_onnx  # noqa: F401
+from engine.onnxmeta import file_precision, onnx_io, qdq_nodes, resolve_precision
+from engine.errors import ArtifactError, BackendUnavailableError, UnsupportedPrecisionError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-FMNIST = "inception_resnet_v2_fmnist"
-
-
-# --------------------------------------------------------------------------- helpers
-def tiny_onnx(path, config_name=FMNIST, num_classes=None, qdq=False, zero_point=0,
-              calibration=None):
-    """A small graph with our I/O and metadata: input [N,3,H,W] -> pool -> Gemm -> logits.
-
-    With ``qdq`` a symmetric QuantizeLinear/DequantizeLinear pair sits on the input.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    from engine.onnxmeta import META_CONFIG, META_PRECISION, set_metadata
-    cfg = engine.get_config(config_name)
-    if num_classes is not None:
-        cfg = cfg.with_(num_classes=num_classes)
-    c, h, w = cfg.input_size
-    k = cfg.num_classes
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((k, c)).astype(np.float32), "W"),
-             numpy_helper.from_array(np.zeros(k, np.float32), "B")]
-    nodes, src = [], "input"
-    if qdq:
-        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
-                  numpy_helper.from_array(np.array(zero_point, np.int8), "zp")]
-        nodes += [helper.make_node("QuantizeLinear", ["input", "s", "zp"], ["q"], name="/in/Q"),
-                  helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="/in/DQ")]
-        src = "dq"
-    nodes += [helper.make_node("GlobalAveragePool", [src], ["p"], name="/global_pool/Pool"),
-              helper.make_node("Flatten", ["p"], ["f"], name="/Flatten"),
-              helper.make_node("Gemm", ["f", "W", "B"], ["logits"], name="/classif/Gemm",
-                               transB=1)]
-    g = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", c, h, w])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", k])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    props = {META_CONFIG: json.dumps(cfg.to_dict()), META_PRECISION: "int8" if qdq else "fp32"}
-    if calibration is not None:
-        props["inception.calibration"] = json.dumps(calibration)
-    set_metadata(m, props)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return Path(path)
-
-
-def fake_sidecar(plan, onnx_path, trt="10.8.0.43", gpu=None, precision="fp16", **options):
-    """A sidecar as ``build`` writes it, for a plan at ``plan`` (environment facts given)."""
-    from engine.onnxmeta import load_onnx, read_metadata
-    from engine.fileio import sha256_file
-    opts = {"min_batch": 1, "opt_batch": 8, "max_batch": 32, "workspace": None,
-            "hardware_compatible": False, "keep_io_fp32": True, "timing_cache": None}
-    opts.update(options)
-    proto = load_onnx(onnx_path)
-    return meta.make_sidecar(
-        plan_path=plan, plan_sha256=sha256_file(plan), plan_bytes=Path(plan).stat().st_size,
-        onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), onnx_meta=read_metadata(proto),
-        precision=precision, io=onnx_io(proto), tensorrt_version=trt,
-        gpu=gpu or {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
-        build_options=opts, mode=meta.build_mode(precision, ["FP16", "INT8", "TF32"], True))
-
-
-def temp_files(d: Path):
-    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
 
 
 # --------------------------------------------------------------------------- sidecar
@@ -324,36 +263,104 @@ def test_rebuild_command_parses_back(built):
     assert args.timing_cache == opts["timing_cache"]
 
 
+def test_workspace_sizes(capsys):
+    from engine.cli import make_parser
+    from engine.commands.build import byte_size
+    assert byte_size("4096") == 4096
+    assert byte_size("512M") == 512 << 20 and byte_size("2g") == 2 << 30
+    assert byte_size("1.5KB") == 1536
+    for bad in ("lots", "0", "-2G", "G"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
+            byte_size(bad)
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["build", "m.onnx", "--workspace", "lots"])
+    assert "'lots' is not a size" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- runtime contract
+def _runtime_without_tensorrt(side, plan):
+    """A TensorRTRuntime whose TensorRT parts are left out: enough for every check that runs
+    before TensorRT does (the base class's input checks, the profile's batch range)."""
+    from engine.backends.tensorrt import TensorRTRuntime
+    from engine.runtime import Runtime, TensorSpec
+    rt = object.__new__(TensorRTRuntime)
+    Runtime.__init__(rt, path=plan, precision=side["precision"],
+                     inputs=[TensorSpec("input", (None, 3, 75, 75))],
+                     outputs=[TensorSpec("logits", (None, 10))])
+    rt.sidecar, rt.device = side, "cuda:0"
+    rt._batch_range = (side["build_options"]["min_batch"], side["build_options"]["max_batch"])
+    return rt
+
+
+def test_runtime_keeps_the_base_contract(built):
+    from engine.backends.tensorrt import TensorRTRuntime
+    from engine.errors import InputError
+    plan, _, side = built                        # profile 1..16
+    assert "__call__" not in TensorRTRuntime.__dict__
+    rt = _runtime_without_tensorrt(side, plan)
+    assert rt.runs_on_device                     # CUDA tensors go to _infer_device
+    with pytest.raises(InputError, match="outside this plan's optimization profile \\(1..16\\)") \
+            as e:
+        rt(np.zeros((17, 3, 75, 75), np.float32))
+    assert "--max-batch 17" in str(e.value) and "inception-engine build" in str(e.value)
+    bad = np.zeros((2, 3, 75, 75), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="1 NaN"):
+        rt(bad)
+    with pytest.raises(InputError, match="axis 2: got 64, expected 75"):
+        rt(np.zeros((2, 3, 64, 75), np.float32))
+
+
 # --------------------------------------------------------------------------- build inputs
 def test_qdq_detection_and_precision_rules(tmp_path):
     import onnx
     fp32 = onnx.load(str(tiny_onnx(tmp_path / "a.onnx")))
     int8 = onnx.load(str(tiny_onnx(tmp_path / "b.onnx", qdq=True)))
-    assert meta.qdq_nodes(fp32) == []
-    assert meta.qdq_nodes(int8) == ["/in/Q", "/in/DQ"]
+    assert qdq_nodes(fp32) == []
+    assert qdq_nodes(int8) == ["/in/Q", "/in/DQ"]
+    assert file_precision(fp32) == "fp32" and file_precision(int8) == "int8"
     assert meta.nonzero_zero_points(int8) == []
     asym = onnx.load(str(tiny_onnx(tmp_path / "c.onnx", qdq=True, zero_point=3)))
     assert meta.nonzero_zero_points(asym) == ["/in/Q", "/in/DQ"]
 
-    assert meta.resolve_precision(None, False, "fp32") == "fp32"
-    assert meta.resolve_precision(None, True, "int8") == "int8"
-    assert meta.resolve_precision("FP16", False, "fp32") == "fp16"
-    with pytest.raises(meta.UnsupportedPrecisionError, match="inception-engine quantize"):
-        meta.resolve_precision("int8", False, "fp32", "irv2.onnx")
-    with pytest.raises(meta.UnsupportedPrecisionError, match="precision='int8'"):
-        meta.resolve_precision("fp16", True, "int8")
-    with pytest.raises(ValueError, match="not one of"):
-        meta.resolve_precision("bf16", False, "fp32")
-    assert meta.resolve_precision(None, False, "fp16") == "fp16"      # a converted FP16 file
-    with pytest.raises(meta.UnsupportedPrecisionError, match="FP16 graph"):
-        meta.resolve_precision("fp32", False, "fp16")
+    def resolve(requested, file_prec, path="model.onnx"):
+        return resolve_precision(requested, file_prec, meta.PRECISIONS, meta.BACKEND, path)
+
+    assert meta.PRECISIONS == ("fp32", "fp16", "int8")
+    assert resolve(None, "fp32") == "fp32"
+    assert resolve(None, "int8") == "int8"
+    assert resolve("FP16", "fp32") == "fp16"
+    with pytest.raises(UnsupportedPrecisionError, match="inception-engine quantize"):
+        resolve("int8", "fp32", "irv2.onnx")
+    with pytest.raises(UnsupportedPrecisionError, match="precision='int8'"):
+        resolve("fp16", "int8")
+    with pytest.raises(ValueError, match="tensorrt backend runs fp32, fp16, int8, not bf16"):
+        resolve("bf16", "fp32")
+    assert resolve(None, "fp16") == "fp16"      # a converted FP16 file
+    with pytest.raises(UnsupportedPrecisionError, match="FP16 graph"):
+        resolve("fp32", "fp16")
+
+
+def test_plan_precision_is_fixed_at_build(built):
+    plan, onnx_path, side = built                # an fp16 plan
+    meta.check_plan_precision(side, None, plan)
+    meta.check_plan_precision(side, "FP16", plan)
+    meta.check_plan_precision(None, "int8", plan)      # a raw plan: nothing to compare
+    with pytest.raises(UnsupportedPrecisionError, match="is a fp16 plan") as e:
+        meta.check_plan_precision(side, "fp32", plan)
+    assert "inception-engine build --precision fp32" in str(e.value)
+    assert str(onnx_path.resolve()) in str(e.value)
+    with pytest.raises(UnsupportedPrecisionError, match="inception-engine quantize"):
+        meta.check_plan_precision(side, "int8", plan)
+    with pytest.raises(UnsupportedPrecisionError, match="built at fp32, fp16, int8, not bf16"):
+        meta.check_plan_precision(side, "bf16", plan)
 
 
 def test_build_checks_the_file_before_tensorrt(tmp_path):
     """Wrong inputs fail with the same message with or without TensorRT."""
     from engine.errors import UnsupportedGraphError
     fp32 = tiny_onnx(tmp_path / "m.onnx")
-    with pytest.raises(meta.UnsupportedPrecisionError, match="inception-engine quantize"):
+    with pytest.raises(UnsupportedPrecisionError, match="inception-engine quantize"):
         engine.build(fp32, tmp_path / "m.plan", precision="int8")
     asym = tiny_onnx(tmp_path / "asym.onnx", qdq=True, zero_point=5)
     with pytest.raises(UnsupportedGraphError, match="non-zero zero points"):
@@ -430,9 +437,9 @@ class _FakeParser:
 
 def test_parser_errors_name_the_node(tmp_path):
     import onnx
-    from engine.backends.tensorrt import _parser_errors
+    from engine.backends.tensorrt.builder import parser_errors
     proto = onnx.load(str(tiny_onnx(tmp_path / "m.onnx")))
-    text = _parser_errors(_FakeParser([
+    text = parser_errors(_FakeParser([
         _FakeParserError(2, "unsupported attribute", "/classif/Gemm", "Gemm"),   # 10.x accessors
         _FakeParserError(0, "no importer"),                                      # older: index only
         _FakeParserError(-1, "graph-level problem"),
@@ -441,6 +448,165 @@ def test_parser_errors_name_the_node(tmp_path):
     assert "'/classif/Gemm' (Gemm, #2): unsupported attribute" in lines[0]
     assert "'/global_pool/Pool' (GlobalAveragePool, #0): no importer" in lines[1]
     assert "the graph: graph-level problem" in lines[2]
+
+
+# --------------------------------------------------------------------------- builder, fake TensorRT
+def fake_tensorrt(flags=("FP16", "INT8", "TF32"), build_fails=False, parse_fails=False):
+    """A stand-in for the ``tensorrt`` module with the builder API ``build`` calls. It records
+    what was asked (flags, profile, workspace, parsed graph) and serializes to fixed bytes."""
+    import enum
+    import types
+    trt = types.SimpleNamespace(__version__="10.99.0.1", calls={})
+
+    class Severity(enum.Enum):
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+    class ILogger:
+        def __init__(self):
+            pass
+
+    ILogger.Severity = Severity
+
+    class Config:
+        def __init__(self):
+            self.cache_blob = None
+
+        def set_flag(self, flag):
+            trt.calls.setdefault("set_flags", []).append(flag)
+
+        def clear_flag(self, flag):
+            trt.calls.setdefault("clear_flags", []).append(flag)
+
+        def set_memory_pool_limit(self, pool, size):
+            trt.calls["workspace"] = (pool, size)
+
+        def add_optimization_profile(self, profile):
+            trt.calls["profile"] = profile.shapes
+
+        def create_timing_cache(self, blob):
+            return types.SimpleNamespace(serialize=lambda: b"cache:" + bytes(blob))
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return types.SimpleNamespace(serialize=lambda: b"timings")
+
+    class Profile:
+        def set_shape(self, name, *shapes):
+            self.shapes = (name, *shapes)
+
+    class Builder:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def create_network(self, flags):
+            trt.calls["network_flags"] = flags
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            if build_fails:
+                self.logger.log(Severity.ERROR, "out of tactics for /classif/Gemm")
+                return None
+            return b"serialized plan"
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.num_errors = 0
+
+        def parse(self, blob, path):
+            trt.calls["parsed"] = blob
+            if parse_fails:
+                self.num_errors = 1
+                return False
+            return True
+
+        def get_error(self, i):
+            return _FakeParserError(2, "unsupported attribute", "/classif/Gemm", "Gemm")
+
+    trt.ILogger, trt.Builder, trt.OnnxParser = ILogger, Builder, OnnxParser
+    trt.BuilderFlag = types.SimpleNamespace(**{f: f for f in flags})
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.HardwareCompatibilityLevel = types.SimpleNamespace(AMPERE_PLUS="AMPERE_PLUS")
+    return trt
+
+
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+@pytest.fixture
+def with_fake_tensorrt(monkeypatch):
+    """Install a fake TensorRT into the builder; returns a function that swaps in another."""
+    from engine.backends.tensorrt import builder
+
+    def use(**kw):
+        trt = fake_tensorrt(**kw)
+        monkeypatch.setattr(builder, "import_tensorrt", lambda: trt)
+        monkeypatch.setattr(builder, "gpu_info", lambda device=0: dict(H100))
+        return trt
+    return use
+
+
+def test_build_asks_tensorrt_10_for_fp16_and_writes_the_sidecar(tmp_path, with_fake_tensorrt):
+    import onnx
+    from onnx import TensorProto
+    trt = with_fake_tensorrt()
+    src = tiny_onnx(tmp_path / "m.onnx")
+    cache = tmp_path / "trt.cache"
+    plan = engine.build(src, precision="fp16", min_batch=2, opt_batch=4, max_batch=8,
+                        workspace=1 << 30, timing_cache=cache)
+    assert plan == tmp_path / "m.plan" and plan.read_bytes() == b"serialized plan"
+    assert trt.calls["set_flags"] == ["FP16"] and "clear_flags" not in trt.calls
+    assert trt.calls["network_flags"] == 0                   # weakly typed, with the flag
+    assert trt.calls["profile"] == ("input", (2, 3, 75, 75), (4, 3, 75, 75), (8, 3, 75, 75))
+    assert trt.calls["workspace"] == ("WORKSPACE", 1 << 30)
+    parsed = onnx.load_from_string(trt.calls["parsed"])     # the FP16 graph, float32 I/O
+    assert {i.data_type for i in parsed.graph.initializer} == {TensorProto.FLOAT16}
+    assert parsed.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert cache.read_bytes() == b"timings"
+    side = meta.read_sidecar(plan, required=True)
+    assert side["precision"] == "fp16" and side["gpu"] == H100
+    assert side["tensorrt"] == {"version": "10.99.0.1", "strongly_typed": False,
+                                "builder_flags": ["FP16"], "cleared_flags": []}
+    assert side["build_options"]["timing_cache"] == str(cache)
+    assert side["plan"]["sha256"] == hashlib.sha256(b"serialized plan").hexdigest()
+    assert temp_files(tmp_path) == []
+
+
+def test_build_with_tensorrt_11_is_strongly_typed(tmp_path, with_fake_tensorrt):
+    trt = with_fake_tensorrt(flags=("TF32",))
+    src = tiny_onnx(tmp_path / "m.int8.onnx", qdq=True)
+    plan = engine.build(src, tmp_path / "q.plan", max_batch=8, hardware_compatible=True)
+    assert trt.calls["network_flags"] == 1 << 3               # STRONGLY_TYPED
+    assert "set_flags" not in trt.calls and "clear_flags" not in trt.calls
+    assert meta.read_sidecar(plan)["precision"] == "int8"
+    trt = with_fake_tensorrt(flags=("TF32",))
+    engine.build(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "f.plan", max_batch=8)
+    assert trt.calls["clear_flags"] == ["TF32"]                # fp32 means fp32
+
+
+def test_build_failures_name_the_node_and_write_nothing(tmp_path, with_fake_tensorrt):
+    from engine.errors import UnsupportedGraphError
+    src = tiny_onnx(tmp_path / "m.onnx")
+    with_fake_tensorrt(parse_fails=True)
+    with pytest.raises(UnsupportedGraphError, match="could not parse") as e:
+        engine.build(src, tmp_path / "m.plan")
+    assert "'/classif/Gemm' (Gemm, #2): unsupported attribute" in str(e.value)
+    with_fake_tensorrt(build_fails=True)
+    with pytest.warns(UserWarning, match="out of tactics"):
+        with pytest.raises(UnsupportedGraphError, match="failed to build") as e:
+            engine.build(src, tmp_path / "m.plan")
+    assert "out of tactics for /classif/Gemm" in str(e.value)
+    assert "NVIDIA H100 80GB HBM3 (compute capability 9.0)" in str(e.value)
+    assert not list(tmp_path.glob("*.plan*"))
 
 
 # --------------------------------------------------------------------------- no TensorRT
@@ -454,8 +620,8 @@ def test_build_without_tensorrt_says_how_to_install(tmp_path, capsys):
     assert "container" in msg
     assert 'engine.load("model.onnx")' in msg and "CPU" in msg
     assert not (tmp_path / "m.plan").exists()
-    from engine.cli import main
-    assert main(["build", str(onnx_path), "--out", str(tmp_path / "m.plan")]) == 1
+    from engine.cli import ERROR_STATUS, main
+    assert main(["build", str(onnx_path), "--out", str(tmp_path / "m.plan")]) == ERROR_STATUS
     assert "pypi.nvidia.com" in capsys.readouterr().err
 
 
@@ -548,6 +714,11 @@ def test_fp16_conversion_file_and_refusals(tmp_path):
     assert temp_files(tmp_path) == []
     with pytest.raises(UnsupportedGraphError, match="INT8 \\(Q/DQ\\) graph"):
         convert_to_fp16(onnx.load(str(tiny_onnx(tmp_path / "q.onnx", qdq=True))))
+    # a QOperator-format graph is quantized too: refused, not half-converted
+    qop = onnx.load(str(src))
+    qop.graph.node[2].op_type = "QLinearMatMul"
+    with pytest.raises(UnsupportedGraphError, match="is a QLinearMatMul"):
+        convert_to_fp16(qop)
 
 
 # --------------------------------------------------------------------------- bench

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 import engine
+from engine.errors import UnsupportedPrecisionError
+from kernels.env import cuda_usable
 
 pytestmark = pytest.mark.tensorrt
 
@@ -29,12 +31,8 @@ FMNIST = "inception_resnet_v2_fmnist"
 def _gpu_ready():
     if importlib.util.find_spec("tensorrt") is None:
         return False, "TensorRT is not installed"
-    try:
-        import torch
-    except ImportError:
-        return False, "torch is not installed"
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU"
+    if not cuda_usable():
+        return False, "no CUDA GPU (or torch without CUDA)"
     return True, ""
 
 
@@ -83,9 +81,7 @@ def fp32_onnx(subject, workdir):
 
 @pytest.fixture(scope="module")
 def int8_onnx(fp32_onnx, workdir, subject):
-    calibration = pytest.importorskip("calibration")
-    if not hasattr(calibration, "quantize"):
-        pytest.skip("calibration.quantize is not available in this build")
+    import calibration
     from engine.datasets import fashion_mnist, to_model_input
     images, _ = fashion_mnist("calib")
     batches = [to_model_input(images[i:i + 64], subject.config).numpy()
@@ -174,7 +170,7 @@ def test_int8_plan_accuracy_within_half_a_point(plans, int8_onnx, workdir, test_
 
 
 def test_int8_needs_qdq(fp32_onnx, workdir):
-    with pytest.raises(meta.UnsupportedPrecisionError, match="inception-engine quantize"):
+    with pytest.raises(UnsupportedPrecisionError, match="inception-engine quantize"):
         build(fp32_onnx, workdir / "no.plan", precision="int8")
 
 
@@ -190,9 +186,17 @@ def test_numpy_torch_cpu_and_cuda_inputs(plans, test_set):
         assert isinstance(c, torch.Tensor) and c.is_cuda and c.dtype == torch.float32
         np.testing.assert_allclose(b.numpy(), a, rtol=0, atol=0)
         np.testing.assert_allclose(c.cpu().numpy(), a, rtol=1e-6, atol=1e-6)
-        # batch outside the profile: a clear error with the rebuild command
-        with pytest.raises(engine.InputError, match="outside this plan's optimization profile"):
-            rt(torch.zeros(65, 3, 75, 75))
+        # batch outside the profile: a clear error with the rebuild command, on either path
+        for zeros in (torch.zeros(65, 3, 75, 75), torch.zeros(65, 3, 75, 75, device="cuda")):
+            with pytest.raises(engine.InputError, match="outside this plan's optimization profile"):
+                rt(zeros)
+        # a CUDA tensor is checked by the base class on the GPU, before TensorRT runs
+        bad = x.cuda().clone()
+        bad[0, 0, 0, 0] = float("nan")
+        with pytest.raises(engine.InputError, match="1 NaN"):
+            rt(bad)
+        with pytest.raises(engine.InputError, match="not floating point"):
+            rt(x.cuda().to(torch.int32))
 
 
 def test_cuda_graph_replay(plans, test_set):

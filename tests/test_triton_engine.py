@@ -1,4 +1,4 @@
-"""The triton engine (issue 7): ONNX -> plan -> our Triton kernels, end to end.
+"""The triton engine: ONNX -> plan -> our Triton kernels, end to end.
 
 Without CUDA the kernels run under Triton's interpreter (slow), so the end-to-end runs on
 the real kernels use batch 1-2 of the width-0.25 networks at 75x75; the PyTorch-reference
@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+from kernels.env import cuda_usable
+
+if not cuda_usable():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import engine  # noqa: E402
@@ -168,7 +170,7 @@ def test_fp32_subject_on_kernels(files):
     """The IR-v2 subject at 75x75, FP32 plan on the real kernels (interpreter on CPU)."""
     from engine.backends.triton.runtime import InterpreterWarning, TritonRuntime
     path = files.fp32(SUBJECT)
-    ctx = pytest.warns(InterpreterWarning) if not torch.cuda.is_available() else _nullctx()
+    ctx = pytest.warns(InterpreterWarning) if not cuda_usable() else _nullctx()
     with ctx:
         rt = TritonRuntime(path, precision="fp32")
     assert rt.impl == "triton"
@@ -362,7 +364,7 @@ def test_int8_subject_on_kernels_top1(files):
         pytest.skip("needs the trained subject's checkpoint")
     path = files.int8(SUBJECT)
     rt = runtime(path)
-    x = images(SUBJECT, 128 if torch.cuda.is_available() else 16, seed=4)
+    x = images(SUBJECT, 128 if cuda_usable() else 16, seed=4)
     y, ref = rt(x), ort_run(path, x)
     assert_int8_close(y, ref)
     assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.99
@@ -446,6 +448,46 @@ def test_engine_load(files):
         engine.load(path, backend="triton", precision="int8")
     with pytest.raises(ArtifactError, match="int8 only"):
         engine.load(files.int8(SUBJECT), backend="triton", precision="fp16")
+
+
+def test_runtime_contract_checks_every_input(files):
+    """The base class validates and routes every call; the engine only runs (it has no
+    ``__call__`` of its own), so bad input gets the common errors here too."""
+    from engine.backends.triton.runtime import TritonRuntime
+    from engine.errors import InputError
+    assert "__call__" not in TritonRuntime.__dict__
+    rt = runtime(files.fp32("inception_resnet_v1"), impl="torch")
+    assert isinstance(rt.device, torch.device) and rt.runs_on_device == (rt.device.type == "cuda")
+    x = torch.from_numpy(images("inception_resnet_v1", 1))
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="1 NaN"):
+        rt(x)
+    with pytest.raises(InputError, match="axis 2: got 32, expected 75"):
+        rt(np.zeros((1, 3, 32, 75), np.float32))
+
+
+def test_bind_names_an_unknown_op(files):
+    from engine.backends.triton import compile, ops
+    from engine.backends.triton.planner import Step
+    plan = compile(files.fp32("inception_resnet_v1"))
+    with pytest.raises(ValueError, match="unknown op 'softmax'; the ops that run are .*conv"):
+        ops.bind(Step("softmax", "odd", [], []), plan, {}, {})
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ops.bind(plan.steps[0], plan, {}, {}, impl="cudnn")
+
+
+def test_benchmark_judges_its_targets():
+    """The GPU benchmark's verdict from its measurements (ratios, roofline, pass/fail)."""
+    from benchmarks.triton_engine import ROOFLINE_IMG_S, judge
+    res = {"triton_fp16_b1_ms": 1.0, "eager_fp16_b1_ms": 4.0, "triton_fp16_bN_img_s": 1000.0,
+           "compile_fp16_bN_img_s": 1000.0, "triton_int8_bN_img_s": 1600.0}
+    out = judge(res, "inception_resnet_v2", 299)
+    assert out["latency_vs_eager"] == 0.25 and out["passed"]["latency_vs_eager"]
+    assert out["throughput_vs_compile"] == 1.0 and not out["passed"]["throughput_vs_compile"]
+    assert out["int8_vs_fp16"] == 1.6 and out["passed"]["int8_vs_fp16"]
+    assert out["fp16_roofline_fraction"] == 1000.0 / ROOFLINE_IMG_S["inception_resnet_v2"]
+    del res["triton_int8_bN_img_s"]
+    assert "int8_vs_fp16" not in judge(res, "inception_resnet_v2", 224)["passed"]
 
 
 # ------------------------------------------------------------------------ verify

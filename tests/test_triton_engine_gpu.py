@@ -1,5 +1,6 @@
-"""The triton engine on an NVIDIA GPU (issue 7): parity at full size, CUDA-graph replay,
-device tensors, and the benchmark targets. Skipped without CUDA.
+"""The triton engine on an NVIDIA GPU: parity at full size, CUDA-graph replay, device
+tensors (validated on the device, no host copy), and the benchmark targets. Skipped without
+CUDA.
 
 Run on a GPU machine: ``pytest -m gpu tests/test_triton_engine_gpu.py``. The benchmark test
 records its numbers (``record_property``) for benchmarks/RESULTS.md.
@@ -9,20 +10,17 @@ import pytest
 import torch
 
 import engine
+from benchmarks import triton_engine as bench
+from engine.errors import InputError
+from kernels.env import cuda_usable
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
-
-
-def _lively(model, size, batch=8):
-    from benchmarks.triton_engine import _lively as lv
-    return lv(model, size, batch)
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_usable(), reason="needs an NVIDIA GPU")]
 
 
 @pytest.fixture(scope="module")
 def irv2(tmp_path_factory):
     torch.manual_seed(0)
-    model = _lively(engine.create_model("inception_resnet_v2"), (3, 299, 299))
+    model = bench.lively(engine.create_model("inception_resnet_v2"), (3, 299, 299))
     path = tmp_path_factory.mktemp("triton_gpu") / "irv2.onnx"
     engine.export_onnx(model, path)
     return model, path
@@ -51,6 +49,20 @@ def test_cuda_graph_replay_matches_eager(irv2):
     assert a.device.type == "cuda" and b2.device.type == "cuda"
     torch.testing.assert_close(b1, a)
     torch.testing.assert_close(b2, a)
+
+
+def test_cuda_input_is_validated_on_the_device(irv2):
+    """A CUDA tensor goes through the common checks (NaN/Inf included) and to the device path."""
+    from engine.backends.triton.runtime import TritonRuntime
+    _, path = irv2
+    rt = TritonRuntime(path, precision="fp16")
+    assert rt.runs_on_device
+    x = torch.randn(1, 3, 299, 299, device="cuda")
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(InputError, match="1 NaN"):
+        rt(x)
+    with pytest.raises(InputError, match="expected"):
+        rt(torch.randn(1, 3, 64, 64, device="cuda"))
 
 
 def test_int8_on_gpu_matches_onnxruntime(tmp_path):
@@ -85,7 +97,6 @@ def test_int8_on_gpu_matches_onnxruntime(tmp_path):
 def test_benchmark_targets(record_property):
     """IR-v2 at 299: FP16 batch-1 latency <= 0.5x eager cuDNN (channels_last, FP16); batch-256
     throughput >= 1.2x torch.compile(max-autotune); INT8 >= 1.5x our FP16."""
-    from engine.backends.triton import bench
     res = bench.run("inception_resnet_v2", 299, 256, iters=30)
     for k, v in res.items():
         record_property(k, v)

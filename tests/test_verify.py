@@ -133,7 +133,7 @@ def test_tolerances_and_overrides(exported_onnx):
         assert custom.passed and custom.n_samples == 3
         with pytest.raises(TypeError):
             engine.verify(rt, model, x, tolerance=0.1)
-        with pytest.raises(ValueError, match="shapes differ"):
+        with pytest.raises(engine.InputError, match="shapes differ"):
             engine.verify(rt, lambda a: np.zeros((len(a), 7), np.float32), x)
 
 

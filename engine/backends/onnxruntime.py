@@ -12,10 +12,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, BackendUnavailableError
+from ..onnxmeta import load_onnx, read_metadata, resolve_precision
 from ..runtime import Runtime, TensorSpec
 from . import require
-from .onnx_common import onnx_info, resolve_precision
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
            "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8"}
@@ -42,12 +42,12 @@ class ONNXRuntimeRuntime(Runtime):
                  check_finite: bool = True, optimization: str = "all"):
         ort = require("onnxruntime", "onnxruntime")
         path = Path(path)
-        info = onnx_info(path)
-        precision = resolve_precision(precision, info["precision"], self.backend, ("fp32", "int8"))
+        info = read_metadata(path)
+        precision = resolve_precision(precision, info["precision"], ("fp32", "int8"),
+                                      self.backend, path)
         if providers is None:
             avail = ort.get_available_providers()
             if device == "cuda" and "CUDAExecutionProvider" not in avail:
-                from ..errors import BackendUnavailableError
                 raise BackendUnavailableError(
                     "onnxruntime has no CUDAExecutionProvider here (available: "
                     f"{', '.join(avail)}); pip install onnxruntime-gpu on a CUDA machine")
@@ -89,7 +89,6 @@ class ONNXRuntimeRuntime(Runtime):
 
     def intermediates(self, x, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         arr = self.check_input(x)
-        from ..onnxmeta import load_onnx
         if self._aux is None or (names is not None and tuple(names) != self._aux_names):
             proto = load_onnx(self.path)
             produced = [o for n in proto.graph.node for o in n.output if o]

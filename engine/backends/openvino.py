@@ -23,9 +23,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from ..errors import ArtifactError, BackendUnavailableError
+from ..onnxmeta import read_metadata, resolve_precision
 from ..runtime import Runtime, TensorSpec
 from . import require
-from .onnx_common import onnx_info, resolve_precision
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT",
@@ -69,10 +69,10 @@ class OpenVINORuntime(Runtime):
                  check_finite: bool = True, config: Optional[dict] = None):
         ov = require("openvino", "openvino")
         path = Path(path)
-        info = onnx_info(path) if path.suffix == ".onnx" else None
-        meta_precision = info["precision"] if info else "fp32"
-        precision = resolve_precision(precision, meta_precision, self.backend,
-                                      ("fp32", "bf16", "fp16", "int8"))
+        info = read_metadata(path) if path.suffix == ".onnx" else None
+        file_prec = info["precision"] if info else "fp32"
+        precision = resolve_precision(precision, file_prec, ("fp32", "bf16", "fp16", "int8"),
+                                      self.backend, path)
         if precision in ("bf16", "fp16") and not supports(precision, device):
             caps = ", ".join(capabilities(device))
             raise BackendUnavailableError(

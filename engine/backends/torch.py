@@ -11,15 +11,16 @@ Intermediates are module outputs captured by forward hooks, keyed by module path
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, InputError, UnsupportedPrecisionError
+from ..onnxmeta import normalize_precision
 from ..runtime import Runtime, TensorSpec
 from . import require
-from .onnx_common import normalize_precision
 
 
 def is_available():
@@ -41,12 +42,13 @@ class TorchRuntime(Runtime):
         if isinstance(module, (str, Path)):
             path = Path(module)
             if not model:
-                raise ValueError("a checkpoint needs its variant: engine.load('w.pth', "
+                raise InputError("a checkpoint needs its variant: engine.load('w.pth', "
                                  "backend='torch', model='inception_resnet_v2')")
         precision = normalize_precision(precision) or "fp32"
         if precision == "int8":
-            raise ValueError("the torch backend runs fp32, bf16 or fp16; INT8 runs on "
-                             "openvino/onnxruntime/tensorrt from a Q/DQ ONNX")
+            raise UnsupportedPrecisionError(
+                "the torch backend runs fp32, bf16 or fp16; INT8 runs on "
+                "openvino/onnxruntime/tensorrt from a Q/DQ ONNX")
         if precision == "fp16" and not str(device).startswith("cuda"):
             raise BackendUnavailableError("torch fp16 runs on CUDA only; use device='cuda' or "
                                           "precision='bf16' on CPU")
@@ -78,8 +80,9 @@ class TorchRuntime(Runtime):
                          inputs=[TensorSpec("input", shape)],
                          outputs=[TensorSpec(out, (None, None))], check_finite=check_finite)
 
-    def forward_torch(self, x):
-        """Run a torch tensor (already checked) through the module; returns a float32 tensor."""
+    def _forward(self, x):
+        """Run a validated float32 torch tensor through the module; a float32 tensor on
+        ``self.device`` comes back."""
         import torch
         x = x.to(self.device, non_blocking=True)
         if self.precision == "fp16":
@@ -96,15 +99,11 @@ class TorchRuntime(Runtime):
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         import torch
-        return self.forward_torch(torch.from_numpy(x)).cpu().numpy()
+        return self._forward(torch.from_numpy(x)).cpu().numpy()
 
-    def __call__(self, x):
-        # torch in -> torch out on the input's device, without a round trip through numpy
-        from ..runtime import is_torch_tensor
-        if is_torch_tensor(x) and self.device.type == "cuda":
-            self.check_input(x)
-            return self.forward_torch(x).to(x.device)
-        return super().__call__(x)
+    def _infer_device(self, x):
+        # a CUDA tensor in, a CUDA tensor out on the input's device: no round trip to the host
+        return self._forward(x).to(x.device)
 
     def intermediates(self, x, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         """Outputs of the modules at ``names`` (module paths; default: every named module)."""
@@ -116,7 +115,7 @@ class TorchRuntime(Runtime):
         if self.precision == "fp16":
             t = t.half()
         ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-               if self.precision == "bf16" else _null())
+               if self.precision == "bf16" else contextlib.nullcontext())
         with ctx:
             acts = capture_modules(self.module, t, names)
         return acts
@@ -124,11 +123,3 @@ class TorchRuntime(Runtime):
     def close(self):
         self.module = None
         super().close()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

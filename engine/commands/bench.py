@@ -1,14 +1,16 @@
 """``inception-engine bench``: latency percentiles and throughput of a model file on an engine.
 
-Generic over ``engine.load``: any file an engine opens (``.onnx``; ``.plan`` once TensorRT is
-there) is timed the same way. A registered model name instead of a file times the PyTorch
-eager reference. ``time_runtime`` is the one timing loop, shared with ``benchmarks/e2e.py``.
+Generic over ``engine.load``: any file an engine opens (``.onnx``, ``.plan``) is timed the
+same way. A registered model name instead of a file times the PyTorch eager reference. The
+calls are timed by :func:`engine.timing.time_calls`, the loop every latency here comes from.
 """
 from __future__ import annotations
 
 import json
-import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict
+
+from ..errors import InputError
+from . import at_least
 
 
 def register(sub):
@@ -17,11 +19,12 @@ def register(sub):
                                                   "variant name (PyTorch eager)")
     p.add_argument("--backend", help="engine (default: what engine.load picks)")
     p.add_argument("--precision", help="fp32 | bf16 | fp16 | int8 (default: the file's)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    p.add_argument("--threads", type=int, help="CPU threads")
-    p.add_argument("--iters", type=int, default=20, help="timed iterations per batch size")
-    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
-    p.add_argument("--duration", type=float, default=0.0,
+    p.add_argument("--batch", type=at_least(1), nargs="+", default=[1, 8],
+                   help="batch sizes (default 1 8)")
+    p.add_argument("--threads", type=at_least(1), help="CPU threads")
+    p.add_argument("--iters", type=at_least(1), default=20, help="timed iterations per batch size")
+    p.add_argument("--warmup", type=at_least(0), default=3, help="untimed iterations first")
+    p.add_argument("--duration", type=at_least(0.0, float), default=0.0,
                    help="keep timing for at least this many seconds per batch size (like "
                         "trtexec --duration); --iters is then the minimum count")
     p.add_argument("--device-input", action="store_true",
@@ -30,49 +33,13 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def _sync(out):
-    if getattr(out, "is_cuda", False):
-        import torch
-        torch.cuda.synchronize()
-
-
-def percentiles(samples_ms: List[float]) -> Dict[str, float]:
-    import numpy as np
-    a = np.asarray(samples_ms, dtype=np.float64)
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
-            "min_ms": float(a.min()), "max_ms": float(a.max()), "n": int(a.size)}
-
-
-def time_calls(fn: Callable, x, iters: int, warmup: int = 0,
-               duration: float = 0.0) -> List[float]:
-    """Wall-clock milliseconds of ``iters`` calls of ``fn(x)`` after ``warmup`` calls (more
-    calls while less than ``duration`` seconds have been timed)."""
-    for _ in range(warmup):
-        _sync(fn(x))
-    out = []
-    start = time.perf_counter()
-    while len(out) < iters or time.perf_counter() - start < duration:
-        t0 = time.perf_counter()
-        _sync(fn(x))
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def summarize(samples_ms: List[float], batch: int) -> Dict[str, float]:
-    s = percentiles(samples_ms)
-    s["throughput_ips"] = batch * 1e3 / s["p50_ms"]
-    s["batch"] = batch
-    return s
-
-
 def time_runtime(rt, batch: int, iters: int = 20, warmup: int = 3, shape=None,
                  seed: int = 0, duration: float = 0.0,
                  device_input: bool = False) -> Dict[str, float]:
     """Time ``rt`` on a random NCHW batch: p50/p90/p99/mean latency (ms) and throughput
     (images/s at the median latency)."""
     import numpy as np
+    from ..timing import summarize, time_calls
     if shape is None:
         cfg = getattr(rt, "config", None)
         spec = rt.inputs[0].shape if getattr(rt, "inputs", None) else (None,) * 4
@@ -81,15 +48,17 @@ def time_runtime(rt, batch: int, iters: int = 20, warmup: int = 3, shape=None,
         elif all(d is not None for d in spec[1:]):
             shape = tuple(spec[1:])
         else:
-            raise ValueError("the model's input size is unknown (no config, dynamic spatial "
+            raise InputError("the model's input size is unknown (no config, dynamic spatial "
                              "dims); pass shape=(C, H, W)")
     x = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
     if device_input:
         import torch
         if not torch.cuda.is_available():
-            raise ValueError("--device-input needs torch with CUDA and a GPU")
+            raise InputError("--device-input needs torch with CUDA and a GPU; drop it to "
+                             "time host arrays")
         x = torch.from_numpy(x).cuda()
-    return summarize(time_calls(rt, x, iters, warmup, duration), batch)
+    return summarize(time_calls(lambda: rt(x), iters=iters, warmup=warmup, duration=duration),
+                     batch)
 
 
 def _open(args):
@@ -98,7 +67,7 @@ def _open(args):
         from ..models.registry import list_models
         if args.model in list_models():
             if args.backend not in (None, "torch"):
-                raise ValueError(f"{args.model} is a model name: it runs on the torch backend; "
+                raise InputError(f"{args.model} is a model name: it runs on the torch backend; "
                                  f"export it first to run on {args.backend}")
             from ..backends.torch import TorchRuntime
             from ..models.registry import create_model

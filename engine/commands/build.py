@@ -1,12 +1,25 @@
 """``inception-engine build``: ONNX (FP32 or Q/DQ INT8) -> TensorRT plan + sidecar."""
 from __future__ import annotations
 
+import argparse
 
-def _size(text: str) -> int:
-    """Bytes from ``4096``, ``512M``, ``2G``."""
+from ..backends import BACKENDS
+
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """Bytes from ``4096``, ``512M``, ``2G`` (``K``/``M``/``G`` are powers of 1024)."""
     t = text.strip().upper().rstrip("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
-    return int(float(t[:-1] if t[-1:] in "KMG" else t) * mult)
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        value = float(t[:-1] if unit else t)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give a positive number of "
+                                         "bytes, optionally with K, M or G (e.g. 2G)")
+    return int(value * _UNITS.get(unit, 1))
 
 
 def register(sub):
@@ -15,13 +28,13 @@ def register(sub):
     p.add_argument("onnx", help="FP32 export, or a Q/DQ file from `inception-engine quantize`")
     p.add_argument("-o", "--out", help="plan path (default: ONNX path with .plan); the sidecar "
                                        "PLAN.json is written beside it")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+    p.add_argument("--precision", choices=BACKENDS["tensorrt"].precisions,
                    help="default: the file's own (int8 for a Q/DQ file, else fp32); fp16 "
                         "converts the graph to FP16; int8 needs Q/DQ nodes")
     p.add_argument("--min-batch", type=int, default=1)
     p.add_argument("--opt-batch", type=int, default=8)
     p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--workspace", type=_size, help="builder workspace limit, e.g. 2G")
+    p.add_argument("--workspace", type=byte_size, help="builder workspace limit, e.g. 2G")
     p.add_argument("--timing-cache", help="timing cache file, read if present and updated")
     p.add_argument("--hardware-compatible", action="store_true",
                    help="run on every GPU from Ampere on (slower kernels)")

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-import sys
+
+from calibration.methods import METHODS
 
 
 def register(sub):
@@ -14,7 +15,7 @@ def register(sub):
     p.add_argument("input", metavar="IN.onnx", help="FP32 ONNX from `inception-engine export`")
     p.add_argument("output", metavar="OUT.onnx", help="where to write the Q/DQ ONNX")
     p.add_argument("--method", default="entropy",
-                   choices=["minmax", "percentile", "entropy", "mse"],
+                   choices=METHODS,
                    help="activation range method (default: entropy, TensorRT's "
                         "EntropyCalibration2)")
     p.add_argument("--percentile", type=float, default=99.99,
@@ -52,8 +53,9 @@ def register(sub):
 
 def run(args):
     import calibration
+    from ..errors import InputError
     if args.calib is None and args.from_cache is None:
-        raise ValueError("give calibration images with --calib DIR|FILE.npz, or scales with "
+        raise InputError("give calibration images with --calib DIR|FILE.npz, or scales with "
                          "--from-cache FILE")
     res = calibration.quantize(
         args.input, args.output, data=args.calib, method=args.method, exclude=args.exclude,

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import InputError
+from . import at_least
+
 
 def register(sub):
     p = sub.add_parser("run", help="classify images: top-k labels and probabilities")
@@ -14,8 +17,8 @@ def register(sub):
     p.add_argument("--weights", help="'timm', 'bundled' or a checkpoint path (with --model)")
     p.add_argument("--backend", help="openvino | onnxruntime | torch | tensorrt | triton")
     p.add_argument("--precision", help="fp32 | bf16 | fp16 | int8 (backend permitting)")
-    p.add_argument("--threads", type=int, help="CPU threads for the engine")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--threads", type=at_least(1), help="CPU threads for the engine")
+    p.add_argument("--topk", type=at_least(1), default=5)
     p.add_argument("--explain", action="store_true",
                    help="print the engine's execution plan (triton backend)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -28,7 +31,7 @@ def _runner(args):
         from ..loader import load
         rt = load(args.engine, backend=args.backend, precision=args.precision, threads=args.threads)
         if rt.config is None:
-            raise ValueError(f"{args.engine} carries no model config (not exported by this tool); "
+            raise InputError(f"{args.engine} carries no model config (not exported by this tool); "
                              "cannot preprocess images for it")
         return rt, rt.config, f"{rt.backend}/{rt.precision}", False
     from ..models.registry import create_model
@@ -55,12 +58,12 @@ def run(args):
     import numpy as np
     from ..preprocess import labels_for, preprocess, topk
     if args.weights and args.engine:
-        raise ValueError("--weights applies to --model; an --engine file already holds its weights")
+        raise InputError("--weights applies to --model; an --engine file already holds its weights")
     fn, cfg, desc, random_weights = _runner(args)
     if args.explain:
         explain = getattr(fn, "explain", None)
         if explain is None:
-            raise ValueError("--explain needs an engine with an execution plan (--backend triton)")
+            raise InputError("--explain needs an engine with an execution plan (--backend triton)")
         print(explain())
     labels = labels_for(cfg)
     results = []

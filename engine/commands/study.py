@@ -1,6 +1,8 @@
 """``inception-engine study``: INT8 accuracy versus speed for every engine and method."""
 from __future__ import annotations
 
+from calibration.methods import METHODS
+
 
 def register(sub):
     p = sub.add_parser("study", help="INT8 accuracy-vs-speed study (tables + Pareto plot)")
@@ -12,7 +14,8 @@ def register(sub):
                                   "class folders (default: the shipped Fashion-MNIST test set)")
     p.add_argument("--calib", help="calibration images: folder, .npy/.npz "
                                    "(default: the shipped 2k train split)")
-    p.add_argument("--methods", default="minmax,percentile,entropy,mse")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma list of calibration methods (default: all)")
     p.add_argument("--engines", help="comma list (default: every engine available here)")
     p.add_argument("--num-test", type=int, help="use only the first N test images")
     p.add_argument("--num-calib", type=int, default=1000)

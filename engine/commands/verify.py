@@ -1,7 +1,8 @@
 """``inception-engine verify``: parity of an exported file on an engine against PyTorch."""
 from __future__ import annotations
 
-import sys
+from ..errors import InputError
+from . import at_least
 
 
 def register(sub):
@@ -16,8 +17,8 @@ def register(sub):
     p.add_argument("--seed", type=int, default=0, help="seed of the random reference and inputs")
     p.add_argument("--backend", help="engine to verify (default: what engine.load picks)")
     p.add_argument("--precision", help="fp32 | bf16 | fp16 | int8 (default: the file's)")
-    p.add_argument("--threads", type=int, help="CPU threads for the engine")
-    p.add_argument("--batch", type=int, default=4, help="number of random inputs (default 4)")
+    p.add_argument("--threads", type=at_least(1), help="CPU threads for the engine")
+    p.add_argument("--batch", type=at_least(1), default=4, help="number of random inputs (default 4)")
     p.add_argument("--localize", action="store_true",
                    help="compare layer by layer even when the outputs pass")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -26,7 +27,6 @@ def register(sub):
 
 def run(args):
     import warnings
-    from ..onnxmeta import read_metadata
     from ..loader import ConfigUnknownWarning, load
     from ..models.registry import create_model
     with warnings.catch_warnings():
@@ -36,7 +36,7 @@ def run(args):
         cfg = rt.config
         name = args.model or (cfg.name if cfg is not None else None)
         if name is None:
-            raise ValueError(f"{args.file}: config unknown (no Inception metadata); name the "
+            raise InputError(f"{args.file}: config unknown (no Inception metadata); name the "
                              "reference with --model NAME [--weights W]")
         width = args.width if args.width is not None else (
             cfg.width if cfg is not None and cfg.name == name else 1.0)

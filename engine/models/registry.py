@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
-from ..errors import UnknownModelError
+from ..errors import InputError, UnknownModelError
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ def create_model(name: str, weights=None, width: float = 1.0, num_classes: Optio
     """
     entry = _entry(name)
     if not (0 < width <= 4):
-        raise ValueError(f"width must be in (0, 4], got {width}")
+        raise InputError(f"width must be in (0, 4], got {width}; 1.0 is the network of the "
+                         "public weights, smaller values give narrower variants")
     cfg = entry.config
     changes = {}
     if width != 1.0:

@@ -4,6 +4,9 @@
   options); tested without TensorRT;
 - :mod:`.fp16`: FP32 ONNX -> FP16 ONNX with onnx and numpy (TensorRT 11 builds strongly
   typed networks);
-- :mod:`.runtime`: the library-bound shell (probing, builder, plan runtime).
+- :mod:`.probe`: the machine as TensorRT sees it (the library, CUDA access, the GPU, a logger);
+- :mod:`.builder`: the TensorRT builder (ONNX -> plan);
+- :mod:`.runtime`: the plan runtime.
 """
-from .runtime import TensorRTRuntime, build, is_available  # noqa: F401
+from .builder import build  # noqa: F401
+from .runtime import TensorRTRuntime, is_available  # noqa: F401

@@ -13,8 +13,8 @@ an FP16 graph. The conversion:
 - value types are recomputed by ONNX shape inference.
 
 Inputs that ONNX requires to stay float32 whatever the data type (``Resize`` roi and
-scales) are left alone. Graphs with Q/DQ nodes are refused: INT8 plans are built from the
-Q/DQ graph as it is.
+scales) are left alone. Quantized graphs (Q/DQ or quantized operators) are refused: INT8
+plans are built from the Q/DQ graph as it is.
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UnsupportedGraphError
+from ...onnxmeta import (META_FP16, META_PRECISION, QUANT_OPS, is_quantized, load_onnx,
+                         set_metadata)
 
 FP16_MAX = float(np.finfo(np.float16).max)
 # (op_type, input index) that stay float32 in an FP16 graph
 KEEP_FP32_INPUTS = {("Resize", 1), ("Resize", 2)}
-META_PRECISION = "inception.precision"
-META_FP16 = "inception.fp16"
 
 
 def _to_fp16(arr: np.ndarray, stats: dict) -> np.ndarray:
@@ -45,95 +45,124 @@ def convert_to_fp16(proto, keep_io_fp32: bool = True):
     values clipped to the float16 range.
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    for n in proto.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            raise UnsupportedGraphError(
-                f"node {n.name or n.op_type} is a {n.op_type}: this is an INT8 (Q/DQ) graph; "
-                "build it with precision='int8', or convert the FP32 ONNX to FP16 instead")
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for a in n.attribute):
-            raise UnsupportedGraphError(
-                f"node {n.name or n.op_type} ({n.op_type}) holds a subgraph; the FP16 conversion "
-                "handles flat graphs only (every model of this package exports flat)")
-
+    _refuse_unconvertible(proto)
     model = onnx.ModelProto()
     model.CopyFrom(proto)
-    g = model.graph
+    graph = model.graph
     stats = {"initializers": 0, "constants": 0, "clipped": 0}
-
-    keep32 = set()
-    for n in g.node:
-        for i, name in enumerate(n.input):
-            if (n.op_type, i) in KEEP_FP32_INPUTS and name:
-                keep32.add(name)
-
-    for i, init in enumerate(g.initializer):
-        if init.data_type == TensorProto.FLOAT and init.name not in keep32:
-            arr = numpy_helper.to_array(init)
-            g.initializer[i].CopyFrom(numpy_helper.from_array(_to_fp16(arr, stats), init.name))
-            stats["initializers"] += 1
-
-    for n in g.node:
-        if n.op_type == "Constant" and n.output[0] not in keep32:
-            for a in n.attribute:
-                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                    arr = numpy_helper.to_array(a.t)
-                    a.t.CopyFrom(numpy_helper.from_array(_to_fp16(arr, stats), a.t.name))
-                    stats["constants"] += 1
-        elif n.op_type == "ConstantOfShape":
-            for a in n.attribute:
-                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                    a.t.CopyFrom(numpy_helper.from_array(_to_fp16(numpy_helper.to_array(a.t),
-                                                                  stats), a.t.name))
-        elif n.op_type == "Cast":
-            for a in n.attribute:
-                if a.name == "to" and a.i == TensorProto.FLOAT and n.output[0] not in keep32:
-                    a.i = TensorProto.FLOAT16
-
-    inits = {i.name for i in g.initializer}
-    graph_inputs = [v for v in g.input if v.name not in inits]
+    keep32 = _fp32_only_tensors(graph)
+    _convert_initializers(graph, keep32, stats)
+    _convert_nodes(graph, keep32, stats)
     if keep_io_fp32:
-        new_nodes = []
-        for v in graph_inputs:
-            if v.type.tensor_type.elem_type != TensorProto.FLOAT:
-                continue
-            inner = _unique(g, f"{v.name}_fp16")
-            for n in g.node:
-                for k, name in enumerate(n.input):
-                    if name == v.name:
-                        n.input[k] = inner
-            new_nodes.append(helper.make_node("Cast", [v.name], [inner], to=TensorProto.FLOAT16,
-                                              name=f"{v.name}/CastToFp16"))
-        tail = []
-        for v in g.output:
-            if v.type.tensor_type.elem_type != TensorProto.FLOAT:
-                continue
-            inner = _unique(g, f"{v.name}_fp16")
-            for n in g.node:
-                for k, name in enumerate(n.output):
-                    if name == v.name:
-                        n.output[k] = inner
-                for k, name in enumerate(n.input):   # an output also read inside the graph
-                    if name == v.name:
-                        n.input[k] = inner
-            tail.append(helper.make_node("Cast", [inner], [v.name], to=TensorProto.FLOAT,
-                                         name=f"{v.name}/CastToFp32"))
-        nodes = new_nodes + list(g.node) + tail
-        del g.node[:]
-        g.node.extend(nodes)
+        _cast_at_io(graph)
     else:
-        for v in list(graph_inputs) + list(g.output):
-            if v.type.tensor_type.elem_type == TensorProto.FLOAT:
-                v.type.tensor_type.elem_type = TensorProto.FLOAT16
-
-    del g.value_info[:]
+        _io_to_fp16(graph)
+    del graph.value_info[:]
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    _set_meta(model, {META_PRECISION: "fp16",
-                      META_FP16: "keep_io_fp32" if keep_io_fp32 else "io_fp16"})
+    set_metadata(model, {META_PRECISION: "fp16",
+                         META_FP16: "keep_io_fp32" if keep_io_fp32 else "io_fp16"})
     onnx.checker.check_model(model)
     return model, stats
+
+
+def _refuse_unconvertible(proto) -> None:
+    """Quantized graphs build as they are; graphs with subgraphs are beyond this conversion."""
+    import onnx
+    if is_quantized(proto):
+        node = next(n for n in proto.graph.node if n.op_type in QUANT_OPS)
+        raise UnsupportedGraphError(
+            f"node {node.name or node.op_type} is a {node.op_type}: this is an INT8 (Q/DQ) "
+            "graph; build it with precision='int8', or convert the FP32 ONNX to FP16 instead")
+    for node in proto.graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for a in node.attribute):
+            raise UnsupportedGraphError(
+                f"node {node.name or node.op_type} ({node.op_type}) holds a subgraph; the FP16 "
+                "conversion handles flat graphs only (every model of this package exports flat)")
+
+
+def _fp32_only_tensors(graph) -> set:
+    """Names of the tensors ONNX requires to stay float32 (see ``KEEP_FP32_INPUTS``)."""
+    return {name for node in graph.node for i, name in enumerate(node.input)
+            if name and (node.op_type, i) in KEEP_FP32_INPUTS}
+
+
+def _convert_initializers(graph, keep32: set, stats: dict) -> None:
+    from onnx import TensorProto, numpy_helper
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT and init.name not in keep32:
+            arr = _to_fp16(numpy_helper.to_array(init), stats)
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
+            stats["initializers"] += 1
+
+
+def _convert_nodes(graph, keep32: set, stats: dict) -> None:
+    """float32 ``Constant``/``ConstantOfShape`` values -> float16, ``Cast(to=FLOAT)`` ->
+    ``Cast(to=FLOAT16)``."""
+    from onnx import TensorProto, numpy_helper
+
+    def float_values(node):
+        return [a for a in node.attribute
+                if a.name == "value" and a.t.data_type == TensorProto.FLOAT]
+
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] not in keep32:
+            for a in float_values(node):
+                a.t.CopyFrom(numpy_helper.from_array(_to_fp16(numpy_helper.to_array(a.t), stats),
+                                                     a.t.name))
+                stats["constants"] += 1
+        elif node.op_type == "ConstantOfShape":
+            for a in float_values(node):
+                a.t.CopyFrom(numpy_helper.from_array(_to_fp16(numpy_helper.to_array(a.t), stats),
+                                                     a.t.name))
+        elif node.op_type == "Cast" and node.output[0] not in keep32:
+            for a in node.attribute:
+                if a.name == "to" and a.i == TensorProto.FLOAT:
+                    a.i = TensorProto.FLOAT16
+
+
+def _rename_uses(graph, old: str, new: str, outputs: bool) -> None:
+    """Point every node input named ``old`` (and with ``outputs``, every node output) at
+    ``new``."""
+    for node in graph.node:
+        fields = (node.input, node.output) if outputs else (node.input,)
+        for field in fields:
+            for k, name in enumerate(field):
+                if name == old:
+                    field[k] = new
+
+
+def _cast_at_io(graph) -> None:
+    """Keep float32 graph inputs and outputs: a Cast to float16 after each input, a Cast to
+    float32 before each output (an output also read inside the graph is read as float16)."""
+    from onnx import TensorProto, helper
+    inits = {i.name for i in graph.initializer}
+    head, tail = [], []
+    for v in graph.input:
+        if v.name in inits or v.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        inner = _unique(graph, f"{v.name}_fp16")
+        _rename_uses(graph, v.name, inner, outputs=False)
+        head.append(helper.make_node("Cast", [v.name], [inner], to=TensorProto.FLOAT16,
+                                     name=f"{v.name}/CastToFp16"))
+    for v in graph.output:
+        if v.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        inner = _unique(graph, f"{v.name}_fp16")
+        _rename_uses(graph, v.name, inner, outputs=True)
+        tail.append(helper.make_node("Cast", [inner], [v.name], to=TensorProto.FLOAT,
+                                     name=f"{v.name}/CastToFp32"))
+    nodes = head + list(graph.node) + tail
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _io_to_fp16(graph) -> None:
+    from onnx import TensorProto
+    inits = {i.name for i in graph.initializer}
+    for v in [v for v in graph.input if v.name not in inits] + list(graph.output):
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = TensorProto.FLOAT16
 
 
 def _unique(graph, base: str) -> str:
@@ -145,20 +174,9 @@ def _unique(graph, base: str) -> str:
     return name
 
 
-def _set_meta(model, entries: dict):
-    existing = {p.key: p for p in model.metadata_props}
-    for k, v in entries.items():
-        if k in existing:
-            existing[k].value = v
-        else:
-            p = model.metadata_props.add()
-            p.key, p.value = k, v
-
-
 def convert_file(src, dst, keep_io_fp32: bool = True) -> dict:
     """Convert the FP32 ONNX file ``src`` to an FP16 ONNX file ``dst`` (written atomically)."""
     import onnx
-    from ...onnxmeta import load_onnx
     from ...fileio import atomic_path
     model, stats = convert_to_fp16(load_onnx(src), keep_io_fp32=keep_io_fp32)
     with atomic_path(Path(dst)) as tmp:

@@ -4,7 +4,7 @@
   which TensorRT on which GPU) and its validation when the plan is loaded;
 - the compatibility check of a plan against the running TensorRT version and GPU, with a
   message that names both and the command that rebuilds the plan;
-- the facts a build reads from the ONNX file: its precision, its Q/DQ nodes, its I/O;
+- the Q/DQ zero points a build checks, and the fixed precision of a plan;
 - the optimization-profile shapes for a dynamic batch.
 
 ``engine.backends.tensorrt`` calls these with the facts it gets from TensorRT and CUDA;
@@ -17,15 +17,16 @@ import json
 import shlex
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-from ...errors import ArtifactError, BackendUnavailableError, EngineError
+from ...errors import ArtifactError, BackendUnavailableError, UnsupportedPrecisionError
+from ...onnxmeta import QDQ_OPS, calibration_info, normalize_precision
+from .. import BACKENDS
 
+BACKEND = "tensorrt"
+PRECISIONS = BACKENDS[BACKEND].precisions      # what a plan can be built at
 SIDECAR_FORMAT = "inception-plan"
 SIDECAR_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8")
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-META_CALIBRATION = "inception.calibration"     # written by calibration.quantize
 # The oldest GPU architecture a hardware-compatible (Ampere+) plan runs on.
 HARDWARE_COMPAT_MIN_CC = (8, 0)
 
@@ -41,10 +42,6 @@ class PlanMismatchError(ArtifactError):
     """A plan built with another TensorRT version or for another GPU than the running ones."""
 
 
-class UnsupportedPrecisionError(EngineError, ValueError):
-    """A precision the ONNX file cannot give (INT8 without Q/DQ, FP16 from a Q/DQ graph)."""
-
-
 def tensorrt_unavailable(reason: str = "") -> BackendUnavailableError:
     msg = INSTALL_HINT if not reason else f"{INSTALL_HINT} ({reason})"
     return BackendUnavailableError(msg)
@@ -57,11 +54,6 @@ def sidecar_path(plan) -> Path:
 
 
 # --------------------------------------------------------------------------- ONNX facts
-def qdq_nodes(proto) -> List[str]:
-    """Names (or op types, for unnamed nodes) of the QuantizeLinear/DequantizeLinear nodes."""
-    return [n.name or n.op_type for n in proto.graph.node if n.op_type in QDQ_OPS]
-
-
 def nonzero_zero_points(proto) -> List[str]:
     """Q/DQ nodes whose zero point is a non-zero initializer (TensorRT rejects them)."""
     import numpy as np
@@ -75,55 +67,21 @@ def nonzero_zero_points(proto) -> List[str]:
     return bad
 
 
-def resolve_precision(requested: Optional[str], has_qdq: bool, file_precision: str,
-                      onnx_path="model.onnx") -> str:
-    """The precision a build uses: ``requested``, or the file's own when ``None``.
-
-    INT8 comes only from a Q/DQ graph (TensorRT 11 has no implicit INT8 calibration), and a
-    Q/DQ graph always builds to INT8, so the two must agree.
-    """
-    if requested is None:
-        requested = "int8" if has_qdq else (file_precision if file_precision in PRECISIONS
-                                            else "fp32")
-    requested = str(requested).lower()
-    if requested not in PRECISIONS:
-        raise ValueError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
-    if requested == "int8" and not has_qdq:
-        raise UnsupportedPrecisionError(
-            f"{onnx_path} holds no QuantizeLinear/DequantizeLinear nodes, so it cannot build an "
-            "INT8 plan (TensorRT takes INT8 only as explicit Q/DQ; implicit calibration is gone "
-            "in TensorRT 11). Quantize it first: `inception-engine quantize "
-            f"{onnx_path} --out model.int8.onnx --calib DATA`, then build from that file")
-    if requested == "fp32" and file_precision == "fp16":
-        raise UnsupportedPrecisionError(
-            f"{onnx_path} is an FP16 graph; build it with precision='fp16', or build the FP32 "
-            "ONNX it was converted from for an fp32 plan")
-    if requested != "int8" and has_qdq:
-        raise UnsupportedPrecisionError(
-            f"{onnx_path} holds Q/DQ (INT8) nodes; TensorRT builds such a graph in INT8 whatever "
-            f"the precision asked ({requested}). Build it with precision='int8' (--precision "
-            "int8), or build the FP32 ONNX it was quantized from for fp32/fp16")
-    return requested
-
-
-def calibration_info(props: Dict[str, str]) -> Optional[dict]:
-    """Calibration method and source from the ONNX metadata (``inception.calibration``, the
-    JSON that ``calibration.quantize`` writes), or ``None`` for an unquantized file.
-
-    Returns ``{"method", "source", "details"}``; ``details`` is the whole record.
-    """
-    raw = props.get(META_CALIBRATION)
-    if raw is None:
-        return None
-    try:
-        details = json.loads(raw)
-    except ValueError:
-        details = raw
-    if not isinstance(details, dict):
-        details = {"description": details}
-    return {"method": details.get("method"),
-            "source": details.get("dataset", details.get("source")),
-            "details": details}
+def check_plan_precision(sidecar: Optional[dict], requested: Optional[str], plan) -> None:
+    """A plan's precision is fixed when it is built: asking for another one is an error that
+    says how to build a plan of the wanted precision."""
+    requested = normalize_precision(requested)
+    if requested is not None and requested not in PRECISIONS:
+        raise UnsupportedPrecisionError(f"TensorRT plans are built at {', '.join(PRECISIONS)}, "
+                                        f"not {requested}; pick one of those or another backend")
+    if requested is None or sidecar is None or requested == sidecar["precision"]:
+        return
+    hint = (" from the Q/DQ file of `inception-engine quantize`" if requested == "int8"
+            else f" from its source ONNX ({sidecar['source_onnx'].get('path')})")
+    raise UnsupportedPrecisionError(
+        f"{plan} is a {sidecar['precision']} plan; a plan's precision is fixed when it is "
+        f"built. Build a {requested} plan with `inception-engine build --precision "
+        f"{requested}`{hint}, or load it with precision=None")
 
 
 # --------------------------------------------------------------------------- build options
@@ -246,15 +204,6 @@ def validate_sidecar(data, where="sidecar") -> dict:
     if not data["tensorrt"].get("version"):
         raise ArtifactError(f"{where}: no TensorRT version recorded; rebuild the plan")
     return data
-
-
-def write_sidecar(plan, data: dict) -> Path:
-    """Write ``plan``'s sidecar atomically (temporary file, then rename)."""
-    from ...fileio import atomic_write_text
-    path = sidecar_path(plan)
-    atomic_write_text(path, json.dumps(validate_sidecar(data, path), indent=2, sort_keys=True)
-                      + "\n")
-    return path
 
 
 def read_sidecar(plan, required: bool = False) -> Optional[dict]:

@@ -26,14 +26,17 @@ def explain(path, precision: Optional[str] = None, batch: int = 1, impl: str = "
     """The execution plan of an ONNX file as text: fusions (convs per launch, fused ReLUs,
     residual epilogues, concats written in place, merged 1x1 heads), every launch with what
     it reads and writes, and the buffers of the arena. Compiles only; runs nothing."""
+    from kernels.env import cuda_usable
+
     from . import ops
     from .planner import explain_plan
-    from .runtime import compile_onnx, _cuda_available
+    from .runtime import compile_onnx, kernels_loaded
     plan, meta = compile_onnx(path, precision, float_dtype)
     cfg = meta["config"]
     title = cfg.name if cfg is not None else str(path)
     configs = None
-    if "kernels" in __import__("sys").modules or _cuda_available():
+    # tiles are read from the kernels only where that cannot fix their mode too early
+    if kernels_loaded() or cuda_usable():
         configs = {i: ops.describe_config(s, plan, batch) for i, s in enumerate(plan.steps)}
         configs = {k: v for k, v in configs.items() if v}
     return explain_plan(plan, batch, configs, title)
@@ -47,7 +50,7 @@ def compile(path, precision: Optional[str] = None, float_dtype: Optional[str] = 
 
 def __getattr__(name):
     if name in ("TritonRuntime", "is_available", "InterpreterWarning", "compile_onnx",
-                "ensure_interpreter"):
+                "ensure_interpreter", "kernels_loaded"):
         from . import runtime
         return getattr(runtime, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

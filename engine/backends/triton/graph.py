@@ -123,7 +123,8 @@ class _Reader:
             self.uses[o.name] = self.uses.get(o.name, 0) + 1
 
     # ---------------------------------------------------------------- helpers
-    def v(self, name: str) -> str:
+    def value_name(self, name: str) -> str:
+        """The value ``name`` stands for, through Identity/Flatten aliases."""
         while name in self.alias:
             name = self.alias[name]
         return name
@@ -137,8 +138,8 @@ class _Reader:
     def fusable(self, node, kinds=("conv",)) -> Optional[Layer]:
         """The layer producing ``node``'s first input when its output feeds only this node."""
         src = node.input[0]
-        lay = self.producer.get(self.v(src))
-        if lay is not None and lay.kind in kinds and self.single_use(src) and lay.output == self.v(src):
+        lay = self.producer.get(self.value_name(src))
+        if lay is not None and lay.kind in kinds and self.single_use(src) and lay.output == self.value_name(src):
             return lay
         return None
 
@@ -210,7 +211,7 @@ class _Reader:
         elif src in self.qconsts:
             self.qconsts[node.output[0]] = self.qconsts[src]
         else:
-            self.alias[node.output[0]] = self.v(src)
+            self.alias[node.output[0]] = self.value_name(src)
 
     def op_Conv(self, node, a):
         w, qw = self.weight_of(node, node.input[1])
@@ -226,7 +227,7 @@ class _Reader:
             raise _unsupported(node, f"{len(shape) - 2}-d convolution")
         pads = list(a.get("pads", [0, 0, 0, 0]))
         co = shape[0]
-        self.add(Layer("conv", node.name, [self.v(node.input[0])], node.output[0], [node.name],
+        self.add(Layer("conv", node.name, [self.value_name(node.input[0])], node.output[0], [node.name],
                        weight=w, qweight=qw,
                        bias=b if b is not None else np.zeros(co, np.float32),
                        attrs={"kernel": (shape[2], shape[3]),
@@ -250,11 +251,11 @@ class _Reader:
         lay.bias = lay.bias * s
 
     def op_Mul(self, node, a):
-        lay = self.producer.get(self.v(node.input[0]))
+        lay = self.producer.get(self.value_name(node.input[0]))
         c = self.const(node.input[1])
         if c is None:  # commuted operands
             c = self.const(node.input[0])
-            lay = self.producer.get(self.v(node.input[1]))
+            lay = self.producer.get(self.value_name(node.input[1]))
             src = node.input[1]
         else:
             src = node.input[0]
@@ -270,7 +271,7 @@ class _Reader:
         # linear bias: MatMul -> Add(const)
         for src, other in ((x, y), (y, x)):
             c = self.const(other)
-            lay = self.producer.get(self.v(src))
+            lay = self.producer.get(self.value_name(src))
             if c is not None and lay is not None and lay.kind == "linear" and self.single_use(src) \
                     and not lay.relu:
                 lay.bias = lay.bias + c.astype(np.float32).reshape(-1)
@@ -278,11 +279,11 @@ class _Reader:
                 return
         # residual: Conv -> Add(shortcut)
         for src, other in ((x, y), (y, x)):
-            lay = self.producer.get(self.v(src))
+            lay = self.producer.get(self.value_name(src))
             if (lay is not None and lay.kind == "conv" and not lay.relu and lay.residual is None
-                    and self.single_use(src) and lay.output == self.v(src)
+                    and self.single_use(src) and lay.output == self.value_name(src)
                     and self.const(other) is None):
-                lay.residual = self.v(other)
+                lay.residual = self.value_name(other)
                 self.rename(lay, node)
                 return
         raise _unsupported(node, "an Add is supported only as a residual (Conv output + "
@@ -291,7 +292,7 @@ class _Reader:
     def op_Concat(self, node, a):
         if a.get("axis") not in (1, -3):
             raise _unsupported(node, f"concat along axis {a.get('axis')}; only channels (axis 1)")
-        self.add(Layer("concat", node.name, [self.v(i) for i in node.input], node.output[0],
+        self.add(Layer("concat", node.name, [self.value_name(i) for i in node.input], node.output[0],
                        [node.name]))
 
     def _pool(self, node, a, kind):
@@ -305,7 +306,7 @@ class _Reader:
         if kind == "avgpool" and a.get("count_include_pad", 0) and any(pads):
             raise _unsupported(node, "count_include_pad=1 with padding; the kernels average over "
                                "the valid window (count_include_pad=False)")
-        self.add(Layer(kind, node.name, [self.v(node.input[0])], node.output[0], [node.name],
+        self.add(Layer(kind, node.name, [self.value_name(node.input[0])], node.output[0], [node.name],
                        attrs={"kernel": tuple(a["kernel_shape"]),
                               "stride": tuple(a.get("strides", [1, 1])), "pads": pads}))
 
@@ -318,7 +319,7 @@ class _Reader:
         self._pool(node, a, "avgpool")
 
     def op_GlobalAveragePool(self, node, a):
-        self.add(Layer("gap", node.name, [self.v(node.input[0])], node.output[0], [node.name]))
+        self.add(Layer("gap", node.name, [self.value_name(node.input[0])], node.output[0], [node.name]))
 
     def op_ReduceMean(self, node, a):
         axes = a.get("axes")
@@ -327,11 +328,11 @@ class _Reader:
             axes = None if c is None else list(c.reshape(-1))
         if sorted(int(x) % 4 for x in (axes or [])) != [2, 3]:
             raise _unsupported(node, "ReduceMean is supported only over H and W (global pooling)")
-        lay = self.add(Layer("gap", node.name, [self.v(node.input[0])], node.output[0], [node.name]))
+        lay = self.add(Layer("gap", node.name, [self.value_name(node.input[0])], node.output[0], [node.name]))
         lay.attrs["flat"] = not a.get("keepdims", 1)
 
     def _flatten_like(self, node):
-        src = self.v(node.input[0])
+        src = self.value_name(node.input[0])
         lay = self.producer.get(src)
         if lay is not None and lay.kind == "gap":
             self.alias[node.output[0]] = src
@@ -372,7 +373,7 @@ class _Reader:
         self._linear(node, np.ascontiguousarray(w.T), None, None)
 
     def _linear(self, node, w, qw, b):
-        src = self.v(node.input[0])
+        src = self.value_name(node.input[0])
         co = (w if w is not None else qw.q).shape[0]
         self.add(Layer("linear", node.name, [src], node.output[0], [node.name], weight=w,
                        qweight=qw, bias=b if b is not None else np.zeros(co, np.float32)))
@@ -394,7 +395,7 @@ class _Reader:
     def op_LpNormalization(self, node, a):
         if a.get("p", 2) != 2 or a.get("axis", -1) not in (1, -1):
             raise _unsupported(node, "LpNormalization other than p=2 over the feature axis")
-        self.add(Layer("l2norm", node.name, [self.v(node.input[0])], node.output[0], [node.name],
+        self.add(Layer("l2norm", node.name, [self.value_name(node.input[0])], node.output[0], [node.name],
                        attrs={"eps": 0.0}))
 
     def op_ReduceL2(self, node, a):
@@ -405,7 +406,7 @@ class _Reader:
         if list(axes or []) not in ([1], [-1]) or not a.get("keepdims", 1):
             raise _unsupported(node, "ReduceL2 is supported only as part of L2 normalisation "
                                "over the feature axis")
-        self.norm_of[node.output[0]] = (self.v(node.input[0]), 0.0, [node.name])
+        self.norm_of[node.output[0]] = (self.value_name(node.input[0]), 0.0, [node.name])
 
     def op_Clip(self, node, a):
         src = node.input[0]
@@ -428,7 +429,7 @@ class _Reader:
         self.norm_of[node.output[0]] = (x, float(c.reshape(-1)[0]), nodes + [node.name])
 
     def op_Shape(self, node, a):
-        self.shape_of[node.output[0]] = self.v(node.input[0])
+        self.shape_of[node.output[0]] = self.value_name(node.input[0])
 
     def op_Expand(self, node, a):
         src = node.input[0]
@@ -438,7 +439,7 @@ class _Reader:
         self.norm_of[node.output[0]] = (x, eps, nodes + [node.name])
 
     def op_Div(self, node, a):
-        x, n = self.v(node.input[0]), node.input[1]
+        x, n = self.value_name(node.input[0]), node.input[1]
         if n not in self.norm_of or self.norm_of[n][0] != x:
             raise _unsupported(node, "Div is supported only as L2 normalisation x / ||x||")
         _, eps, nodes = self.norm_of[n]
@@ -469,7 +470,7 @@ class _Reader:
             q = np.clip(np.rint(w.astype(np.float32) / sb), -128, 127).astype(np.int8)
             self.consts[node.output[0]] = q
             return
-        self.fq_src[node.output[0]] = (self.v(src), float(scale.reshape(-1)[0]))
+        self.fq_src[node.output[0]] = (self.value_name(src), float(scale.reshape(-1)[0]))
 
     def op_DequantizeLinear(self, node, a):
         self.quantized = True
@@ -524,11 +525,11 @@ def read_graph(proto) -> LayerGraph:
             "(export with a fixed input size and a dynamic batch)")
     r = _Reader(proto)
     r.read()
-    out = r.v(g.output[0].name)
+    out = r.value_name(g.output[0].name)
     if out not in r.producer:
         raise UnsupportedGraphError(f"graph output {g.output[0].name!r} is not computed by any "
                                     "supported layer")
-    names = {k: r.v(k) for k in r.alias}
+    names = {k: r.value_name(k) for k in r.alias}
     # keep only the layers the output depends on (drop dead ends, e.g. unused Shape chains)
     needed, live = {out}, []
     for lay in reversed(r.layers):

@@ -21,7 +21,8 @@ place), and the final L2 normalisation of the face embedder ([N, 512]).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -78,44 +79,36 @@ def prepare(step: Step, plan: Plan, device) -> Dict:
     return p
 
 
-def interpreter_tile(m: int, n: int, c: int) -> dict:
-    """Conv tile under the interpreter: as large as the problem allows (up to 256x128x128),
-    since the interpreter's cost is per program and per loop step, not per element."""
-    from kernels._launch import clamp_pow2
-    return {"BLOCK_M": clamp_pow2(m, 16, 256), "BLOCK_N": clamp_pow2(n, 16, 128),
-            "BLOCK_K": clamp_pow2(c, 16, 128), "GROUP_M": 8, "num_warps": 4, "num_stages": 1}
-
-
 def conv_config(step: Step, plan: Plan, batch: int) -> Optional[dict]:
-    """The tile a conv/linear step launches with: fixed under the interpreter, ``None`` on a
-    GPU (the kernels autotune over their configs, keyed on the problem shape)."""
-    from kernels._launch import interpreting
+    """The tile a conv/linear step launches with: the kernels' one interpreter tile
+    (:func:`kernels.conv.interpreter_config`) under the interpreter, ``None`` on a GPU (the
+    kernels autotune over their configs, keyed on the problem shape)."""
+    from kernels.env import interpreting
     if step.op not in ("conv", "linear") or not interpreting():
         return None
+    from kernels.conv import interpreter_config
     out = plan.values[step.outputs[0]]
     n = sum(plan.values[o].channels for o in step.outputs)
     c = plan.values[step.inputs[0]].channels
-    return interpreter_tile(batch * out.h * out.w, n, c)
+    return interpreter_config(batch * out.h * out.w, n, c)
 
 
 def _tuned(step: Step, plan: Plan, batch: int) -> str:
     """The config the autotuner chose for this conv (GPU, after a run at ``batch``)."""
-    try:
-        from kernels.conv import _conv_kernel_tuned
-        lay = step.layers[0]
-        x = plan.values[step.inputs[0]]
-        out = plan.values[step.outputs[0]]
-        kh, kw = lay.attrs["kernel"]
-        n = sum(plan.values[o].channels for o in step.outputs)
-        want = (batch, x.h, x.w, x.channels, out.h, out.w, n, kh, kw, lay.attrs["stride"][0],
-                len(step.outputs), step.residual is not None)
-        for key, cfg in getattr(_conv_kernel_tuned, "cache", {}).items():
-            if tuple(key[:len(want)]) == want:
-                k = cfg.kwargs
-                return (f"autotuned {k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} "
-                        f"w{cfg.num_warps} s{cfg.num_stages}")
-    except (ImportError, AttributeError, KeyError, IndexError, TypeError):
-        pass
+    from kernels.conv import _conv_kernel_tuned
+    lay = step.layers[0]
+    x = plan.values[step.inputs[0]]
+    out = plan.values[step.outputs[0]]
+    kh, kw = lay.attrs["kernel"]
+    n = sum(plan.values[o].channels for o in step.outputs)
+    want = (batch, x.h, x.w, x.channels, out.h, out.w, n, kh, kw, lay.attrs["stride"][0],
+            len(step.outputs), step.residual is not None)
+    # the autotuner's cache: key (its key arguments, then dtypes) -> chosen triton.Config
+    for key, cfg in getattr(_conv_kernel_tuned, "cache", {}).items():
+        if tuple(key[:len(want)]) == want:
+            k = cfg.kwargs
+            return (f"autotuned {k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} "
+                    f"w{cfg.num_warps} s{cfg.num_stages}")
     return "autotuned on first run"
 
 
@@ -129,6 +122,162 @@ def describe_config(step: Step, plan: Plan, batch: int) -> str:
     return f"tile {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']}"
 
 
+@dataclass
+class _StepViews:
+    """What a binder needs of one step: its tensor views, scales and packed parameters."""
+
+    step: Step
+    plan: Plan
+    views: Dict
+    params: Dict
+    reference: bool               # run the kernels' PyTorch references (impl="torch")
+    io: Optional[Dict]
+
+    @property
+    def src(self):
+        """The view of the step's (first) input."""
+        return self.views[self.step.inputs[0]]
+
+    @property
+    def src_scale(self) -> Optional[float]:
+        return self.plan.values[self.step.inputs[0]].scale
+
+    @property
+    def dests(self) -> List:
+        """The views of the step's outputs (several for merged heads)."""
+        return [self.views[o] for o in self.step.outputs]
+
+    @property
+    def dest(self):
+        return self.views[self.step.outputs[0]]
+
+    @property
+    def dest_scale(self) -> Optional[float]:
+        """The int8 scale of the (first) output; ``None`` for float storage."""
+        return self.plan.values[self.step.outputs[0]].scale
+
+
+def _bind_input(sv: _StepViews):
+    """NCHW float32 static input -> the NHWC input value (cast, or quantised)."""
+    import torch
+    out, scale, x = sv.dest, sv.dest_scale, sv.io["x"]
+    if scale is None:
+        return lambda: out.copy_(x.permute(0, 2, 3, 1))
+    scale_t = torch.tensor(scale, dtype=torch.float32, device=out.device)
+
+    def run_input():
+        out.copy_(torch.clamp(torch.round(x.permute(0, 2, 3, 1) / scale_t), -128, 127))
+    return run_input
+
+
+def _bind_output(sv: _StepViews):
+    return lambda: None            # the runtime reads the output view itself
+
+
+def _bind_conv(sv: _StepViews):
+    import kernels
+    step, x, outs = sv.step, sv.src, sv.dests
+    lay = step.layers[0]
+    res = sv.views[step.residual] if step.residual else None
+    res_scale = sv.plan.values[step.residual].scale if step.residual else None
+    kw = dict(stride=lay.attrs["stride"], padding=tuple(lay.attrs["pads"][:2]), relu=lay.relu,
+              residual=res, scale=sv.params.get("scale"),
+              res_scale=res_scale if res_scale is not None else 1.0, out_scale=sv.dest_scale)
+    weight, bias = sv.params["weight"], sv.params["bias"]
+    if sv.reference:
+        splits = [o.shape[3] for o in outs]
+
+        def run_conv_reference():
+            ys = kernels.conv2d_reference(x, weight, bias, out_dtype=outs[0].dtype, splits=splits, **kw)
+            for o, y in zip(outs, ys):
+                o.copy_(y)
+        return run_conv_reference
+    dest = outs[0] if len(outs) == 1 else outs
+    cfg = conv_config(step, sv.plan, x.shape[0])
+    return lambda: kernels.conv2d(x, weight, bias, out=dest, config=cfg, **kw)
+
+
+def _bind_maxpool(sv: _StepViews):
+    import kernels
+    x, out = sv.src, sv.dest
+    if sv.reference:
+        return lambda: out.copy_(kernels.max_pool_reference(x))
+    return lambda: kernels.max_pool(x, out)
+
+
+def _bind_avgpool(sv: _StepViews):
+    import kernels
+    x, out, x_scale, out_scale = sv.src, sv.dest, sv.src_scale, sv.dest_scale
+    if sv.reference:
+        return lambda: out.copy_(kernels.avg_pool_reference(x, x_scale=x_scale, out_scale=out_scale,
+                                                            out_dtype=out.dtype))
+    return lambda: kernels.avg_pool(x, out, x_scale=x_scale, out_scale=out_scale)
+
+
+def _bind_gap(sv: _StepViews):
+    import kernels
+    x, x_scale, out = sv.src, sv.src_scale, _flat(sv.dest)
+    if sv.reference:
+        return lambda: out.copy_(kernels.global_avg_pool_reference(x, x_scale=x_scale, out_dtype=out.dtype))
+    return lambda: kernels.global_avg_pool(x, out, x_scale=x_scale)
+
+
+def _bind_linear(sv: _StepViews):
+    from kernels import linear, linear_reference
+    x, out = _flat(sv.src), _flat(sv.dest)
+    kw = dict(relu=sv.step.layers[0].relu, scale=sv.params.get("scale"), out_scale=sv.dest_scale)
+    weight, bias = sv.params["weight"], sv.params["bias"]
+    if sv.reference:
+        return lambda: out.copy_(linear_reference(x, weight, bias, out_dtype=out.dtype, **kw))
+    cfg = conv_config(sv.step, sv.plan, sv.src.shape[0])
+    return lambda: linear(x, weight, bias, out=out, config=cfg, **kw)
+
+
+def _bind_quantize(sv: _StepViews):
+    import kernels
+    x, out, x_scale, out_scale = sv.src, sv.dest, sv.src_scale, sv.dest_scale
+    if sv.reference:
+        def run_quantize_reference():
+            v = x.float() * x_scale if x_scale is not None else x.float()
+            out.copy_(kernels.quantize_reference(v, out_scale))
+        return run_quantize_reference
+    return lambda: kernels.quantize(x, out_scale, out, x_scale=x_scale)
+
+
+def _bind_dequantize(sv: _StepViews):
+    import kernels
+    x, out, x_scale = sv.src, sv.dest, sv.src_scale
+    if sv.reference:
+        return lambda: out.copy_(kernels.dequantize_reference(x, x_scale, out_dtype=out.dtype))
+    return lambda: kernels.dequantize(x, x_scale, out, out_dtype=out.dtype)
+
+
+def _bind_copy(sv: _StepViews):
+    x, out = sv.src, sv.dest
+    return lambda: out.copy_(x)
+
+
+def _bind_l2norm(sv: _StepViews):
+    import torch
+    x, out = _flat(sv.src), _flat(sv.dest)
+    eps = float(sv.step.layers[0].attrs.get("eps", 0.0))
+
+    def run_l2norm():
+        v = x.float()
+        norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        out.copy_(v / (torch.clamp(norm, min=eps) if eps > 0 else norm))
+    return run_l2norm
+
+
+# plan step op -> the binder that turns the step into a closure
+_BINDERS: Dict[str, Callable[[_StepViews], Callable[[], None]]] = {
+    "input": _bind_input, "output": _bind_output, "conv": _bind_conv,
+    "maxpool": _bind_maxpool, "avgpool": _bind_avgpool, "gap": _bind_gap,
+    "linear": _bind_linear, "quantize": _bind_quantize, "dequantize": _bind_dequantize,
+    "copy": _bind_copy, "l2norm": _bind_l2norm,
+}
+
+
 def bind(step: Step, plan: Plan, views: Dict, params: Dict, impl: str = "triton",
          io: Optional[Dict] = None) -> Callable[[], None]:
     """A closure that runs ``step`` on ``views`` (value name -> NHWC tensor view).
@@ -137,100 +286,8 @@ def bind(step: Step, plan: Plan, views: Dict, params: Dict, impl: str = "triton"
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    import torch
-    import kernels
-    vals = plan.values
-    op = step.op
-    ref = impl == "torch"
-
-    if op == "input":
-        out = views[step.outputs[0]]
-        s = vals[step.outputs[0]].scale
-        x = io["x"]
-        if s is None:
-            return lambda: out.copy_(x.permute(0, 2, 3, 1))
-        st = torch.tensor(s, dtype=torch.float32, device=out.device)
-
-        def run_input():
-            out.copy_(torch.clamp(torch.round(x.permute(0, 2, 3, 1) / st), -128, 127))
-        return run_input
-
-    if op == "output":
-        return lambda: None
-
-    x = views[step.inputs[0]]
-    xs = vals[step.inputs[0]].scale
-    outs = [views[o] for o in step.outputs]
-    oscale = vals[step.outputs[0]].scale
-
-    if op == "conv":
-        lay = step.layers[0]
-        (ph, pw) = lay.attrs["pads"][:2]
-        stride = lay.attrs["stride"]
-        relu = lay.relu
-        res = views[step.residual] if step.residual else None
-        rs = vals[step.residual].scale if step.residual else None
-        kw = dict(stride=stride, padding=(ph, pw), relu=relu, residual=res,
-                  scale=params.get("scale"), res_scale=rs if rs is not None else 1.0,
-                  out_scale=oscale)
-        w, b = params["weight"], params["bias"]
-        cfg = conv_config(step, plan, x.shape[0])
-        if ref:
-            splits = [o.shape[3] for o in outs]
-
-            def run_conv_ref():
-                ys = kernels.conv2d_reference(x, w, b, out_dtype=outs[0].dtype, splits=splits, **kw)
-                for o, y in zip(outs, ys):
-                    o.copy_(y)
-            return run_conv_ref
-        dest = outs[0] if len(outs) == 1 else outs
-        return lambda: kernels.conv2d(x, w, b, out=dest, config=cfg, **kw)
-
-    out = outs[0]
-    if op == "maxpool":
-        if ref:
-            return lambda: out.copy_(kernels.max_pool_reference(x))
-        return lambda: kernels.max_pool(x, out)
-    if op == "avgpool":
-        if ref:
-            return lambda: out.copy_(kernels.avg_pool_reference(x, x_scale=xs, out_scale=oscale,
-                                                                out_dtype=out.dtype))
-        return lambda: kernels.avg_pool(x, out, x_scale=xs, out_scale=oscale)
-    if op == "gap":
-        o2 = _flat(out)
-        if ref:
-            return lambda: o2.copy_(kernels.global_avg_pool_reference(x, x_scale=xs,
-                                                                      out_dtype=o2.dtype))
-        return lambda: kernels.global_avg_pool(x, o2, x_scale=xs)
-    if op == "linear":
-        x2, o2 = _flat(x), _flat(out)
-        lay = step.layers[0]
-        kw = dict(relu=lay.relu, scale=params.get("scale"), out_scale=oscale)
-        w, b = params["weight"], params["bias"]
-        if ref:
-            return lambda: o2.copy_(kernels.linear_reference(x2, w, b, out_dtype=o2.dtype, **kw))
-        cfg = conv_config(step, plan, x.shape[0])
-        return lambda: kernels.linear(x2, w, b, out=o2, config=cfg, **kw)
-    if op == "quantize":
-        if ref:
-            def run_q_ref():
-                v = x.float() * xs if xs is not None else x.float()
-                out.copy_(kernels.quantize_reference(v, oscale))
-            return run_q_ref
-        return lambda: kernels.quantize(x, oscale, out, x_scale=xs)
-    if op == "dequantize":
-        if ref:
-            return lambda: out.copy_(kernels.dequantize_reference(x, xs, out_dtype=out.dtype))
-        return lambda: kernels.dequantize(x, xs, out, out_dtype=out.dtype)
-    if op == "copy":
-        return lambda: out.copy_(x)
-    if op == "l2norm":
-        x2, o2 = _flat(x), _flat(out)
-        eps = float(step.layers[0].attrs.get("eps", 0.0))
-
-        def run_l2():
-            v = x2.float()
-            n = torch.linalg.vector_norm(v, dim=1, keepdim=True)
-            o2.copy_(v / (torch.clamp(n, min=eps) if eps > 0 else n))
-        return run_l2
-    raise ValueError(f"step {step.name!r}: unknown op {op!r}")  # pragma: no cover
+    binder = _BINDERS.get(step.op)
+    if binder is None:
+        raise ValueError(f"step {step.name!r}: unknown op {step.op!r}; the ops that run are "
+                         f"{', '.join(sorted(_BINDERS))}")
+    return binder(_StepViews(step, plan, views, params, impl == "torch", io))

@@ -206,6 +206,15 @@ def _shapes(lg: LayerGraph) -> Dict[str, Value]:
     return vals
 
 
+def _common_quant_scale(readers: List[Layer]) -> Optional[float]:
+    """The scale every reader quantises with, when all of them are Q/DQ pairs of one scale;
+    else ``None``."""
+    scales = {c.attrs["scale"] for c in readers if c.kind == "quant"}
+    if readers and all(c.kind == "quant" for c in readers) and len(scales) == 1:
+        return scales.pop()
+    return None
+
+
 class _Planner:
     def __init__(self, lg: LayerGraph, precision: str, float_dtype: str):
         self.lg = lg
@@ -218,7 +227,8 @@ class _Planner:
         self.steps: List[Step] = []
         self.stats: Dict[str, int] = {}
 
-    def a(self, name: str) -> str:
+    def value_name(self, name: str) -> str:
+        """The value ``name`` stands for, after the aliases of merged Q/DQ pairs."""
         while name in self.alias:
             name = self.alias[name]
         return name
@@ -227,23 +237,34 @@ class _Planner:
         out: Dict[str, List[Layer]] = {}
         for lay in self.layers:
             for i in lay.inputs + ([lay.residual] if lay.residual else []):
-                out.setdefault(self.a(i), []).append(lay)
+                out.setdefault(self.value_name(i), []).append(lay)
         return out
 
     def canon(self):
         for lay in self.layers:
-            lay.inputs = [self.a(i) for i in lay.inputs]
+            lay.inputs = [self.value_name(i) for i in lay.inputs]
             if lay.residual:
-                lay.residual = self.a(lay.residual)
+                lay.residual = self.value_name(lay.residual)
 
     # ------------------------------------------------------------ storage (Q/DQ)
     def resolve_storage(self):
-        # identical Q/DQ pairs on one tensor are one value
+        """Decide every value's storage: float, or int8 with one scale (Q/DQ graphs)."""
+        self.merge_identical_quants()
+        self.storage_where_produced()
+        # the graph input: quantised by the input step when every reader quantises it alike
+        scale = _common_quant_scale(self.consumers().get(self.lg.input, []))
+        if scale is not None:
+            self.vals[self.lg.input].scale = scale
+        self.drop_identity_quants()
+        self.storage_from_concats()
+
+    def merge_identical_quants(self):
+        """Identical Q/DQ pairs on one tensor are one value."""
         seen: Dict[Tuple[str, float], str] = {}
         keep = []
         for lay in self.layers:
             if lay.kind == "quant":
-                key = (self.a(lay.inputs[0]), lay.attrs["scale"])
+                key = (self.value_name(lay.inputs[0]), lay.attrs["scale"])
                 if key in seen:
                     self.alias[lay.output] = seen[key]
                     continue
@@ -251,13 +272,16 @@ class _Planner:
             keep.append(lay)
         self.layers = keep
         self.canon()
-        # forward: decide each value's storage where it is produced
+
+    def storage_where_produced(self):
+        """Forward: each value's storage, decided where it is produced (a quant layer whose
+        input already has its scale disappears)."""
         cons = self.consumers()
         keep = []
         for lay in self.layers:
             out = self.vals[lay.output]
             if lay.kind == "quant":
-                x = self.vals[self.a(lay.inputs[0])]
+                x = self.vals[self.value_name(lay.inputs[0])]
                 if x.scale == lay.attrs["scale"]:
                     self.alias[lay.output] = x.name       # already stored with this scale
                     continue
@@ -266,34 +290,29 @@ class _Planner:
                 continue
             keep.append(lay)
             if lay.kind == "maxpool":
-                out.scale = self.vals[self.a(lay.inputs[0])].scale  # max keeps the int8 grid
+                out.scale = self.vals[self.value_name(lay.inputs[0])].scale  # max keeps the int8 grid
             elif lay.kind == "concat":
-                sc = {self.vals[self.a(i)].scale for i in lay.inputs}
+                sc = {self.vals[self.value_name(i)].scale for i in lay.inputs}
                 if len(sc) == 1 and None not in sc:
                     out.scale = sc.pop()                      # exact: all inputs on one grid
-            if out.scale is None and lay.output != self.lg.output:
-                cs = cons.get(lay.output, [])
-                scales = {c.attrs["scale"] for c in cs if c.kind == "quant"}
-                if cs and all(c.kind == "quant" for c in cs) and len(scales) == 1 \
-                        and self.can_emit_int8(lay):
-                    out.scale = scales.pop()
+            if out.scale is None and lay.output != self.lg.output and self.can_emit_int8(lay):
+                out.scale = _common_quant_scale(cons.get(lay.output, []))
         self.layers = keep
         self.canon()
-        # the graph input: quantised by the input step when every reader quantises it alike
-        cs = self.consumers().get(self.lg.input, [])
-        scales = {c.attrs["scale"] for c in cs if c.kind == "quant"}
-        if cs and all(c.kind == "quant" for c in cs) and len(scales) == 1:
-            self.vals[self.lg.input].scale = scales.pop()
-        # quant layers whose input now carries their scale are identities
+
+    def drop_identity_quants(self):
+        """Quant layers whose input now carries their scale are identities."""
         keep = []
         for lay in self.layers:
-            if lay.kind == "quant" and self.vals[self.a(lay.inputs[0])].scale == lay.attrs["scale"]:
-                self.alias[lay.output] = self.a(lay.inputs[0])
+            if lay.kind == "quant" and self.vals[self.value_name(lay.inputs[0])].scale == lay.attrs["scale"]:
+                self.alias[lay.output] = self.value_name(lay.inputs[0])
                 continue
             keep.append(lay)
         self.layers = keep
         self.canon()
-        # backward over concats: pass the concat's storage to inputs only it reads
+
+    def storage_from_concats(self):
+        """Backward over concats: pass the concat's storage to inputs only it reads."""
         cons = self.consumers()
         for lay in reversed(self.layers):
             if lay.kind != "concat":
@@ -312,7 +331,7 @@ class _Planner:
 
     def int8_gemm(self, lay: Layer) -> bool:
         return (lay.kind in ("conv", "linear") and lay.qweight is not None
-                and self.vals[self.a(lay.inputs[0])].scale is not None)
+                and self.vals[self.value_name(lay.inputs[0])].scale is not None)
 
     def can_emit_int8(self, lay: Layer, scale: Optional[float] = None) -> bool:
         if lay.kind == "conv":
@@ -320,7 +339,7 @@ class _Planner:
         if lay.kind == "avgpool":
             return True
         if lay.kind == "maxpool":
-            s = self.vals[self.a(lay.inputs[0])].scale
+            s = self.vals[self.value_name(lay.inputs[0])].scale
             return s is not None and (scale is None or s == scale)
         if lay.kind == "concat":
             return True
@@ -374,7 +393,7 @@ class _Planner:
             elif lay.kind == "quant":
                 self.steps.append(Step("quantize", lay.name, [x], [lay.output], [lay],
                                        why="Q/DQ on a value no producer can write as int8"))
-        out = self.a(lg.output)
+        out = self.value_name(lg.output)
         if self.vals[out].scale is not None:
             out = self.convert(out, None, "the output is float")
         self.output = out
@@ -466,7 +485,14 @@ class _Planner:
         self.stats["merged_heads"] = n_heads
 
     def allocate(self):
-        # buffers for roots (values not in a concat slice)
+        """Buffers for the values, in-place residuals, then byte offsets in one arena."""
+        self.assign_buffers()
+        self.residuals_in_place()
+        self.drop_unused_buffers()
+        self.pack_arena()
+
+    def assign_buffers(self):
+        """One buffer per root (a value not in a concat slice); slices point into their root's."""
         bufs: List[Buffer] = []
         buf_of: Dict[str, int] = {}
 
@@ -496,14 +522,19 @@ class _Planner:
                 v.buf, v.offset = buf_of[root], off
         self.bufs = bufs
         self.lifetimes()
-        # in-place residuals: the output takes over the shortcut's buffer
+
+    def residuals_in_place(self):
+        """A residual conv that is the last reader of its shortcut overwrites it, when both
+        are whole buffers of one shape and dtype."""
+        def whole(v: Value, b: Buffer) -> bool:
+            return v.offset == 0 and v.channels == b.channels
+
         n_inplace = 0
         for idx, st in enumerate(self.steps):
             if st.op != "conv" or st.residual is None:
                 continue
             r, o = self.vals[st.residual], self.vals[st.outputs[0]]
-            rb, ob = bufs[r.buf], bufs[o.buf]
-            whole = lambda v, b: v.offset == 0 and v.channels == b.channels  # noqa: E731
+            rb, ob = self.bufs[r.buf], self.bufs[o.buf]
             if (rb.last == idx and whole(r, rb) and whole(o, ob) and rb.dtype == ob.dtype
                     and (rb.h, rb.w) == (ob.h, ob.w) and st.residual != self.lg.input
                     and sum(1 for v in self.vals.values() if v.buf == o.buf) == 1):
@@ -513,17 +544,21 @@ class _Planner:
                 self.lifetimes()
         self.stats["residuals"] = sum(1 for s in self.steps if s.op == "conv" and s.residual)
         self.stats["residuals_in_place"] = n_inplace
-        # drop unused buffers, renumber
+
+    def drop_unused_buffers(self):
+        """Remove buffers no value lives in any more (taken over in place) and renumber."""
         used = sorted({v.buf for v in self.vals.values() if v.buf >= 0})
         remap = {b: i for i, b in enumerate(used)}
-        self.bufs = [bufs[b] for b in used]
+        self.bufs = [self.bufs[b] for b in used]
         for i, b in enumerate(self.bufs):
             b.id = i
         for v in self.vals.values():
             if v.buf >= 0:
                 v.buf = remap[v.buf]
         self.lifetimes()
-        # first fit, biggest first
+
+    def pack_arena(self):
+        """Byte offsets per image from the buffers' lifetimes: first fit, biggest first."""
         placed: List[Buffer] = []
         for b in sorted(self.bufs, key=lambda b: (-b.nbytes, b.first)):
             off = 0
@@ -580,9 +615,9 @@ def build_plan(lg: LayerGraph, precision: str, float_dtype: Optional[str] = None
     p.allocate()
     names = dict(lg.names)
     for k in list(p.alias):
-        names[k] = p.a(k)
+        names[k] = p.value_name(k)
     for k, v in list(names.items()):
-        names[k] = p.a(v)
+        names[k] = p.value_name(v)
     for k, v in names.items():
         if v in p.vals and k not in p.vals[v].names:
             p.vals[v].names.append(k)
@@ -611,6 +646,37 @@ def _where(plan: Plan, name: str) -> str:
     kind = f"i8@{v.scale:.3g}" if v.scale is not None else b.dtype.replace("float", "f")
     sl = f"[{v.offset}:{v.offset + v.channels}]" if v.channels != b.channels else ""
     return f"B{b.id}{sl} {kind}"
+
+
+def _step_line(plan: Plan, n: int, st: Step, config: Optional[str]) -> str:
+    """Launch ``n`` of the plan as one line: op, layer, what it reads and writes, notes."""
+    notes = []
+    lay = st.layers[0] if st.layers else None
+    op = st.op
+    if st.op == "conv" and lay is not None:
+        kh, kw = lay.attrs["kernel"]
+        sh, _ = lay.attrs["stride"]
+        op = f"conv{kh}x{kw}" + (f"/{sh}" if sh != 1 else "")
+        if st.int8:
+            notes.append("int8 GEMM")
+        if any(l.relu for l in st.layers):
+            notes.append("+relu")
+        if st.residual:
+            notes.append("+residual" + (" in place" if st.in_place else ""))
+        if len(st.layers) > 1:
+            notes.append(f"merged {len(st.layers)} heads")
+    if st.op == "linear" and st.int8:
+        notes.append("int8 GEMM")
+    if st.why:
+        notes.append(st.why)
+    if config:
+        notes.append(config)
+    name = st.name if len(st.name) <= 58 else "..." + st.name[-55:]
+    reads = ", ".join(_where(plan, i) for i in st.inputs)
+    if st.residual:
+        reads += " + " + _where(plan, st.residual)
+    writes = ", ".join(_where(plan, o) for o in st.outputs)
+    return f"{n:>4}  {op:<10} {name:<58} {reads:<24} {writes:<34} {' '.join(notes)}"
 
 
 def explain_plan(plan: Plan, batch: int = 1, configs: Optional[Dict[int, str]] = None,
@@ -642,33 +708,7 @@ def explain_plan(plan: Plan, batch: int = 1, configs: Optional[Dict[int, str]] =
             lines.append(f"{'':>4}  {st.op:<10} {what}")
             continue
         n += 1
-        notes = []
-        lay = st.layers[0] if st.layers else None
-        op = st.op
-        if st.op == "conv" and lay is not None:
-            kh, kw = lay.attrs["kernel"]
-            sh, _ = lay.attrs["stride"]
-            op = f"conv{kh}x{kw}" + (f"/{sh}" if sh != 1 else "")
-            if st.int8:
-                notes.append("int8 GEMM")
-            if any(l.relu for l in st.layers):
-                notes.append("+relu")
-            if st.residual:
-                notes.append("+residual" + (" in place" if st.in_place else ""))
-            if len(st.layers) > 1:
-                notes.append(f"merged {len(st.layers)} heads")
-        if st.op == "linear" and st.int8:
-            notes.append("int8 GEMM")
-        if st.why:
-            notes.append(st.why)
-        if configs and idx in configs:
-            notes.append(configs[idx])
-        name = st.name if len(st.name) <= 58 else "..." + st.name[-55:]
-        reads = ", ".join(_where(plan, i) for i in st.inputs)
-        if st.residual:
-            reads += " + " + _where(plan, st.residual)
-        writes = ", ".join(_where(plan, o) for o in st.outputs)
-        lines.append(f"{n:>4}  {op:<10} {name:<58} {reads:<24} {writes:<34} {' '.join(notes)}")
+        lines.append(_step_line(plan, n, st, (configs or {}).get(idx)))
     lines.append("")
     lines.append("buffers (per image; x batch at run time):")
     for b in plan.buffers:

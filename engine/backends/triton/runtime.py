@@ -12,37 +12,39 @@ tests). The interpreter must be chosen before :mod:`kernels` is imported; the ru
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from kernels.env import cuda_usable, interpreting
+
 from ...errors import BackendUnavailableError
-from ...runtime import Runtime, TensorSpec, is_torch_tensor
+from ...runtime import Runtime, TensorSpec
 from . import ops
 from .planner import Plan, explain_plan
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class InterpreterWarning(UserWarning):
     """The triton engine runs on the CPU under the Triton interpreter (slow; for tests)."""
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
+def kernels_loaded() -> bool:
+    """Whether a kernel launcher module is imported (then ``triton.jit`` has already chosen
+    between the interpreter and the GPU for this process)."""
+    return any(name in sys.modules for name in ("kernels.conv", "kernels.pool", "kernels.quant"))
 
 
 def ensure_interpreter() -> None:
-    """Make the kernels run under the Triton interpreter (CPU). Must happen before
-    :mod:`kernels` is imported; if it was imported without it, say what to do."""
-    import sys
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    """Make the kernels run under the Triton interpreter (CPU). Must happen before the
+    kernel launchers are imported; if they were imported without it, say what to do."""
+    if interpreting():
         return
-    if "kernels" in sys.modules:
+    if kernels_loaded():
         raise BackendUnavailableError(
             "no CUDA GPU, and the Triton kernels were imported without the interpreter; set "
             "TRITON_INTERPRET=1 in the environment before importing anything that imports "
@@ -51,7 +53,7 @@ def ensure_interpreter() -> None:
 
 
 def is_available():
-    if _cuda_available():
+    if cuda_usable():
         return True, "available (CUDA)"
     try:
         import triton  # noqa: F401
@@ -64,19 +66,18 @@ def compile_onnx(path_or_proto, precision: Optional[str] = None,
                  float_dtype: Optional[str] = None):
     """Read, fold and plan an ONNX model: returns ``(plan, metadata)``.
 
-    precision: None (the file's own: int8 for a Q/DQ graph, else fp32), fp32, fp16, bf16 or
-    int8. Raises :class:`~engine.errors.UnsupportedGraphError` naming the first node the
-    engine cannot run.
+    precision: None (the file's own, :func:`engine.onnxmeta.file_precision`), fp32, fp16, bf16
+    or int8, settled by :func:`engine.onnxmeta.resolve_precision`. Raises
+    :class:`~engine.errors.UnsupportedGraphError` naming the first node the engine cannot run.
     """
-    from ...onnxmeta import load_onnx, read_metadata
-    from ..onnx_common import graph_precision, normalize_precision, resolve_precision
+    from ...onnxmeta import load_onnx, read_metadata, resolve_precision
     from .graph import read_graph
     from .planner import build_plan
-    proto = path_or_proto if hasattr(path_or_proto, "graph") else load_onnx(path_or_proto)
+    is_proto = hasattr(path_or_proto, "graph")
+    proto = path_or_proto if is_proto else load_onnx(path_or_proto)
     meta = read_metadata(proto)
-    file_prec = graph_precision(proto)
-    precision = resolve_precision(normalize_precision(precision), file_prec, "triton",
-                                  ("fp32", "fp16", "bf16", "int8"))
+    precision = resolve_precision(precision, meta["precision"], PRECISIONS, backend="triton",
+                                  path=path_or_proto if not is_proto else "model.onnx")
     lg = read_graph(proto)
     plan = build_plan(lg, precision, float_dtype)
     return plan, meta
@@ -130,9 +131,9 @@ class TritonRuntime(Runtime):
         if impl not in ops.IMPLS:
             raise ValueError(f"impl must be one of {ops.IMPLS}, got {impl!r}")
         if device is None:
-            device = "cuda" if _cuda_available() else "cpu"
+            device = "cuda" if cuda_usable() else "cpu"
         self.device = torch.device(device)
-        if self.device.type == "cuda" and not _cuda_available():
+        if self.device.type == "cuda" and not cuda_usable():
             raise BackendUnavailableError("device='cuda' but torch sees no CUDA GPU")
         self.interpreted = self.device.type == "cpu" and impl == "triton"
         if self.interpreted:
@@ -163,9 +164,9 @@ class TritonRuntime(Runtime):
             b = self._bound[batch] = _Bound(self.plan, batch, self.device, self._params, self.impl)
         return b
 
-    def _run_torch(self, x):
-        """x: NCHW float tensor on self.device -> [N, C] float32 tensor (a fresh copy)."""
-        import torch
+    def _run(self, x):
+        """x: NCHW float32 tensor (any device; copied into the static input on
+        ``self.device``) -> [N, C] float32 tensor on ``self.device`` (a fresh copy)."""
         b = self._get(int(x.shape[0]))
         b.x.copy_(x)
         if b.graph is not None:
@@ -174,31 +175,31 @@ class TritonRuntime(Runtime):
             b.run()
             b.runs += 1
             if self.cuda_graphs and b.runs == 1:
-                torch.cuda.synchronize()
-                g = torch.cuda.CUDAGraph()
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    b.run()                                  # warm on the capture stream
-                torch.cuda.current_stream().wait_stream(s)
-                with torch.cuda.graph(g):
-                    b.run()
-                b.graph = g
+                b.graph = self._capture(b)
         return b.out[:, 0, 0, :].float().clone()
+
+    @staticmethod
+    def _capture(b: _Bound):
+        """Record ``b``'s whole plan as one CUDA graph (after its first, autotuning run)."""
+        import torch
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            b.run()                                  # warm on the capture stream
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            b.run()
+        return graph
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         import torch
-        t = torch.from_numpy(x).to(self.device)
-        return self._run_torch(t).cpu().numpy()
+        return self._run(torch.from_numpy(x)).cpu().numpy()
 
-    def __call__(self, x):
-        if is_torch_tensor(x) and x.device.type == "cuda" and self.device.type == "cuda":
-            if self.closed:
-                raise RuntimeError(f"{self!r} is closed; load the model again")
-            if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.inputs[0].shape[1:]):
-                self.check_input(x)      # raises the common, clear error
-            return self._run_torch(x.float())
-        return super().__call__(x)
+    def _infer_device(self, x):
+        """A validated float32 CUDA tensor in, the output on the GPU out (no host copy)."""
+        return self._run(x)
 
     # ------------------------------------------------------------------ inspection
     def tensor_names(self) -> List[str]:

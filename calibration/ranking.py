@@ -37,8 +37,8 @@ def _switched_model(proto, plan, amax):
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from .methods import amax_to_scale
-    from .qdq import quantize_weight
+    from .methods import quantize_weight
+    from .nodes import activation_qdq, qdq_names
 
     m = onnx.ModelProto()
     m.CopyFrom(proto)
@@ -49,13 +49,12 @@ def _switched_model(proto, plan, amax):
     replace: Dict[str, list] = {}   # node name -> nodes that take its place
     switches = []
 
-    def qdq_nodes(t, base):
-        sc = np.asarray(amax_to_scale(amax[t]), np.float32).reshape(())
-        g.initializer.append(numpy_helper.from_array(sc, base + "_scale"))
-        g.initializer.append(numpy_helper.from_array(np.zeros((), np.int8), base + "_zp"))
-        return [helper.make_node("QuantizeLinear", [t, base + "_scale", base + "_zp"], [base + "_q"]),
-                helper.make_node("DequantizeLinear", [base + "_q", base + "_scale", base + "_zp"],
-                                 [base + "_dq"])], base + "_dq"
+    def quant_pair(t, base):
+        """The writer's int8 pair on ``t``, named after ``base``: (nodes, dequantized tensor)."""
+        names = qdq_names(base)
+        inits, pair = activation_qdq(t, amax[t], names)
+        g.initializer.extend(inits)
+        return pair, names.dequantized
 
     def out_info(name):
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
@@ -72,7 +71,7 @@ def _switched_model(proto, plan, amax):
         wdq_name = f"{layer.weight}_sens_dq"
         g.initializer.append(numpy_helper.from_array(
             (q.astype(np.float32) * scale.reshape(shape)).astype(np.float32), wdq_name))
-        qn, x_dq = qdq_nodes(node.input[0], f"{layer.node}_sens")
+        qn, x_dq = quant_pair(node.input[0], f"{layer.node}_sens")
         qnode = helper.make_node(node.op_type, [x_dq, wdq_name] + list(node.input[2:]),
                                  [node.output[0] + "_sens_then"])
         qnode.attribute.extend(node.attribute)
@@ -86,7 +85,7 @@ def _switched_model(proto, plan, amax):
             add = nodes_by_name[add_by_conv[layer.node]]
             idx = 1 if add.input[0] == node.output[0] else 0
             t = add.input[idx]
-            qn, s_dq = qdq_nodes(t, f"{add.name}_sens")
+            qn, s_dq = quant_pair(t, f"{add.name}_sens")
             ident_q = helper.make_node("Identity", [s_dq], [t + "_sens_then"])
             ident_f = helper.make_node("Identity", [t], [t + "_sens_else"])
             then_g = helper.make_graph(qn + [ident_q], f"{add.name}_q", [], [out_info(t + "_sens_then")])

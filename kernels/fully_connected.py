@@ -34,7 +34,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     """``x [B, K] @ weight [K, N] (+ bias [N] fp32)``; int8 as in :func:`kernels.conv2d`."""
     xm = _as_map(x, "x")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError("weight must be [K, N] (see kernels.linear.pack_linear_weight)")
+        raise ValueError("weight must be [K, N] (see kernels.pack_linear_weight)")
     if weight.shape[0] != x.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features but weight is {tuple(weight.shape)} ([K, N]); "
                          "an nn.Linear weight [N, K] must go through pack_linear_weight first")

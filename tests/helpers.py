@@ -1,0 +1,74 @@
+"""Helpers shared by several test files (tests never import each other)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import engine
+from engine.backends.tensorrt import meta
+
+FMNIST = "inception_resnet_v2_fmnist"
+
+
+def tiny_onnx(path, config_name=FMNIST, num_classes=None, qdq=False, zero_point=0,
+              calibration=None):
+    """A small graph with our I/O and metadata: input [N,3,H,W] -> pool -> Gemm -> logits.
+
+    With ``qdq`` a symmetric QuantizeLinear/DequantizeLinear pair sits on the input.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from engine.onnxmeta import META_CALIBRATION, META_CONFIG, META_PRECISION, set_metadata
+    cfg = engine.get_config(config_name)
+    if num_classes is not None:
+        cfg = cfg.with_(num_classes=num_classes)
+    c, h, w = cfg.input_size
+    k = cfg.num_classes
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((k, c)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.zeros(k, np.float32), "B")]
+    nodes, src = [], "input"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+                  numpy_helper.from_array(np.array(zero_point, np.int8), "zp")]
+        nodes += [helper.make_node("QuantizeLinear", ["input", "s", "zp"], ["q"], name="/in/Q"),
+                  helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["dq"], name="/in/DQ")]
+        src = "dq"
+    nodes += [helper.make_node("GlobalAveragePool", [src], ["p"], name="/global_pool/Pool"),
+              helper.make_node("Flatten", ["p"], ["f"], name="/Flatten"),
+              helper.make_node("Gemm", ["f", "W", "B"], ["logits"], name="/classif/Gemm",
+                               transB=1)]
+    g = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", c, h, w])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", k])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    props = {META_CONFIG: json.dumps(cfg.to_dict()), META_PRECISION: "int8" if qdq else "fp32"}
+    if calibration is not None:
+        props[META_CALIBRATION] = json.dumps(calibration)
+    set_metadata(m, props)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return Path(path)
+
+
+def fake_sidecar(plan, onnx_path, trt="10.8.0.43", gpu=None, precision="fp16", **options):
+    """A sidecar as ``build`` writes it, for a plan at ``plan`` (environment facts given)."""
+    from engine.onnxmeta import load_onnx, onnx_io, read_metadata
+    from engine.fileio import sha256_file
+    opts = {"min_batch": 1, "opt_batch": 8, "max_batch": 32, "workspace": None,
+            "hardware_compatible": False, "keep_io_fp32": True, "timing_cache": None}
+    opts.update(options)
+    proto = load_onnx(onnx_path)
+    return meta.make_sidecar(
+        plan_path=plan, plan_sha256=sha256_file(plan), plan_bytes=Path(plan).stat().st_size,
+        onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path), onnx_meta=read_metadata(proto),
+        precision=precision, io=onnx_io(proto), tensorrt_version=trt,
+        gpu=gpu or {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+        build_options=opts, mode=meta.build_mode(precision, ["FP16", "INT8", "TF32"], True))
+
+
+def temp_files(d: Path):
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
