@@ -44,6 +44,7 @@ import engine  # noqa: E402
 from engine.export import weights_fingerprint  # noqa: E402
 from engine.fileio import atomic_path, atomic_write_text  # noqa: E402
 from engine.timing import percentiles, summarize, time_calls  # noqa: E402
+from kernels.env import cuda_usable  # noqa: E402
 
 TIMM_NAMES = {"inception_v4": "inception_v4", "inception_resnet_v2": "inception_resnet_v2"}
 
@@ -96,7 +97,7 @@ def machine_info(device: str) -> dict:
     if info.get("openvino"):
         from engine.backends.openvino import capabilities
         info["openvino_cpu_capabilities"] = capabilities()
-    if device == "cuda" and torch.cuda.is_available():
+    if device == "cuda" and cuda_usable():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 

@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 
 from engine.study import METHODS, load_eval_data, run_study
-from engine.weights import DATA_DIR
-
-pytest.importorskip("onnxruntime")
-BUNDLED = (DATA_DIR / "inception_resnet_v2_fmnist.safetensors").exists()
-needs_subject = pytest.mark.skipif(not BUNDLED, reason="the trained subject's checkpoint is not shipped")
+from helpers import openvino_int8_saturates
 
 
 def _quiet(*a):
@@ -57,9 +53,8 @@ def test_eval_data_from_npz_and_folder(tmp_path):
         load_eval_data(tmp_path / "bad.npz", cfg)
 
 
-@needs_subject
+@openvino_int8_saturates
 def test_int8_accuracy_on_trained_subject_openvino(tmp_path):
-    pytest.importorskip("openvino")
     rows = run_study(out=tmp_path, num_test=1000, num_calib=500, methods=METHODS,
                      engines=("openvino",), big=False, iters=2, log=_quiet)
     base = rows[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+from kernels.env import cuda_usable
 
 from ..errors import BackendUnavailableError, InputError, UnsupportedPrecisionError
 from ..onnxmeta import normalize_precision
@@ -52,7 +53,7 @@ class TorchRuntime(Runtime):
         if precision == "fp16" and not str(device).startswith("cuda"):
             raise BackendUnavailableError("torch fp16 runs on CUDA only; use device='cuda' or "
                                           "precision='bf16' on CPU")
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
+        if str(device).startswith("cuda") and not cuda_usable():
             raise BackendUnavailableError("torch reports no CUDA device; use device='cpu'")
         if path is not None:
             from ..models.registry import create_model

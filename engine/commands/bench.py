@@ -53,7 +53,8 @@ def time_runtime(rt, batch: int, iters: int = 20, warmup: int = 3, shape=None,
     x = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
     if device_input:
         import torch
-        if not torch.cuda.is_available():
+        from kernels.env import cuda_usable
+        if not cuda_usable():
             raise InputError("--device-input needs torch with CUDA and a GPU; drop it to "
                              "time host arrays")
         x = torch.from_numpy(x).cuda()
