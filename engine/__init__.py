@@ -27,8 +27,8 @@ _LAZY = {
 }
 
 from .errors import (  # noqa: E402,F401
-    ArtifactError, BackendUnavailableError, EngineError, InputError, UnknownModelError,
-    UnsupportedGraphError, WeightsError)
+    ArtifactError, BackendUnavailableError, EngineError, InputError, InvalidGraphError,
+    UnknownModelError, UnsupportedGraphError, UnsupportedPrecisionError, WeightsError)
 
 
 def __getattr__(name):

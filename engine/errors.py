@@ -34,3 +34,9 @@ class UnsupportedGraphError(EngineError):
 class UnsupportedPrecisionError(ArtifactError, ValueError):
     """A precision the file or the engine cannot give (INT8 from an FP32 graph, FP16 from a
     Q/DQ graph, BF16 on an engine without it, an unknown name)."""
+
+
+class InvalidGraphError(ArtifactError):
+    """An ONNX graph that fails the checks made before any engine parses it (the ONNX checker,
+    strict shape inference, the opset, the op types the engine supports). The message names
+    the file and the node."""

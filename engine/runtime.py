@@ -127,6 +127,9 @@ class Runtime:
             want = spec.describe() if spec else "NCHW (4 dims)"
             raise InputError(f"input has shape {shape} ({len(shape)} dims); expected {want}. "
                              "Add a batch dimension with x[None] for a single image")
+        if shape[0] < 1:
+            raise InputError(f"input has shape {shape}: a batch of {shape[0]} images; pass at "
+                             "least one image (batch >= 1)")
         if spec is not None:
             for axis, (got, want) in enumerate(zip(shape, spec.shape)):
                 if want is not None and got != want:
