@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 import engine  # noqa: E402
 from engine.export import weights_fingerprint  # noqa: E402
 from engine.fileio import atomic_path, atomic_write_text  # noqa: E402
-from engine.timing import percentiles, summarize, time_calls  # noqa: E402
+from engine.timing import cpu_model, percentiles, summarize, time_calls  # noqa: E402
 from kernels.env import cuda_usable  # noqa: E402
 
 TIMM_NAMES = {"inception_v4": "inception_v4", "inception_resnet_v2": "inception_resnet_v2"}
@@ -77,12 +77,10 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------- machine
 def machine_info(device: str) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
             "cpus": os.cpu_count(), "loadavg": list(os.getloadavg())}
     try:
         txt = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in txt.splitlines()
-                           if l.startswith("model name"))
         flags = set(next(l for l in txt.splitlines() if l.startswith("flags")).split())
         info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2")))
     except (OSError, StopIteration):

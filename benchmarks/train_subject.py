@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 import engine  # noqa: E402
 from engine import datasets  # noqa: E402
 from engine.fileio import atomic_path, atomic_write_text, sha256_file  # noqa: E402
+from engine.timing import cpu_model  # noqa: E402
 
 MODEL = "inception_resnet_v2_fmnist"
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
@@ -113,16 +114,6 @@ def publish(*paths):
     """Make written files world-readable (atomic_path's temporary files are created 0600)."""
     for path in paths:
         os.chmod(path, 0o644)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def param_groups(model, weight_decay):

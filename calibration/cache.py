@@ -110,8 +110,12 @@ def write_cache(path, scales, version: str = DEFAULT_VERSION,
 def read_cache(path) -> CalibrationCache:
     """Read a cache file; a missing file, a wrong header or a corrupt line is a CacheError."""
     p = Path(path)
+    if p.is_dir():
+        raise CacheError(f"{p} is a directory, not a calibration cache; pass the cache file "
+                         "inside it")
     if not p.is_file():
-        raise CacheError(f"{p}: no such calibration cache")
+        raise CacheError(f"{p}: no such calibration cache; write one with `inception-engine "
+                         "quantize IN.onnx OUT.onnx --calib DATA --cache FILE`, or check the path")
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

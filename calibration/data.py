@@ -25,6 +25,8 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from engine.runtime import count_option
+
 from .errors import CalibrationDataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
@@ -191,8 +193,8 @@ def batches(source, model=None, batch_size: int = 32, limit: Optional[int] = Non
     shape = tuple(input_shape) if input_shape is not None else shape
     cfg = config if config is not None else cfg
     what = f"calibration source {describe_source(source)}"
-    if limit is not None and limit <= 0:
-        raise CalibrationDataError(f"the number of calibration images must be positive, got {limit}")
+    batch_size = count_option("batch_size", batch_size, allow_none=False)
+    limit = count_option("limit (the number of calibration images)", limit)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():

@@ -8,6 +8,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from engine.errors import InputError
+from engine.runtime import count_option
+
 from .errors import CalibrationError
 from .graph import QuantPlan, load_fp32, plan_quantization
 from .methods import METHODS, quantize_weight
@@ -114,8 +117,6 @@ def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude):
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r}; choose one of "
                                f"{', '.join(METHODS)}")
-    if auto_exclude < 0:
-        raise CalibrationError(f"auto_exclude must be >= 0, got {auto_exclude}")
     if isinstance(onnx_in, (str, Path)) and Path(onnx_in).resolve() == Path(onnx_out).resolve():
         raise CalibrationError(f"the output {onnx_out} would overwrite the FP32 input; "
                                "choose another file name")
@@ -125,6 +126,20 @@ def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude):
         raise CalibrationError("auto_exclude reads the calibration data twice (statistics, then "
                                "sensitivity); pass a list, an array or a path, not a one-shot "
                                "iterator")
+
+
+def _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity_images,
+                   threads):
+    """Each number :func:`quantize` takes, in its range, or an InputError naming it."""
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) \
+            or not 0 < percentile <= 100:
+        raise InputError(f"percentile must be a number in (0, 100], got {percentile!r}; "
+                         "99.99 is the usual choice, 100 is the maximum |x|")
+    count_option("num_images", num_images)
+    count_option("batch_size", batch_size, allow_none=False)
+    count_option("auto_exclude", auto_exclude, minimum=0, allow_none=False)
+    count_option("sensitivity_images", sensitivity_images, allow_none=False)
+    count_option("threads", threads)
 
 
 def _ranges_from_scales(plan, scales):
@@ -217,6 +232,8 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     from engine.onnxmeta import META_CALIBRATION, META_PRECISION, set_metadata
 
     t0 = time.perf_counter()
+    _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity_images,
+                   threads)
     _check_arguments(onnx_in, onnx_out, data, method, auto_exclude)
     proto = load_fp32(onnx_in)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())

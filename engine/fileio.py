@@ -11,14 +11,19 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import ArtifactError
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ""):
     """Yield a temporary path in the target's directory; rename it to ``path`` on success.
 
-    On an exception the temporary file is removed and the target is left untouched.
+    On an exception the temporary file is removed and the target is left untouched. A target
+    that is a directory, or one under an existing file, is an :class:`ArtifactError` naming
+    the target before anything is written.
     """
     path = Path(path)
+    check_writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
@@ -32,6 +37,19 @@ def atomic_path(path, suffix: str = ""):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable_target(path: Path) -> None:
+    """Refuse a target that is a directory, or whose nearest existing parent is a file."""
+    if path.is_dir():
+        raise ArtifactError(f"cannot write {path}: it is a directory; pass a file path "
+                            "for the output (a file name inside that directory, or elsewhere)")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ArtifactError(f"cannot write {path}: {parent} is a file, not a directory; choose "
+                            "an output path in a directory")
 
 
 def atomic_write_bytes(path, data: bytes):

@@ -11,6 +11,10 @@ int8 for a Q/DQ graph from calibration, else fp32 or fp16 as the metadata says).
 ONNX file (not exported by this package) still runs; its runtime has ``config=None`` and a
 :class:`ConfigUnknownWarning` says so. When no engine can run the file, the error names what
 is missing and how to install it.
+
+Before an engine parses an ONNX file, :func:`engine.graphcheck.check_onnx` checks it against
+what that engine reads (opsets, op types, attribute values, the full ONNX checker): a graph
+that would crash or mislead an engine is an ``InvalidGraphError`` naming the node.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from typing import List, Optional
 
 from . import backends as _b
 from .errors import ArtifactError, BackendUnavailableError
+from .graphcheck import check_onnx
 
 
 class ConfigUnknownWarning(UserWarning):
@@ -63,6 +68,9 @@ def load(path, backend: Optional[str] = None, precision: Optional[str] = None,
         backend = _pick_backend(path)
     else:
         _check_backend(backend, path)
+    support = _b.BACKENDS[backend].onnx
+    if support is not None and path.suffix.lower() == ".onnx":
+        check_onnx(path, support, backend)
     cls = _b.get_backend(backend)
     rt = cls(path, precision=precision, threads=threads, **kw)
     if rt.config is None:

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .errors import InputError
+from .runtime import count_option
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 _INTERP = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST", "lanczos": "LANCZOS"}
@@ -89,6 +90,7 @@ def labels_for(config) -> Optional[List[str]]:
 
 def topk(logits, k: int = 5, labels: Optional[Sequence[str]] = None, label_offset: int = 0):
     """Softmax top-k per row: list of lists of (class index, label, probability)."""
+    k = count_option("k", k, 1, allow_none=False)
     x = np.asarray(logits, dtype=np.float64)
     x = x - x.max(axis=1, keepdims=True)
     p = np.exp(x)

@@ -15,15 +15,25 @@ dtype, NaN/Inf) on the tensor's own device, then hands it to one of two hooks:
 
 No backend overrides ``__call__``, so every engine gives the same errors for the same bad
 input. Backends may also implement :meth:`Runtime.intermediates` for layer-wise parity.
+
+Threads: one runtime may be called from many threads at once, and each call returns exactly
+what it returns to a lone caller. Each engine gets there its own way, said in its docstring:
+a pool of infer requests (OpenVINO), a session that is itself thread-safe (ONNX Runtime), a
+module run under ``inference_mode`` (torch), one execution context per thread (TensorRT), one
+lock around the shared arena and CUDA graphs (the triton engine). State a backend builds on
+first use (a second session or compiled model for :meth:`Runtime.intermediates`) is built
+once, under the runtime's lock (:meth:`Runtime._build_once`). :meth:`Runtime.close` is for
+when no call is in flight; a call after it raises.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, UnsupportedGraphError
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,30 @@ class TensorSpec:
     def describe(self) -> str:
         dims = "x".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name}: {self.dtype}[{dims}]"
+
+
+Built = TypeVar("Built")
+
+
+def count_option(name: str, value, minimum: int = 1, allow_none: bool = True) -> Optional[int]:
+    """``value`` as an int of at least ``minimum`` (``None`` passes when ``allow_none``: the
+    engine's default); anything else is an :class:`InputError` naming the option."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        default = " (or None for the engine's default)" if allow_none else ""
+        raise InputError(f"{name} must be an integer >= {minimum}{default}, got {value!r}")
+    return int(value)
+
+
+def engine_failure(backend: str, path, reason: str):
+    """An :class:`UnsupportedGraphError` for an engine that failed while running a graph that
+    passed the checks made at load: names the engine, the file and the engine's reason, and
+    says what to try next."""
+    return UnsupportedGraphError(
+        f"{backend} failed running {path}: {reason.rstrip('. ')}. The graph passed the checks made at load, "
+        "so the engine cannot run it as written: re-export it with `inception-engine export`, "
+        "or run it on another backend (engine.available_backends(path) lists them)")
 
 
 def is_torch_tensor(x) -> bool:
@@ -65,6 +99,8 @@ class Runtime:
         self.outputs: List[TensorSpec] = list(outputs)
         self.check_finite = check_finite
         self.closed = False
+        self._lock = threading.Lock()
+        self._built: Dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ contract
     def _infer(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -80,6 +116,17 @@ class Runtime:
 
     def close(self):
         self.closed = True
+        self._built.clear()
+
+    def _build_once(self, slot: str, key, build: Callable[[], Built]) -> Built:
+        """What ``build()`` returns for ``key``, made under the runtime's lock the first time
+        ``slot`` is asked for with that key (a new key replaces the slot's object). A caller
+        keeps the object it got, so another thread replacing it does not disturb that call."""
+        with self._lock:
+            have = self._built.get(slot)
+            if have is None or have[0] != key:
+                have = self._built[slot] = (key, build())
+            return have[1]
 
     # ------------------------------------------------------------------ common behaviour
     def __enter__(self):

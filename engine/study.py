@@ -33,6 +33,7 @@ import numpy as np
 from calibration.methods import METHODS
 
 from .errors import InputError
+from .runtime import count_option
 
 SUBJECT = "inception_resnet_v2_fmnist"
 
@@ -112,13 +113,19 @@ def default_calib(config, limit):
 # ----------------------------------------------------------------------------- measuring
 def predict(fn: Callable, x: np.ndarray, batch: int = 64) -> np.ndarray:
     """Logits for all of x, in batches."""
-    outs = [np.asarray(fn(x[i:i + batch])) for i in range(0, len(x), batch)]
+    from tqdm import tqdm
+    batch = count_option("batch", batch, allow_none=False)
+    starts = tqdm(range(0, len(x), batch), desc="evaluating", unit="batch", leave=False,
+                  disable=None)            # None: shown on a terminal only
+    outs = [np.asarray(fn(x[i:i + batch])) for i in starts]
     return np.concatenate(outs, 0)
 
 
 def latency_ms(fn: Callable, x: np.ndarray, iters: int = 20, warmup: int = 3) -> float:
     """Median batch latency of ``fn(x)`` in ms (:func:`engine.timing.median_ms`)."""
     from .timing import median_ms
+    count_option("iters", iters, allow_none=False)
+    count_option("warmup", warmup, minimum=0, allow_none=False)
     return median_ms(lambda: fn(x), iters=iters, warmup=warmup)
 
 
@@ -133,15 +140,8 @@ def _torch_fn(model):
 
 def machine_info() -> dict:
     import torch
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    from .timing import cpu_model
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform()}
 
@@ -367,6 +367,15 @@ def _study_subject(model, weights, log):
     return ref, weights
 
 
+def _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch) -> None:
+    """Each number :func:`run_study` takes, in its range, or an InputError naming it."""
+    count_option("num_test", num_test)
+    for name, value in (("num_calib", num_calib), ("threads", threads), ("iters", iters),
+                        ("eval_batch", eval_batch)):
+        count_option(name, value, allow_none=False)
+    count_option("auto_exclude", auto_exclude, minimum=0, allow_none=False)
+
+
 def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
               methods: Sequence[str] = METHODS, engines: Optional[Sequence[str]] = None,
               out="study", num_test: Optional[int] = None, num_calib: int = 1000,
@@ -379,6 +388,7 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     import calibration
     from .export import export_onnx
 
+    _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch)
     torch.set_num_threads(threads)
     out = Path(out)
     folder = out / "models"

@@ -9,10 +9,15 @@ reports wall-clock time (what a caller of a runtime sees, copies included).
 """
 from __future__ import annotations
 
+import platform
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .errors import InputError
+from .runtime import count_option
 
 
 def _returns_cuda(out) -> bool:
@@ -27,10 +32,10 @@ def time_calls(fn: Callable[[], object], iters: int = 20, warmup: int = 3,
     calls; more calls while less than ``duration`` seconds have been timed (``trtexec
     --duration``). ``cuda``: ``True`` times with CUDA events, ``None`` synchronises when a
     call returns CUDA tensors, ``False`` never touches CUDA."""
-    if iters < 1:
-        raise ValueError(f"iters must be at least 1, got {iters}")
-    if warmup < 0 or duration < 0:
-        raise ValueError(f"warmup and duration must be >= 0, got {warmup} and {duration}")
+    iters = count_option("iters", iters, 1, allow_none=False)
+    warmup = count_option("warmup", warmup, 0, allow_none=False)
+    if not duration >= 0:
+        raise InputError(f"duration must be a number of seconds >= 0, got {duration!r}")
     torch = None
     if cuda is not False:
         import torch  # CUDA timing needs torch; the CPU path does not
@@ -80,3 +85,15 @@ def summarize(samples_ms: Sequence[float], batch: int) -> Dict[str, float]:
     s["throughput_ips"] = batch * 1e3 / s["p50_ms"]
     s["batch"] = batch
     return s
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), recorded beside every figure: speed is only
+    comparable within one run on one machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -11,7 +11,8 @@ Sources:
   (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped. TF-slim classifiers with 1001 rows
   (row 0 = background) are trimmed to 1000 classes.
 
-A mismatch names the first offending keys and shapes.
+A mismatch names the first offending keys and shapes. A checkpoint holding NaN or Inf is
+refused, naming the first such tensor, unless the caller passes ``allow_non_finite=True``.
 """
 from __future__ import annotations
 
@@ -32,6 +33,24 @@ def _listing(keys) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else ""
+
+
+def check_finite(sd, source: str = "checkpoint") -> None:
+    """Refuse a state dict holding NaN or Inf, naming the first such tensor."""
+    import torch
+    for name, tensor in sd.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise WeightsError(
+                f"{source}: tensor {name!r} holds {bad} NaN/Inf values of {tensor.numel()}; "
+                "the checkpoint is damaged or was saved after training diverged: use another "
+                "checkpoint, or pass allow_non_finite=True (--allow-non-finite-weights) to load "
+                "it anyway")
+
+
 def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
     """Read a checkpoint file into a flat ``{name: tensor}`` dict, safely."""
     import torch
@@ -44,13 +63,16 @@ def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
             from safetensors.torch import load_file
             return load_file(str(p))
         except Exception as e:
-            raise WeightsError(f"{p}: not a readable safetensors file ({e})") from e
+            raise WeightsError(
+                f"{p}: not a readable safetensors file ({type(e).__name__}: "
+                f"{_first_line(e)}); the file is truncated or not safetensors: copy it again, "
+                "or re-save it with safetensors.torch.save_file(model.state_dict(), path)") from e
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(
             f"{p}: cannot be read as a PyTorch checkpoint with weights_only=True ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Only plain tensor state dicts are "
+            f"{_first_line(e)}). Only plain tensor state dicts are "
             "accepted; re-save it with torch.save(model.state_dict(), path)") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -112,27 +134,37 @@ def _timm_state_dict(model):
     except Exception as e:
         raise WeightsError(
             f"could not fetch timm's pretrained {TIMM_NAMES[cfg.name]} weights "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). This needs network "
+            f"({type(e).__name__}: {_first_line(e)}). This needs network "
             "access to the Hugging Face hub. Offline: download the checkpoint on another machine "
             "(timm.create_model(..., pretrained=True) then torch.save(m.state_dict(), 'w.pth')) "
             "and pass weights='w.pth'") from e
     return ref.state_dict()
 
 
-def load_weights(model, weights):
-    """Load ``weights`` ("timm", "bundled" or a path) into ``model`` strictly; returns the model."""
+def _bundled_path(model) -> Path:
+    name = model.config.name
+    path = DATA_DIR / f"{name}.safetensors"
+    if not path.exists():
+        shipped = sorted(p.stem for p in DATA_DIR.glob("*.safetensors"))
+        raise WeightsError(f"no bundled checkpoint for {name!r}; bundled: {shipped or 'none'}. "
+                           "Pass a checkpoint path or 'timm' instead")
+    return path
+
+
+def load_weights(model, weights, allow_non_finite: bool = False):
+    """Load ``weights`` ("timm", "bundled" or a path) into ``model`` strictly; returns the model.
+
+    allow_non_finite: load a checkpoint holding NaN/Inf (refused by default, naming the tensor).
+    """
     if weights == "timm":
-        return load_state_dict_strict(model, _timm_state_dict(model), "timm checkpoint")
-    if weights == "bundled":
-        name = model.config.name
-        path = DATA_DIR / f"{name}.safetensors"
-        if not path.exists():
-            shipped = sorted(p.stem for p in DATA_DIR.glob("*.safetensors"))
-            raise WeightsError(f"no bundled checkpoint for {name!r}; bundled: {shipped or 'none'}")
-        weights = path
-    sd = read_state_dict(weights)
-    sd = _trim_background_class(model, dict(sd))
-    return load_state_dict_strict(model, sd, f"checkpoint {weights}")
+        sd, source = _timm_state_dict(model), "timm checkpoint"
+    else:
+        path = _bundled_path(model) if weights == "bundled" else weights
+        sd = _trim_background_class(model, dict(read_state_dict(path)))
+        source = f"checkpoint {path}"
+    if not allow_non_finite:
+        check_finite(sd, source)
+    return load_state_dict_strict(model, sd, source)
 
 
 def set_bn_statistics(model, x):

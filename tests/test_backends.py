@@ -300,3 +300,132 @@ def test_fp32_full_size_299(exported_onnx, backend, arch):
         out = rt(x)
     assert np.abs(out - ref).max() <= 1e-4 * (ref.max() - ref.min())
     assert (out.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("module, cls", [("torch", "TorchRuntime"),
+                                         ("onnxruntime", "ONNXRuntimeRuntime"),
+                                         ("openvino", "OpenVINORuntime")])
+@pytest.mark.parametrize("threads", [0, -1, 2.5, "2", True])
+def test_bad_thread_count_names_the_option(exported_onnx, module, cls, threads):
+    import importlib
+    if not _installed(module):
+        pytest.skip(f"{module} not installed")
+    path, model = exported_onnx("inception_resnet_v2", **SMALL)
+    runtime = getattr(importlib.import_module(f"engine.backends.{module}"), cls)
+    with pytest.raises(InputError, match=r"threads must be an integer >= 1 \(or None"):
+        runtime(model if module == "torch" else path, threads=threads)
+
+
+@pytest.mark.parametrize("option", ["num_streams", "static_batch"])
+def test_openvino_counts_are_checked(exported_onnx, option):
+    if not _installed("openvino"):
+        pytest.skip("openvino not installed")
+    from engine.backends.openvino import OpenVINORuntime
+    path, _ = exported_onnx("inception_resnet_v2", **SMALL)
+    with pytest.raises(InputError, match=f"{option} must be an integer >= 1.*got 0"):
+        OpenVINORuntime(path, **{option: 0})
+    with pytest.raises(InputError, match="hint must be one of latency, throughput"):
+        OpenVINORuntime(path, hint="fast")
+
+
+def test_onnxruntime_unknown_optimization_lists_the_levels(exported_onnx):
+    if not _installed("onnxruntime"):
+        pytest.skip("onnxruntime not installed")
+    path, _ = exported_onnx("inception_resnet_v2", **SMALL)
+    with pytest.raises(InputError, match="optimization must be one of all, extended, basic, "
+                                         "none .*got 'max'"):
+        engine.load(path, backend="onnxruntime", optimization="max")
+    with pytest.raises(InputError, match="device must be 'auto', 'cuda' or 'cpu'"):
+        engine.load(path, backend="onnxruntime", device="gpu")
+
+
+def _relu_graph(out_name=b"out"):
+    """A one-Relu ONNX model, serialized, with its output tensor called ``out_name``."""
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["input"], ["out"], name="/relu")], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                         ["batch", 3, 4, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                                         ["batch", 3, 4, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return m.SerializeToString().replace(b"out", out_name)
+
+
+def test_openvino_undecodable_names_are_an_artifact_error(tmp_path):
+    """OpenVINO reads the file, then Python cannot decode a tensor name (UnicodeDecodeError
+    inside the binding): the user gets the file and what to do."""
+    if not _installed("openvino"):
+        pytest.skip("openvino not installed")
+    from engine.backends.openvino import OpenVINORuntime
+    path = tmp_path / "names.onnx"
+    path.write_bytes(_relu_graph(b"\xff\xfet"))
+    with pytest.raises(ArtifactError, match=r"names\.onnx: a tensor or node name .* not valid "
+                                            r"UTF-8.*re-export"):
+        OpenVINORuntime(path)
+
+
+def test_openvino_external_data_outside_the_folder(tmp_path):
+    """OpenVINO refuses external data outside the model's folder; the message names the data
+    file and the folder to move it to, not OpenVINO's source-location dump."""
+    if not _installed("openvino"):
+        pytest.skip("openvino not installed")
+    from onnx import TensorProto, helper, numpy_helper
+    from engine.backends.openvino import OpenVINORuntime
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weight = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "W")
+    (tmp_path / "weights.bin").write_bytes(weight.raw_data)
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in [("location", "../weights.bin"), ("offset", "0"), ("length", "48")]:
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    g = helper.make_graph([helper.make_node("Conv", ["input", "W"], ["out"], name="/conv")], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                         ["batch", 3, 4, 4])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                                         ["batch", 4, 4, 4])], [weight])
+    path = folder / "m.onnx"
+    path.write_bytes(helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    with pytest.raises(ArtifactError) as e:
+        OpenVINORuntime(path)
+    msg = str(e.value)
+    assert str(path) in msg and "weights.bin" in msg
+    assert f"move weights.bin into {folder}" in msg
+    assert "Exception from src" not in msg
+
+
+def test_openvino_unreadable_file_is_an_artifact_error(tmp_path):
+    if not _installed("openvino"):
+        pytest.skip("openvino not installed")
+    from engine.backends.openvino import OpenVINORuntime
+    path = tmp_path / "noise.xml"
+    path.write_bytes(bytes(range(256)) * 3)
+    with pytest.raises(ArtifactError, match=r"noise\.xml: OpenVINO cannot read the model .*"
+                                            r"re-export it") as e:
+        OpenVINORuntime(path)
+    assert "Exception from src" not in str(e.value)
+
+
+def test_a_failure_inside_the_engine_is_a_clear_error(tmp_path, backend):
+    """A graph that passes the load-time checks but cannot run (a Reshape whose target does not
+    divide the input) fails with UnsupportedGraphError naming the engine and the file, not
+    with the engine's raw exception."""
+    import warnings
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from engine.errors import UnsupportedGraphError
+    target = numpy_helper.from_array(np.array([-1, 7], np.int64), "target")
+    g = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "target"], ["logits"], name="/r/Reshape")], "r",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 7])], [target])
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with engine.load(path, backend=backend) as rt:
+            with pytest.raises(UnsupportedGraphError, match=rf"{backend} failed running .*reshape"
+                                                           r"\.onnx.*another backend"):
+                rt(np.zeros((1, 3, 4, 4), np.float32))

@@ -84,3 +84,47 @@ def test_engine_error_is_one_message_and_a_bug_keeps_its_traceback(monkeypatch, 
         args.func = _handler(bug)
         with pytest.raises(type(bug), match=str(bug)):
             cli.main([])
+
+
+def test_debug_shows_the_traceback_of_a_project_error(capsys, tmp_path):
+    argv = ["run", "--model", "inception_resnet_v2_fmnist", str(tmp_path / "none.png")]
+    assert cli.main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert cli.main(["--debug", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "inception-engine: error: image " in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", [c.replace("_", "-") for c in cli.COMMANDS])
+def test_every_help_ends_with_a_worked_example(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    tail = capsys.readouterr().out.rstrip().splitlines()[-2:]
+    assert tail[0] == "example:" and tail[1].startswith(f"  inception-engine {command} ")
+
+
+@pytest.mark.parametrize("image", ["img.png", "missing.png"])
+def test_run_on_another_engine_leaves_no_temporary_file(tmp_path, monkeypatch, capsys, image):
+    """The on-the-fly ONNX export is removed after the run, and after a failed one."""
+    import tempfile
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(tmp_path / "img.png")
+    status = cli.main(["run", "--model", "inception_resnet_v2_fmnist", "--backend",
+                       "onnxruntime", "--json", str(tmp_path / image)])
+    assert status == (0 if image == "img.png" else 2), capsys.readouterr().err
+    assert list(scratch.iterdir()) == []
+
+
+def test_messages_go_through_logging_quiet_by_default(tmp_path, capsys):
+    """Export's random-weights warning is a log record on stderr; the command's own output
+    (what it wrote) stays on stdout."""
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", "--model", "inception_resnet_v2_fmnist", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"wrote {out}")
+    assert "engine.commands.export: WARNING: random weights (seed 0)" in captured.err
+    import logging
+    assert not logging.getLogger("engine").handlers  # the command's handler is gone afterwards

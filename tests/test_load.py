@@ -173,3 +173,21 @@ def test_import_is_light_and_load_is_callable():
             "    assert isinstance(got, types.FunctionType) and got is fn, (name, got)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_invalid_graph_refused_on_the_auto_picked_engine(small, tmp_path):
+    """A conv stride of -1 (which the engines ran, returning an empty array) is refused
+    by engine.load with the node named, whichever engine it picks."""
+    import onnx
+    from onnx import helper
+    from engine.errors import InvalidGraphError
+    proto = onnx.load(str(small[0]))
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    for a in [a for a in conv.attribute if a.name == "strides"]:
+        conv.attribute.remove(a)
+    conv.attribute.append(helper.make_attribute("strides", [-1, -1]))
+    bad = tmp_path / "stride.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(InvalidGraphError, match=f"{bad}: node {conv.name!r} .*strides") as e:
+        engine.load(bad)
+    assert "inception-engine export" in str(e.value)

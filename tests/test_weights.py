@@ -85,3 +85,23 @@ def test_timm_weights_offline_gives_clear_error(monkeypatch):
         load_weights(engine.create_model("inception_v4", num_classes=10), "timm")
     with pytest.raises(engine.WeightsError, match="width 1.0 only"):
         engine.create_model("inception_v4", width=0.5, weights="timm")
+
+
+def test_non_finite_weights_are_refused_unless_allowed(tmp_path, trained):
+    sd = {k: v.clone() for k, v in trained.state_dict().items()}
+    sd["classif.bias"][2] = float("inf")
+    sd["classif.weight"][0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pth")
+    with pytest.raises(engine.WeightsError, match=r"'classif.weight' holds 1 NaN/Inf values") \
+            as e:
+        engine.create_model(NAME, weights=tmp_path / "nan.pth")
+    assert "allow_non_finite=True" in str(e.value)
+    m = engine.create_model(NAME, weights=tmp_path / "nan.pth", allow_non_finite=True)
+    assert torch.isnan(m.classif.weight[0, 0]) and torch.isinf(m.classif.bias[2])
+
+
+def test_corrupt_safetensors_says_what_to_do(tmp_path):
+    (tmp_path / "c.safetensors").write_bytes(b"garbage")
+    with pytest.raises(engine.WeightsError, match=r"copy it again, or re-save it with "
+                                                 r"safetensors\.torch\.save_file"):
+        engine.create_model(NAME, weights=tmp_path / "c.safetensors")

@@ -20,6 +20,20 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import BackendUnavailableError
+from ..graphcheck import GraphSupport
+
+# The ai.onnx opsets the ONNX engines read: from 13 (per-axis QuantizeLinear, which
+# calibration writes, needs it) to 28, the newest that onnx 1.23 defines and onnxruntime 1.32 loads
+# (OpenVINO 2026.4 runs the exported graphs at every opset in that range).
+ONNX_OPSETS = (13, 28)
+
+# What the triton engine's graph reader (engine/backends/triton/graph.py) folds into its
+# layers; a test checks this against the reader.
+TRITON_OPS = frozenset({
+    "Constant", "Identity", "Conv", "Relu", "Mul", "Add", "Concat", "MaxPool", "AveragePool",
+    "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Gemm", "MatMul",
+    "BatchNormalization", "LpNormalization", "ReduceL2", "Clip", "Max", "Shape", "Expand",
+    "Div", "QuantizeLinear", "DequantizeLinear"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,7 @@ class BackendInfo:
     auto: Optional[int] = None       # rank when engine.load picks (lower first); None: only by name
     precisions: Tuple[str, ...] = ("fp32",)
     description: str = ""
+    onnx: Optional[GraphSupport] = None  # what it reads from an ONNX graph; None: no ONNX
 
 
 BACKENDS: Dict[str, BackendInfo] = {b.name: b for b in [
@@ -47,17 +62,20 @@ BACKENDS: Dict[str, BackendInfo] = {b.name: b for b in [
                 "pip install triton (ships with torch on Linux; needs an NVIDIA GPU, or "
                 "TRITON_INTERPRET=1 for the slow CPU interpreter)",
                 auto=None, precisions=("fp32", "fp16", "bf16", "int8"),
-                description="this project's fused Triton kernels, run from the ONNX graph"),
+                description="this project's fused Triton kernels, run from the ONNX graph",
+                onnx=GraphSupport(ONNX_OPSETS, TRITON_OPS)),
     BackendInfo("openvino", "engine.backends.openvino", "OpenVINORuntime", (".onnx", ".xml"),
                 ("openvino",), "pip install openvino",
                 auto=10, precisions=("fp32", "bf16", "fp16", "int8"),
                 description="Intel OpenVINO, the CPU default (BF16 where the CPU has it; "
-                            "INT8 from Q/DQ ONNX)"),
+                            "INT8 from Q/DQ ONNX)",
+                onnx=GraphSupport(ONNX_OPSETS)),
     BackendInfo("onnxruntime", "engine.backends.onnxruntime", "ONNXRuntimeRuntime", (".onnx",),
                 ("onnxruntime",),
                 "pip install onnxruntime (or onnxruntime-gpu for the CUDA provider)",
                 auto=20, precisions=("fp32", "int8"),
-                description="ONNX Runtime, CPU execution provider (CUDA where available)"),
+                description="ONNX Runtime, CPU execution provider (CUDA where available)",
+                onnx=GraphSupport(ONNX_OPSETS, domains=frozenset({"com.microsoft"}))),
     BackendInfo("torch", "engine.backends.torch", "TorchRuntime", (".pt", ".pth", ".safetensors"),
                 ("torch",), "pip install torch",
                 auto=None, precisions=("fp32", "bf16", "fp16"),

@@ -13,18 +13,29 @@ default on CPUs with AMX or AVX512-BF16 is BF16 even for an FP32 model:
 
 The model is compiled once, with a dynamic batch axis, so one compiled model serves any batch
 size; ``static_batch=N`` reshapes it to a fixed batch first. Threads: ``INFERENCE_NUM_THREADS``;
-performance hint ``LATENCY`` by default (``hint="throughput"`` for batched serving).
+performance hint ``LATENCY`` by default (``hint="throughput"`` for serving many callers).
+
+Many callers at once: the runtime keeps a pool of infer requests, as many as the compiled
+model's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` (one per stream: 1 under ``LATENCY``, several
+under ``THROUGHPUT``). A call takes a free request (waiting while all are busy), runs it,
+copies the output out and gives the request back, so calls from different threads never share
+a request and, under ``hint="throughput"``, run in parallel on different streams.
+
+Errors from OpenVINO while reading or compiling the file come back as
+:class:`~engine.errors.ArtifactError` naming the file and what to do.
 """
 from __future__ import annotations
 
+import queue
+import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendUnavailableError
+from ..errors import ArtifactError, BackendUnavailableError, InputError
 from ..onnxmeta import read_metadata, resolve_precision
-from ..runtime import Runtime, TensorSpec
+from ..runtime import Runtime, TensorSpec, count_option, engine_failure
 from . import require
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
@@ -68,6 +79,11 @@ class OpenVINORuntime(Runtime):
                  static_batch: Optional[int] = None, device: str = "CPU",
                  check_finite: bool = True, config: Optional[dict] = None):
         ov = require("openvino", "openvino")
+        threads = count_option("threads", threads)
+        num_streams = count_option("num_streams", num_streams)
+        static_batch = count_option("static_batch", static_batch)
+        if hint not in _HINTS:
+            raise InputError(f"hint must be one of {', '.join(_HINTS)}, got {hint!r}")
         path = Path(path)
         info = read_metadata(path) if path.suffix == ".onnx" else None
         file_prec = info["precision"] if info else "fp32"
@@ -80,33 +96,26 @@ class OpenVINORuntime(Runtime):
                 f"(OPTIMIZATION_CAPABILITIES: {caps}; BF16 needs AVX512-BF16 or AMX); OpenVINO "
                 "would silently run FP32. Use precision='fp32' here, or a CPU with AMX "
                 "(Sapphire Rapids or newer)")
-        if hint not in _HINTS:
-            raise ValueError(f"hint must be one of {', '.join(_HINTS)}, got {hint!r}")
         self.core = ov.Core()
-        try:
-            model = self.core.read_model(str(path))
-        except RuntimeError as e:
-            raise ArtifactError(f"{path}: OpenVINO cannot read the model ({e})") from e
+        model = _read_model(self.core, path)
         if static_batch is not None:
             shape = model.inputs[0].get_partial_shape()
-            shape[0] = int(static_batch)
+            shape[0] = static_batch
             model.reshape({model.inputs[0].get_any_name(): shape})
         self._model = model
         props = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision],
                  "PERFORMANCE_HINT": _HINTS[hint]}
-        if threads:
-            props["INFERENCE_NUM_THREADS"] = int(threads)
+        if threads is not None:
+            props["INFERENCE_NUM_THREADS"] = threads
         if num_streams is not None:
-            props["NUM_STREAMS"] = int(num_streams)
+            props["NUM_STREAMS"] = num_streams
         if config:
             props.update(config)
         self.device = device
         self.threads = threads
         self.properties = props
-        self.compiled = self.core.compile_model(model, device, props)
-        self._request = self.compiled.create_infer_request()
-        self._intermediate_compiled = None
-        self._intermediate_names: tuple = ()
+        self.compiled = _compile(self.core, model, device, props, path)
+        self._requests = _request_pool(self.compiled)
         super().__init__(path=path, precision=precision,
                          config=info["config"] if info else None,
                          inputs=[_spec(p) for p in self.compiled.inputs],
@@ -114,28 +123,34 @@ class OpenVINORuntime(Runtime):
                          check_finite=check_finite)
         self.metadata = info["props"] if info else {}
 
+    @property
+    def num_requests(self) -> int:
+        """How many calls can run at once (the size of the infer-request pool)."""
+        return self._requests.maxsize
+
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        self._request.infer({0: x})
-        return self._request.get_output_tensor(0).data.copy()
+        pool = self._requests
+        request = pool.get()
+        try:
+            request.infer({0: x})
+            return request.get_output_tensor(0).data.copy()
+        except RuntimeError as e:          # what OpenVINO raises for a failed inference
+            raise engine_failure(self.backend, self.path, _openvino_reason(e)) from e
+        finally:
+            pool.put(request)
 
     def intermediates(self, x, names: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         """Run ``x`` with ``names`` (ONNX tensor names) added as model outputs.
 
-        The extended model is compiled once per set of names, with the same properties.
+        The extended model is compiled once per set of names, with the same properties; each
+        call runs on a request of its own.
         """
         arr = self.check_input(x)
         names = tuple(names) if names is not None else tuple(
             n for n in _all_tensor_names(self._model) if n)
-        if self._intermediate_compiled is None or names != self._intermediate_names:
-            m = self._model.clone()
-            known = _all_tensor_names(m)
-            missing = [n for n in names if n not in known]
-            if missing:
-                raise KeyError(f"tensors not in the model: {', '.join(missing[:5])}")
-            m.add_outputs(list(names))
-            self._intermediate_compiled = self.core.compile_model(m, self.device, self.properties)
-            self._intermediate_names = names
-        res = self._intermediate_compiled.create_infer_request().infer({0: arr})
+        compiled = self._build_once("intermediates", names,
+                                    lambda: self._compile_with_outputs(names))
+        res = compiled.create_infer_request().infer({0: arr})
         out = {}
         for port, val in res.items():
             for n in port.get_names():
@@ -143,11 +158,80 @@ class OpenVINORuntime(Runtime):
                     out[n] = np.array(val, copy=True)
         return out
 
+    def _compile_with_outputs(self, names: Sequence[str]):
+        """The model with the tensors ``names`` added as outputs, compiled like the main one."""
+        m = self._model.clone()
+        known = _all_tensor_names(m)
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise KeyError(f"tensors not in the model: {', '.join(missing[:5])}")
+        m.add_outputs(list(names))
+        return _compile(self.core, m, self.device, self.properties, self.path)
+
     def close(self):
-        self._request = None
+        self._requests = None
         self.compiled = None
-        self._intermediate_compiled = None
         super().close()
+
+
+def _request_pool(compiled) -> "queue.Queue":
+    """A queue holding ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` infer requests of ``compiled``."""
+    size = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    pool: queue.Queue = queue.Queue(maxsize=size)
+    for _ in range(size):
+        pool.put(compiled.create_infer_request())
+    return pool
+
+
+_OUTSIDE = re.compile(r"Path '(?P<loc>[^']*)' resolves to '(?P<file>[^']*)' which is outside "
+                      r"the base directory '(?P<dir>[^']*)'")
+
+
+def _openvino_reason(err: Exception) -> str:
+    """OpenVINO's message without its source-location lines (``Exception from src/...``,
+    ``Check 'x' failed at ...``), on one line."""
+    lines = [ln.strip() for ln in str(err).splitlines()]
+    kept = [ln for ln in lines if ln and not ln.startswith(("Exception from ", "Check '"))]
+    return " ".join(kept) or f"{type(err).__name__}: {err}"
+
+
+def _read_model(core, path: Path):
+    """``core.read_model(path)``; any failure is an ArtifactError naming the file."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such model file; check the path")
+    try:
+        model = core.read_model(str(path))
+        for port in (*model.inputs, *model.outputs):
+            _spec(port)                      # names that Python cannot decode fail here
+        return model
+    except UnicodeDecodeError as e:
+        raise ArtifactError(
+            f"{path}: a tensor or node name in the model is not valid UTF-8 ({e}); the file "
+            "is damaged or was not written by an ONNX exporter: re-export it with "
+            "`inception-engine export`") from e
+    except Exception as e:  # RuntimeError mostly, from OpenVINO's frontends
+        outside = _OUTSIDE.search(str(e))
+        if outside:
+            raise ArtifactError(
+                f"{path}: its external data {outside['loc']!r} resolves to {outside['file']}, "
+                f"outside the model's folder {outside['dir']}, and OpenVINO only reads external "
+                f"data from that folder or below; move {Path(outside['file']).name} into "
+                f"{outside['dir']} and re-save the model with that location") from e
+        raise ArtifactError(
+            f"{path}: OpenVINO cannot read the model ({_openvino_reason(e)}). Check that the "
+            "file is a complete ONNX or OpenVINO IR model (re-export it with `inception-engine "
+            "export`), or load it with backend='onnxruntime'") from e
+
+
+def _compile(core, model, device: str, props: dict, path):
+    """``core.compile_model``; a failure is an ArtifactError naming the file."""
+    try:
+        return core.compile_model(model, device, props)
+    except Exception as e:
+        raise ArtifactError(
+            f"{path}: OpenVINO cannot compile the model for {device} ({_openvino_reason(e)}). "
+            "Check the properties passed in config=, or load the file with "
+            "backend='onnxruntime'") from e
 
 
 def _all_tensor_names(model) -> set:

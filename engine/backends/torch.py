@@ -4,14 +4,21 @@
 ``TorchRuntime("weights.pth", model="inception_resnet_v2")`` builds the variant and loads a
 checkpoint. Precision: ``fp32``; ``bf16`` (autocast, CPU or CUDA); ``fp16`` (CUDA only: the
 model and inputs in half). ``channels_last=True`` uses NHWC memory format (the GPU baseline).
-``threads`` sets ``torch.set_num_threads`` for the whole process.
+``threads`` sets ``torch.set_num_threads`` for the whole process, once, at construction.
 
 Intermediates are module outputs captured by forward hooks, keyed by module path
 (``repeat.0``, ``repeat.0.branch1.1``); ``engine.verify`` matches them to ONNX tensors.
+
+Many callers at once: a call runs the eval-mode module under ``inference_mode``, which only
+reads it (autocast and inference mode are per-thread states), so calls run side by side.
+Forward hooks on the shared module would see every thread's forward, so a capture for
+:meth:`TorchRuntime.intermediates` waits for the calls in flight, runs alone, and holds new
+calls back until it is done.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -20,7 +27,7 @@ from kernels.env import cuda_usable
 
 from ..errors import BackendUnavailableError, InputError, UnsupportedPrecisionError
 from ..onnxmeta import normalize_precision
-from ..runtime import Runtime, TensorSpec
+from ..runtime import Runtime, TensorSpec, count_option
 from . import require
 
 
@@ -32,6 +39,43 @@ def is_available():
     return True, "available"
 
 
+class _Gate:
+    """Many forwards at once, or one hooked capture alone. A capture that is waiting holds
+    back new forwards, so a steady stream of calls cannot keep it out."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._forwards = 0
+        self._captures_waiting = 0
+        self._capturing = False
+
+    @contextlib.contextmanager
+    def forward(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not (self._capturing or self._captures_waiting))
+            self._forwards += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._forwards -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def capture(self):
+        with self._cond:
+            self._captures_waiting += 1
+            self._cond.wait_for(lambda: not (self._capturing or self._forwards))
+            self._captures_waiting -= 1
+            self._capturing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._capturing = False
+                self._cond.notify_all()
+
+
 class TorchRuntime(Runtime):
     backend = "torch"
 
@@ -39,6 +83,7 @@ class TorchRuntime(Runtime):
                  device: str = "cpu", channels_last: bool = False, check_finite: bool = True,
                  model: Optional[str] = None):
         torch = require("torch", "torch")
+        threads = count_option("threads", threads)
         path = None
         if isinstance(module, (str, Path)):
             path = Path(module)
@@ -58,8 +103,8 @@ class TorchRuntime(Runtime):
         if path is not None:
             from ..models.registry import create_model
             module = create_model(model, weights=str(path))
-        if threads:
-            torch.set_num_threads(int(threads))
+        if threads is not None:
+            torch.set_num_threads(threads)
         param = next(module.parameters(), None)
         if param is not None and (param.device != torch.device(device) or precision == "fp16"
                                   or channels_last):
@@ -73,6 +118,7 @@ class TorchRuntime(Runtime):
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.threads = threads
+        self._gate = _Gate()
         cfg = getattr(module, "config", None)
         # any spatial size the network takes (>= its minimum), so H and W stay open
         shape = (None, cfg.input_size[0], None, None) if cfg is not None else (None,) * 4
@@ -90,7 +136,7 @@ class TorchRuntime(Runtime):
             x = x.half()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with self._gate.forward(), torch.inference_mode():
             if self.precision == "bf16":
                 with torch.autocast(self.device.type, dtype=torch.bfloat16):
                     y = self.module(x)
@@ -117,7 +163,7 @@ class TorchRuntime(Runtime):
             t = t.half()
         ctx = (torch.autocast(self.device.type, dtype=torch.bfloat16)
                if self.precision == "bf16" else contextlib.nullcontext())
-        with ctx:
+        with self._gate.capture(), ctx:
             acts = capture_modules(self.module, t, names)
         return acts
 

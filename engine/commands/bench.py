@@ -10,21 +10,25 @@ import json
 from typing import Dict
 
 from ..errors import InputError
-from . import at_least
+from ..runtime import count_option
+from . import add_command, non_negative_float, non_negative_int, positive_int
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="latency (p50/p90/p99) and throughput of an engine")
+    p = add_command(sub, "bench", "inception-engine bench irv2.onnx --backend openvino --batch 1 8 "
+                    "--iters 50 --threads 4", help="latency (p50/p90/p99) and throughput of an "
+                    "engine")
     p.add_argument("model", metavar="MODEL", help="a model file (.onnx, .plan) or a registered "
                                                   "variant name (PyTorch eager)")
     p.add_argument("--backend", help="engine (default: what engine.load picks)")
     p.add_argument("--precision", help="fp32 | bf16 | fp16 | int8 (default: the file's)")
-    p.add_argument("--batch", type=at_least(1), nargs="+", default=[1, 8],
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8],
                    help="batch sizes (default 1 8)")
-    p.add_argument("--threads", type=at_least(1), help="CPU threads")
-    p.add_argument("--iters", type=at_least(1), default=20, help="timed iterations per batch size")
-    p.add_argument("--warmup", type=at_least(0), default=3, help="untimed iterations first")
-    p.add_argument("--duration", type=at_least(0.0, float), default=0.0,
+    p.add_argument("--threads", type=positive_int, help="CPU threads")
+    p.add_argument("--iters", type=positive_int, default=20,
+                   help="timed iterations per batch size")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed iterations first")
+    p.add_argument("--duration", type=non_negative_float, default=0.0,
                    help="keep timing for at least this many seconds per batch size (like "
                         "trtexec --duration); --iters is then the minimum count")
     p.add_argument("--device-input", action="store_true",
@@ -40,6 +44,12 @@ def time_runtime(rt, batch: int, iters: int = 20, warmup: int = 3, shape=None,
     (images/s at the median latency)."""
     import numpy as np
     from ..timing import summarize, time_calls
+    batch = count_option("batch", batch, allow_none=False)
+    count_option("iters", iters, allow_none=False)
+    count_option("warmup", warmup, minimum=0, allow_none=False)
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration >= 0:
+        raise InputError(f"duration must be a number of seconds >= 0, got {duration!r}; 0 times "
+                         "exactly iters calls")
     if shape is None:
         cfg = getattr(rt, "config", None)
         spec = rt.inputs[0].shape if getattr(rt, "inputs", None) else (None,) * 4

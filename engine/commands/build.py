@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS
+from . import add_command, non_negative_int, positive_int
 
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -23,24 +24,25 @@ def byte_size(text: str) -> int:
 
 
 def register(sub):
-    p = sub.add_parser("build", help="build a TensorRT plan from an ONNX file (needs TensorRT "
-                                     "and an NVIDIA GPU)")
+    p = add_command(sub, "build", "inception-engine build irv2.onnx --out irv2.plan --precision "
+                    "fp16 --max-batch 32", help="build a TensorRT plan from an ONNX file (needs "
+                    "TensorRT and an NVIDIA GPU)")
     p.add_argument("onnx", help="FP32 export, or a Q/DQ file from `inception-engine quantize`")
     p.add_argument("-o", "--out", help="plan path (default: ONNX path with .plan); the sidecar "
                                        "PLAN.json is written beside it")
     p.add_argument("--precision", choices=BACKENDS["tensorrt"].precisions,
                    help="default: the file's own (int8 for a Q/DQ file, else fp32); fp16 "
                         "converts the graph to FP16; int8 needs Q/DQ nodes")
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=8)
-    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--min-batch", type=positive_int, default=1)
+    p.add_argument("--opt-batch", type=positive_int, default=8)
+    p.add_argument("--max-batch", type=positive_int, default=32)
     p.add_argument("--workspace", type=byte_size, help="builder workspace limit, e.g. 2G")
     p.add_argument("--timing-cache", help="timing cache file, read if present and updated")
     p.add_argument("--hardware-compatible", action="store_true",
                    help="run on every GPU from Ampere on (slower kernels)")
     p.add_argument("--fp16-io", action="store_true",
                    help="with --precision fp16: float16 input/output instead of float32")
-    p.add_argument("--device", type=int, default=0, help="CUDA device index")
+    p.add_argument("--device", type=non_negative_int, default=0, help="CUDA device index")
     p.add_argument("--verbose", action="store_true", help="show TensorRT's log")
     p.set_defaults(func=run)
 

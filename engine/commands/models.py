@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+from . import add_command
+
 
 def register(sub):
-    p = sub.add_parser("models", help="list model variants (params, GMACs, input size)")
+    p = add_command(sub, "models", "inception-engine models --json",
+                    help="list model variants (params, GMACs, input size)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 

@@ -5,10 +5,14 @@ import json
 
 from calibration.methods import METHODS
 
+from . import add_command, non_negative_int, percentile, positive_int
+
 
 def register(sub):
-    p = sub.add_parser(
-        "quantize", help="calibrate an FP32 ONNX export and write a symmetric INT8 Q/DQ ONNX",
+    p = add_command(
+        sub, "quantize", "inception-engine quantize irv2.onnx irv2-int8.onnx --calib calib/ "
+        "--method entropy --num 512 --batch-size 32",
+        help="calibrate an FP32 ONNX export and write a symmetric INT8 Q/DQ ONNX",
         description="Calibrate IN.onnx (an FP32 export) on --calib images and write OUT.onnx "
                     "with symmetric Q/DQ nodes (zero points 0, per-channel weights) that "
                     "OpenVINO, ONNX Runtime and TensorRT run as INT8.")
@@ -18,21 +22,22 @@ def register(sub):
                    choices=METHODS,
                    help="activation range method (default: entropy, TensorRT's "
                         "EntropyCalibration2)")
-    p.add_argument("--percentile", type=float, default=99.99,
-                   help="percentile of |x| for --method percentile (default 99.99)")
+    p.add_argument("--percentile", type=percentile, default=99.99,
+                   help="percentile of |x| in (0, 100] for --method percentile (default 99.99)")
     p.add_argument("--calib", metavar="DIR|FILE",
                    help="calibration images: a folder of images, or an .npy/.npz array "
                         "(float NCHW input, or uint8 images preprocessed per the model config)")
-    p.add_argument("--num", type=int, default=None, metavar="N",
+    p.add_argument("--num", type=positive_int, default=None, metavar="N",
                    help="use the first N calibration images (default: all)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32,
+                   help="calibration images per inference (default 32)")
     p.add_argument("--exclude", nargs="+", default=[], metavar="NAME",
                    help="layers kept in float: ONNX node names (/conv2d_1a/conv/Conv) or "
                         "module paths (conv2d_1a, repeat.0.branch1)")
-    p.add_argument("--auto-exclude", type=int, default=0, metavar="K",
+    p.add_argument("--auto-exclude", type=non_negative_int, default=0, metavar="K",
                    help="also keep the K layers with the largest output error when quantized "
                         "alone in float (sensitivity analysis on --sensitivity-images images)")
-    p.add_argument("--sensitivity-images", type=int, default=64, metavar="N")
+    p.add_argument("--sensitivity-images", type=positive_int, default=64, metavar="N")
     p.add_argument("--quantize-gemm", action="store_true",
                    help="quantize the classifier too (default: float; < 0.1%% of the MACs)")
     p.add_argument("--unsigned-relu", action="store_true",
@@ -46,7 +51,7 @@ def register(sub):
     p.add_argument("--from-cache", metavar="FILE",
                    help="take the activation scales from a TensorRT/ModelOpt calibration cache "
                         "instead of calibrating")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime threads")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(func=run)
 

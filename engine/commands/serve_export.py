@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 
+from . import add_command, non_negative_int, positive_int
+
+
 def register(sub):
-    p = sub.add_parser("serve-export", help="export a .plan or .onnx to a Triton Inference "
-                                            "Server model repository")
+    p = add_command(sub, "serve-export", "inception-engine serve-export irv2.plan --repo "
+                    "models/ --name irv2 --max-batch 32", help="export a .plan or .onnx to a "
+                    "Triton Inference Server model repository")
     p.add_argument("model_file", help="a TensorRT .plan (with its sidecar) or an .onnx file")
     p.add_argument("--repo", required=True, help="model repository directory")
     p.add_argument("--name", help="model name (default: the file's stem)")
-    p.add_argument("--max-batch", type=int,
+    p.add_argument("--max-batch", type=positive_int,
                    help="max_batch_size (default: the plan's profile maximum, 32 for ONNX)")
-    p.add_argument("--version", type=int, default=1, dest="model_version", metavar="N",
+    p.add_argument("--version", type=positive_int, default=1, dest="model_version", metavar="N",
                    help="model version directory (default 1)")
-    p.add_argument("--instances", type=int, default=1, help="instances per device (default 1)")
-    p.add_argument("--preferred", type=int, nargs="+", metavar="N",
+    p.add_argument("--instances", type=positive_int, default=1, help="instances per device (default 1)")
+    p.add_argument("--preferred", type=positive_int, nargs="+", metavar="N",
                    help="preferred dynamic batch sizes (default: opt and max batch)")
-    p.add_argument("--max-queue-delay-us", type=int, default=100,
+    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=100,
                    help="dynamic batcher's max queue delay in microseconds (default 100)")
     p.add_argument("--kind", choices=["gpu", "cpu", "auto"],
                    help="instance kind (default: gpu for a plan, auto for ONNX)")

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from calibration.methods import METHODS
 
+from . import add_command, non_negative_int, positive_int
+
 
 def register(sub):
-    p = sub.add_parser("study", help="INT8 accuracy-vs-speed study (tables + Pareto plot)")
+    p = add_command(sub, "study", "inception-engine study --methods entropy,percentile "
+                    "--engines openvino,onnxruntime --num-test 2000 --out study",
+                    help="INT8 accuracy-vs-speed study (tables + Pareto plot)")
     p.add_argument("--model", default="inception_resnet_v2_fmnist",
                    help="registered variant (default: the shipped Fashion-MNIST subject)")
     p.add_argument("--weights", default="bundled",
@@ -17,13 +21,14 @@ def register(sub):
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma list of calibration methods (default: all)")
     p.add_argument("--engines", help="comma list (default: every engine available here)")
-    p.add_argument("--num-test", type=int, help="use only the first N test images")
-    p.add_argument("--num-calib", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--iters", type=int, default=20, help="timed runs per latency figure")
+    p.add_argument("--num-test", type=positive_int, help="use only the first N test images")
+    p.add_argument("--num-calib", type=positive_int, default=1000,
+                   help="calibration images (default 1000)")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--iters", type=positive_int, default=20, help="timed runs per latency figure")
     p.add_argument("--no-299", dest="big", action="store_false",
                    help="skip the latency measurement at the canonical IR-v2 299 shape")
-    p.add_argument("--auto-exclude", type=int, default=0, metavar="K",
+    p.add_argument("--auto-exclude", type=non_negative_int, default=0, metavar="K",
                    help="add a row keeping the K most sensitive layers in float")
     p.add_argument("--no-cpu-uint8", dest="cpu_uint8", action="store_false",
                    help="skip the CPU-only INT8 variants with uint8 ReLU outputs (+u8 rows)")

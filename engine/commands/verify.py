@@ -2,23 +2,28 @@
 from __future__ import annotations
 
 from ..errors import InputError
-from . import at_least
+from . import add_command, in_range, non_negative_int, positive_int
 
 
 def register(sub):
-    p = sub.add_parser("verify", help="compare an engine's outputs with the PyTorch reference "
-                                      "(layer-wise localization on failure)")
+    p = add_command(sub, "verify", "inception-engine verify irv2.onnx --backend openvino "
+                    "--weights w.pth --batch 8", help="compare an engine's outputs with the "
+                    "PyTorch reference (layer-wise localization on failure)")
     p.add_argument("file", metavar="MODEL.onnx", help="the exported model file")
     p.add_argument("--model", help="registered variant of the reference (default: the file's "
                                    "own config)")
     p.add_argument("--weights", help="reference weights: 'timm', 'bundled' or a checkpoint; "
                                      "default: random init with --seed, as export makes it")
-    p.add_argument("--width", type=float, help="reference width (default: the file's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random reference and inputs")
+    p.add_argument("--allow-non-finite-weights", action="store_true",
+                   help="load a reference checkpoint holding NaN/Inf (refused by default)")
+    p.add_argument("--width", type=in_range(0, 4), help="reference width (default: the file's)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the random reference and inputs")
     p.add_argument("--backend", help="engine to verify (default: what engine.load picks)")
     p.add_argument("--precision", help="fp32 | bf16 | fp16 | int8 (default: the file's)")
-    p.add_argument("--threads", type=at_least(1), help="CPU threads for the engine")
-    p.add_argument("--batch", type=at_least(1), default=4, help="number of random inputs (default 4)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for the engine")
+    p.add_argument("--batch", type=positive_int, default=4,
+                   help="number of random inputs (default 4)")
     p.add_argument("--localize", action="store_true",
                    help="compare layer by layer even when the outputs pass")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -42,7 +47,7 @@ def run(args):
             cfg.width if cfg is not None and cfg.name == name else 1.0)
         ncls = cfg.num_classes if cfg is not None and cfg.name == name else None
         model = create_model(name, weights=args.weights, width=width, num_classes=ncls,
-                             seed=args.seed)
+                             seed=args.seed, allow_non_finite=args.allow_non_finite_weights)
         from ..parity import verify
         report = verify(rt, model, args.batch, localize=True if args.localize else "auto",
                         seed=args.seed)

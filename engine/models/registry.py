@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 from ..errors import InputError, UnknownModelError
+from ..runtime import count_option
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def get_config(name: str) -> ModelConfig:
 
 
 def create_model(name: str, weights=None, width: float = 1.0, num_classes: Optional[int] = None,
-                 seed: Optional[int] = None, **kwargs):
+                 seed: Optional[int] = None, allow_non_finite: bool = False, **kwargs):
     """Build a variant in eval mode.
 
     weights: ``None`` (random init, say so where it matters), ``"timm"`` (timm's pretrained
@@ -94,11 +95,14 @@ def create_model(name: str, weights=None, width: float = 1.0, num_classes: Optio
     without weights) build the same network; ``None`` leaves torch's generator as it is.
     width: channel multiplier; 1.0 is the network of the public weights.
     num_classes: override the classifier size (``0`` removes the classifier).
+    allow_non_finite: load a checkpoint holding NaN/Inf (refused by default).
     """
     entry = _entry(name)
-    if not (0 < width <= 4):
-        raise InputError(f"width must be in (0, 4], got {width}; 1.0 is the network of the "
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= 4):
+        raise InputError(f"width must be in (0, 4], got {width!r}; 1.0 is the network of the "
                          "public weights, smaller values give narrower variants")
+    num_classes = count_option("num_classes", num_classes, minimum=0)
+    seed = count_option("seed", seed, minimum=0)
     cfg = entry.config
     changes = {}
     if width != 1.0:
@@ -116,5 +120,5 @@ def create_model(name: str, weights=None, width: float = 1.0, num_classes: Optio
     model.eval()
     if weights is not None:
         from ..weights import load_weights
-        load_weights(model, weights)
+        load_weights(model, weights, allow_non_finite=allow_non_finite)
     return model

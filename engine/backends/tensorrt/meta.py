@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import shlex
 import warnings
 from pathlib import Path
@@ -185,24 +186,64 @@ def make_sidecar(*, plan_path, plan_sha256: str, plan_bytes: int, onnx_path, onn
 
 _REQUIRED = {"plan": dict, "precision": str, "tensorrt": dict, "gpu": dict, "io": dict,
              "build_options": dict, "source_onnx": dict}
+_CC = re.compile(r"^\d+\.\d+$")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# (section, field, required, the check, what the field must be); format_version is checked
+# first, on its own, since a newer format may lay out the rest differently
+_FIELDS = [
+    ("plan", "bytes", False, _positive_int, "a positive integer (the plan's size)"),
+    ("plan", "sha256", False, lambda v: isinstance(v, str) and len(v) == 64,
+     "64 hex digits"),
+    ("tensorrt", "version", True, lambda v: isinstance(v, str) and bool(v.strip()),
+     "a TensorRT version string such as \"10.8.0.43\""),
+    ("gpu", "compute_capability", False, lambda v: isinstance(v, str) and bool(_CC.match(v)),
+     "\"major.minor\" such as \"8.6\""),
+    ("build_options", "min_batch", False, _positive_int, "a positive integer"),
+    ("build_options", "opt_batch", False, _positive_int, "a positive integer"),
+    ("build_options", "max_batch", False, _positive_int, "a positive integer"),
+    ("build_options", "workspace", False, _positive_int, "a positive number of bytes"),
+]
+
+
+def _check_fields(data: dict, where) -> None:
+    """Each field of :data:`_FIELDS` present (when required) and of its kind, or an
+    :class:`ArtifactError` naming the field, its value and what it must be."""
+    for section, name, required, valid, want in _FIELDS:
+        value = data[section].get(name)
+        if (value is not None or required) and not valid(value):
+            raise _field_error(where, f"{section}.{name}", value, want)
+
+
+def _field_error(where, label: str, value, want: str) -> ArtifactError:
+    return ArtifactError(f"{where}: field {label!r} is {value!r}, not {want}; the sidecar is "
+                         "damaged: rebuild the plan with `inception-engine build`")
 
 
 def validate_sidecar(data, where="sidecar") -> dict:
-    """Check the sidecar's structure; raise :class:`ArtifactError` naming what is wrong."""
+    """Check the sidecar's structure and fields; raise :class:`ArtifactError` naming what is
+    wrong."""
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise ArtifactError(f"{where}: not an inception plan sidecar (no \"format\": "
                             f"\"{SIDECAR_FORMAT}\"); delete it or rebuild the plan")
-    if int(data.get("format_version", 0)) > SIDECAR_VERSION:
-        raise ArtifactError(f"{where}: sidecar format {data.get('format_version')} is newer than "
+    if not _positive_int(data.get("format_version")):
+        raise _field_error(where, "format_version", data.get("format_version"),
+                           "a positive integer")
+    if data["format_version"] > SIDECAR_VERSION:
+        raise ArtifactError(f"{where}: sidecar format {data['format_version']} is newer than "
                             f"this package reads ({SIDECAR_VERSION}); upgrade inception-infer")
     for key, typ in _REQUIRED.items():
         if not isinstance(data.get(key), typ):
             raise ArtifactError(f"{where}: field {key!r} is missing or not a {typ.__name__}; "
                                 "the sidecar is damaged: rebuild the plan")
+    _check_fields(data, where)
     if data["precision"] not in PRECISIONS:
-        raise ArtifactError(f"{where}: unknown precision {data['precision']!r}")
-    if not data["tensorrt"].get("version"):
-        raise ArtifactError(f"{where}: no TensorRT version recorded; rebuild the plan")
+        raise ArtifactError(f"{where}: unknown precision {data['precision']!r}; the sidecar is "
+                            f"damaged (a plan is one of {', '.join(PRECISIONS)}): rebuild the plan")
     return data
 
 

@@ -85,7 +85,6 @@ class TensorRTRuntime(Runtime):
             warnings.warn("cuda_graph=True needs torch with CUDA (graphs are captured through "
                           "torch.cuda.CUDAGraph); running without graphs", stacklevel=2)
         self._local = threading.local()
-        self._lock = threading.Lock()
         self._states = []
 
     # ------------------------------------------------------------------ loading

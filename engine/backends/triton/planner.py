@@ -401,7 +401,6 @@ class _Planner:
 
     def place_concats(self):
         """Give each concat a buffer and write its inputs into their slices (outer first)."""
-        cons = self.consumers()
         home: Dict[str, Tuple[str, int]] = {}     # value -> (root value, channel offset)
         concats = [l for l in self.layers if l.kind == "concat"]
         concat_of = {l.output: l for l in concats}

@@ -8,6 +8,11 @@ call is: copy the input in, replay, copy the output out.
 On a machine without a GPU the kernels run under the Triton interpreter (numpy, slow: for
 tests). The interpreter must be chosen before :mod:`kernels` is imported; the runtime sets
 ``TRITON_INTERPRET=1`` itself when it can and warns that it is running interpreted.
+
+Many callers at once: every call of one batch size writes the same arena and replays the same
+CUDA graph, so calls (and :meth:`TritonRuntime.intermediates`) take the runtime's lock and run
+one at a time; each returns its own copy of the output. For parallel GPU work, load one
+runtime per thread.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import numpy as np
 from kernels.env import cuda_usable, interpreting
 
 from ...errors import BackendUnavailableError
-from ...runtime import Runtime, TensorSpec
+from ...runtime import Runtime, TensorSpec, count_option
 from . import ops
 from .planner import Plan, explain_plan
 
@@ -138,8 +143,9 @@ class TritonRuntime(Runtime):
         self.interpreted = self.device.type == "cpu" and impl == "triton"
         if self.interpreted:
             ensure_interpreter()
-        if threads and self.device.type == "cpu":
-            torch.set_num_threads(int(threads))
+        threads = count_option("threads", threads)
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(threads)
         self.impl = impl
         self.plan, meta = compile_onnx(path, precision, float_dtype)
         if self.interpreted:
@@ -156,6 +162,7 @@ class TritonRuntime(Runtime):
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._params = [ops.prepare(s, self.plan, self.device) for s in self.plan.steps]
         self._bound: Dict[int, _Bound] = {}
+        self._arena_free = None      # CUDA event: the last call's reads of the arena are done
 
     # ------------------------------------------------------------------ running
     def _get(self, batch: int) -> _Bound:
@@ -167,16 +174,33 @@ class TritonRuntime(Runtime):
     def _run(self, x):
         """x: NCHW float32 tensor (any device; copied into the static input on
         ``self.device``) -> [N, C] float32 tensor on ``self.device`` (a fresh copy)."""
-        b = self._get(int(x.shape[0]))
-        b.x.copy_(x)
-        if b.graph is not None:
-            b.graph.replay()
-        else:
-            b.run()
-            b.runs += 1
-            if self.cuda_graphs and b.runs == 1:
-                b.graph = self._capture(b)
-        return b.out[:, 0, 0, :].float().clone()
+        with self._lock:
+            self._after_previous_call()
+            b = self._get(int(x.shape[0]))
+            b.x.copy_(x)
+            if b.graph is not None:
+                b.graph.replay()
+            else:
+                b.run()
+                b.runs += 1
+                if self.cuda_graphs and b.runs == 1:
+                    b.graph = self._capture(b)
+            out = b.out[:, 0, 0, :].float().clone()
+            self._mark_call_done()
+            return out
+
+    def _after_previous_call(self):
+        """On a GPU, make this thread's stream wait until the previous call (perhaps queued
+        on another thread's stream) has finished with the arena."""
+        if self._arena_free is not None:
+            import torch
+            torch.cuda.current_stream(self.device).wait_event(self._arena_free)
+
+    def _mark_call_done(self):
+        if self.device.type == "cuda":
+            import torch
+            self._arena_free = torch.cuda.Event()
+            self._arena_free.record(torch.cuda.current_stream(self.device))
 
     @staticmethod
     def _capture(b: _Bound):
@@ -226,20 +250,22 @@ class TritonRuntime(Runtime):
         at: Dict[int, List[str]] = {}
         for v in by_value:
             at.setdefault(ready[v], []).append(v)
-        b = self._get(arr.shape[0])
-        b.x.copy_(torch.from_numpy(arr).to(self.device))
         out: Dict[str, np.ndarray] = {}
-        for i, f in enumerate(b.fns):
-            f()
-            for v in at.get(i, []):
-                val = plan.values[v]
-                t = b.views[v].float()
-                if val.scale is not None:
-                    t = t * val.scale
-                t = t[:, 0, 0, :] if val.flat else t.permute(0, 3, 1, 2)
-                a = t.cpu().numpy().copy()
-                for n in by_value[v]:
-                    out[n] = a
+        with self._lock:
+            self._after_previous_call()
+            b = self._get(arr.shape[0])
+            b.x.copy_(torch.from_numpy(arr).to(self.device))
+            for i, f in enumerate(b.fns):
+                f()
+                for v in at.get(i, []):
+                    val = plan.values[v]
+                    t = b.views[v].float()
+                    if val.scale is not None:
+                        t = t * val.scale
+                    t = t[:, 0, 0, :] if val.flat else t.permute(0, 3, 1, 2)
+                    a = t.cpu().numpy().copy()
+                    for n in by_value[v]:
+                        out[n] = a
         return out
 
     def explain(self, batch: int = 1) -> str:
@@ -252,7 +278,8 @@ class TritonRuntime(Runtime):
                             title + extra)
 
     def close(self):
-        self._bound.clear()
+        with self._lock:
+            self._bound.clear()
         super().close()
 
 
