@@ -8,6 +8,10 @@ class CalibrationError(EngineError):
     """Calibration cannot go on: bad arguments, a model it cannot quantize, no statistics."""
 
 
+class CalibrationArgumentError(CalibrationError, InputError):
+    """An argument of calibration out of its range (a percentile outside (0, 100], ...)."""
+
+
 class CalibrationDataError(CalibrationError, InputError):
     """A calibration source that is empty, unreadable or of the wrong shape for the model."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import CalibrationError
+from .errors import CalibrationArgumentError, CalibrationError
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 NUM_QUANT_BINS = 128          # levels on one side of a signed 8-bit grid (0..127 plus sign)
@@ -41,11 +41,20 @@ def amax_minmax(hist) -> float:
     return float(hist.amax)
 
 
+def check_percentile(percentile) -> float:
+    """``percentile`` as a float in (0, 100], or a CalibrationArgumentError naming it."""
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.floating)) \
+            or not 0 < percentile <= 100:
+        raise CalibrationArgumentError(
+            f"percentile must be a number in (0, 100], got {percentile!r}; 99.99 is the usual "
+            "choice, 100 is the maximum |x|")
+    return float(percentile)
+
+
 def amax_percentile(hist, percentile: float = 99.99) -> float:
     """The ``percentile`` of ``|x|``; linear interpolation inside the bin that crosses it."""
     _check_hist(hist)
-    if not 0.0 < percentile <= 100.0:
-        raise CalibrationError(f"percentile must be in (0, 100], got {percentile}")
+    percentile = check_percentile(percentile)
     if percentile == 100.0:
         return float(hist.amax)
     counts = hist.counts.astype(np.float64)

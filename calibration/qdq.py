@@ -8,12 +8,11 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from engine.errors import InputError
 from engine.runtime import count_option
 
 from .errors import CalibrationError
 from .graph import QuantPlan, load_fp32, plan_quantization
-from .methods import METHODS, quantize_weight
+from .methods import METHODS, check_percentile, quantize_weight
 from .nodes import activation_qdq, qdq_names
 
 
@@ -131,10 +130,7 @@ def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude):
 def _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity_images,
                    threads):
     """Each number :func:`quantize` takes, in its range, or an InputError naming it."""
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) \
-            or not 0 < percentile <= 100:
-        raise InputError(f"percentile must be a number in (0, 100], got {percentile!r}; "
-                         "99.99 is the usual choice, 100 is the maximum |x|")
+    check_percentile(percentile)
     count_option("num_images", num_images)
     count_option("batch_size", batch_size, allow_none=False)
     count_option("auto_exclude", auto_exclude, minimum=0, allow_none=False)

@@ -68,8 +68,9 @@ def engine_failure(backend: str, path, reason: str):
     passed the checks made at load: names the engine, the file and the engine's reason, and
     says what to try next."""
     return UnsupportedGraphError(
-        f"{backend} failed running {path}: {reason.rstrip('. ')}. The graph passed the checks made at load, "
-        "so the engine cannot run it as written: re-export it with `inception-engine export`, "
+        f"{backend} failed running {path}: {reason.rstrip('. ')}. The graph passed the checks "
+        "made at load, so the engine cannot run it as written: re-export it with "
+        "`inception-engine export`, "
         "or run it on another backend (engine.available_backends(path) lists them)")
 
 

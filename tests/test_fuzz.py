@@ -143,9 +143,12 @@ def mutate_wiring(proto, rng) -> str:
         node.input[0] = node.output[0]
         return f"{node.name}: reads its own output"
     i, j = sorted(rng.sample(range(len(nodes)), 2))
-    g.node[i].CopyFrom(nodes[j])
-    g.node[j].CopyFrom(nodes[i])
-    return f"nodes {nodes[i].name} and {nodes[j].name} swapped"
+    first, second = type(nodes[i])(), type(nodes[j])()
+    first.CopyFrom(nodes[i])            # copies: g.node[i] and nodes[i] are one object
+    second.CopyFrom(nodes[j])
+    g.node[i].CopyFrom(second)
+    g.node[j].CopyFrom(first)
+    return f"nodes {first.name} and {second.name} swapped"
 
 
 def mutate_dtype(proto, rng) -> str:

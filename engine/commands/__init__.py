@@ -46,7 +46,16 @@ def in_range(low, high, kind=float, low_open: bool = True):
 positive_int = at_least(1)
 non_negative_int = at_least(0)
 non_negative_float = at_least(0.0, float)
-percentile = in_range(0, 100)
+
+
+def percentile(text: str) -> float:
+    """An argparse ``type`` for a calibration percentile (the rule is calibration's own)."""
+    from calibration.methods import check_percentile
+    from ..errors import InputError
+    try:
+        return check_percentile(_read(text, float))
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_command(sub, name: str, example: str, **kwargs) -> argparse.ArgumentParser:
