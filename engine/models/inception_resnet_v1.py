@@ -111,6 +111,13 @@ register(ModelConfig(name="inception_resnet_v1", arch="inception_resnet_v1",
                      classifier="last_linear",
                      description="Inception-ResNet-v1 as in the paper (ImageNet-1k, 299; no public weights)"))(_build)
 
+# Trained test subject, same recipe as inception_resnet_v2_fmnist (benchmarks/train_subject.py).
+register(ModelConfig(
+    name="inception_resnet_v1_fmnist", arch="inception_resnet_v1", input_size=(3, 75, 75),
+    crop_pct=1.0, interpolation="bilinear", num_classes=10, labels="fashion_mnist",
+    classifier="last_linear", width=0.25,
+    description="IR-v1 at width 0.25, 75x75, Fashion-MNIST (10 classes): a study subject"))(_build)
+
 # facenet-pytorch preprocessing: (x - 127.5) / 128 on 0..255 pixels, 160x160 face crops.
 register(ModelConfig(name="inception_resnet_v1_face", arch="inception_resnet_v1",
                      input_size=(3, 160, 160), mean=(127.5 / 255,) * 3, std=(128 / 255,) * 3,

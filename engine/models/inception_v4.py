@@ -116,3 +116,10 @@ def _build(cfg: ModelConfig, **kw):
 register(ModelConfig(name="inception_v4", arch="inception_v4", crop_pct=0.875,
                      first_conv="features.0.conv", classifier="last_linear",
                      description="Inception-v4 as in TF-slim/timm weights (ImageNet-1k, 299)"))(_build)
+
+# Trained test subject, same recipe as inception_resnet_v2_fmnist (benchmarks/train_subject.py).
+register(ModelConfig(
+    name="inception_v4_fmnist", arch="inception_v4", input_size=(3, 75, 75), crop_pct=1.0,
+    interpolation="bilinear", num_classes=10, labels="fashion_mnist",
+    first_conv="features.0.conv", classifier="last_linear", width=0.25,
+    description="Inception-v4 at width 0.25, 75x75, Fashion-MNIST (10 classes): a study subject"))(_build)
