@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["engine", "engine.*", "kernels", "kernels.*",
                                     "calibration", "calibration.*"]),
-    package_data={"engine": ["data/*", "data/fashion_mnist/*"]},
+    package_data={"engine": ["data/*", "data/fashion_mnist/*"], "kernels": ["tuning/*.json"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
@@ -22,9 +22,16 @@ setup(
         # CPU engines: OpenVINO is the default, ONNX Runtime the portable fallback
         "cpu": ["openvino>=2024.0", "onnxruntime>=1.18", "onnxscript", "matplotlib"],
         "plot": ["matplotlib"],
-        # test-only: reference implementations at random init, serving-config schema
-        "test": ["pytest", "pytest-timeout", "timm", "requests", "tritonclient[grpc]", "matplotlib",
-                 "grimp"],
+        # test-only: reference implementations at random init, serving-config schema and the
+        # end-to-end serving test's clients (the server itself: see "serve" below)
+        "test": ["pytest", "pytest-timeout", "timm", "requests", "tritonclient[http,grpc]",
+                 "matplotlib", "grimp"],
+        # serving: the clients. The Triton Inference Server comes from the nvidia-pytriton wheel,
+        # installed WITHOUT its dependencies (it pins numpy<2 for a Python API we never import):
+        #   pip install --no-deps nvidia-pytriton==0.7.0
+        "serve": ["tritonclient[http,grpc]"],
+        # the study's anchors: OpenVINO's own quantizer beside ours
+        "anchors": ["nncf>=3.4"],
         # GPU: TensorRT wheels come from NVIDIA's index (pip install --extra-index-url
         # https://pypi.nvidia.com tensorrt), not from PyPI
         "gpu": ["cuda-python"],

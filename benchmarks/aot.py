@@ -1,103 +1,168 @@
-"""Compile every kernel specialization a network needs for sm_80/sm_90, without a GPU, and
-print registers, spills and tensor-core use per specialization.
+"""The static kernel report for the real networks: every conv launch of the IR-v2 and
+Inception-v4 plans (each conv, each group of fused 1x1 heads, the classifier), the tile and
+split-K the shipped table gives it at batch 1, 32, 128 and 256, the wave efficiency of its
+grid on 132 SMs, and the compiled code of every distinct specialization for sm_80/sm_90,
+without a GPU.
 
-    python benchmarks/aot.py --out aot.txt [--model inception_resnet_v2] [--arch 80 90]
-        [--dtypes fp16 bf16 int8] [--all-configs]
+    python benchmarks/aot.py --report OUT.json [--dump DIR] [--model inception_resnet_v2 inception_v4]
+        [--arch 80 90] [--dtypes fp16 int8] [--waves-only]
+    python benchmarks/aot.py --classes --arch 90 --report OUT.json [--kernel-rev REV]
 
-The specializations come from the network's traced layer shapes (:mod:`engine.models.shapes`);
-the compiling, the table and the gate (no spills in FP16, tensor cores in every fp16/bf16/int8
-conv) are :mod:`kernels.aot`'s. Exits 1 when the gate finds problems.
+``--classes`` compiles one specialization per layer class (:func:`kernels.aot.class_specs`);
+``--kernel-rev REV`` compiles the same specializations with the conv kernel of git revision
+REV (``git show REV:kernels/conv.py``), for a before/after comparison from one command.
+The layers come from :mod:`engine.models.shapes`; compiling, the report and the gate are
+:mod:`kernels.aot`'s. Exits 1 when the gate finds problems (or, with ``--waves-only``, when
+an IR-v2 conv at batch 1 or 128 is under 80% wave efficiency).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List
 
 # Run as a script, this folder comes first on the import path, and its kernels.py (the
 # microbenchmark) would hide the ``kernels`` package: put the repository root there instead.
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if os.path.dirname(_HERE) not in sys.path:
-    sys.path.insert(0, os.path.dirname(_HERE))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 import torch  # noqa: E402
 
 from kernels import aot  # noqa: E402
-from kernels import conv as kconv  # noqa: E402
+from kernels import tuning  # noqa: E402
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8, "fp32": torch.float32}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
+MUST_BATCHES = (1, 128)      # where every IR-v2 conv must keep >= 80% of the SMs busy
 
 
-def network_specs(model_name: str = "inception_resnet_v2", dtypes=(torch.float16, torch.int8),
-                  configs=None) -> List[aot.Spec]:
-    """Every kernel specialization the network's layers need, per compute dtype.
-
-    fp16/bf16: activations stay in that dtype. int8: convs read int8 and write int8
-    (requantised), except the residual up-projections, which add the fp16 trunk and write
-    fp16 (Q/DQ on the shortcut input is applied when the trunk is next quantised).
-    configs: conv tiles to compile each conv for (default: the default tile only).
-    """
+def network_layers(model_name: str = "inception_resnet_v2") -> List[aot.Layer]:
+    """Every conv launch of the network's plan: each distinct conv, each group of 1x1 heads
+    fused into one launch (their outputs side by side), and the classifier (a 1x1 conv over
+    a 1x1 map)."""
+    from engine.models.registry import get_config
     from engine.models.shapes import network_shapes
 
     shapes = network_shapes(model_name)   # full width: alignment (channels % 16) matters
-    specs: Dict[str, aot.Spec] = {}
+    layers: Dict[str, aot.Layer] = {}
+    for s in shapes.convs:
+        layer = aot.Layer(s.label, s.kh, s.kw, s.stride, s.pad_h, s.pad_w, s.h, s.w, s.c_in, s.c_out, s.residual)
+        layers.setdefault(layer.label, layer)
+    for group in shapes.fusion_groups:
+        first = shapes.conv_of[group[0]]
+        n = sum(shapes.conv_of[g].c_out for g in group)
+        label = f"fused {len(group)}x1x1 {first.c_in}->{n} @{first.h}x{first.w}"
+        layers.setdefault(label, aot.Layer(label, 1, 1, 1, 0, 0, first.h, first.w, first.c_in, n, False, len(group)))
+    features = max(s.c_out for s in shapes.convs)
+    classes = get_config(model_name).num_classes
+    layers.setdefault("classifier", aot.Layer(f"classifier {features}->{classes}", 1, 1, 1, 0, 0, 1, 1,
+                                              features, classes))
+    return list(layers.values())
 
-    def add(spec: aot.Spec):
-        specs.setdefault(spec.name, spec)
 
+def network_specs(model_name: str = "inception_resnet_v2", dtypes=(torch.float16, torch.int8),
+                  batches=aot.BATCHES) -> List[aot.Spec]:
+    """Every kernel specialization the network's plan launches at ``batches``: the convs
+    (with the table's tiles and split-K), the split-K reductions, pools and requantisers."""
+    from engine.models.shapes import network_shapes
+
+    specs = {s.name: s for s in aot.layer_specs(network_layers(model_name), dtypes, batches)}
+    kinds = {p.kind for p in network_shapes(model_name).pools}
     for dt in dtypes:
-        float_dt = torch.float16 if dt == torch.int8 else dt   # where an int8 plan stays float
-        for cfg in configs or [None]:
-            for shape in shapes.convs:
-                if shape.residual:
-                    add(aot.conv_spec(1, 1, 1, dt, float_dt, res_dt=float_dt, relu=True, config=cfg))
-                    add(aot.conv_spec(1, 1, 1, dt, float_dt, res_dt=float_dt, relu=False,
-                                      config=cfg))   # the final block8 has no ReLU
-                else:
-                    add(aot.conv_spec(shape.kh, shape.kw, shape.stride, dt, dt, config=cfg,
-                                      aligned=shape.c_in % 16 == 0))
-            for group in shapes.fusion_groups:
-                add(aot.conv_spec(1, 1, 1, dt, dt, dests=len(group), config=cfg))
-            head_dt = torch.float32 if dt == torch.int8 else dt
-            add(aot.conv_spec(1, 1, 1, dt, head_dt, relu=False, config=cfg))   # the classifier
-        kinds = {p.kind for p in shapes.pools}
-        for kind in ("max", "avg"):
-            if kind in kinds:
-                add(aot.pool_spec(kind, dt))
-        add(aot.global_avg_spec(float_dt))
+        float_dt = torch.float16 if dt == torch.int8 else dt
+        extra = [aot.pool_spec(k, dt) for k in ("max", "avg") if k in kinds] + [aot.global_avg_spec(float_dt)]
         if dt == torch.int8:
-            add(aot.requant_spec(torch.float16, torch.int8))
-            add(aot.requant_spec(torch.int8, torch.float16))
+            extra += [aot.requant_spec(torch.float16, torch.int8), aot.requant_spec(torch.int8, torch.float16)]
+        for s in extra:
+            specs.setdefault(s.name, s)
     return list(specs.values())
+
+
+def _conv_module_at(rev: str):
+    """The ``kernels`` package of git revision ``rev`` (its conv, _launch and env), imported
+    under another name from a temporary folder, so its conv kernel compiles beside today's."""
+    tmp = tempfile.mkdtemp(prefix="kernels-rev-")
+    pkg = os.path.join(tmp, "kernels_rev")
+    os.makedirs(pkg)
+    for name in ("conv", "_launch", "env"):
+        src = subprocess.run(["git", "show", f"{rev}:kernels/{name}.py"], cwd=_ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        with open(os.path.join(pkg, f"{name}.py"), "w") as f:
+            f.write(src)
+    open(os.path.join(pkg, "__init__.py"), "w").close()
+    sys.path.insert(0, tmp)
+    return importlib.import_module("kernels_rev.conv")
+
+
+def _compile(specs, archs, rev):
+    if not rev:
+        return aot.compile_many(specs, archs)
+    old = _conv_module_at(rev)
+    return [aot.compile_spec(s, a, fn=old._conv_kernel) for s in specs for a in archs if s.kernel == "conv"]
+
+
+def _wave_problems(layers, dtypes) -> List[str]:
+    rows = aot.wave_table(layers, dtypes, MUST_BATCHES)
+    return [f"{r['layer']} {r['dtype']} batch {r['batch']}: {r['wave_efficiency']:.0%} wave efficiency "
+            f"({r['tile']}, split-K {r['split_k']}, {r['programs']} programs)"
+            for r in rows if r["wave_efficiency"] < tuning.TARGET_WAVE_EFFICIENCY]
 
 
 def main(argv=None) -> int:
     import triton
 
-    ap = argparse.ArgumentParser(description="Compile a network's kernel specializations for sm_80/sm_90 "
-                                             "without a GPU; print registers, spills and tensor-core use.")
-    ap.add_argument("--model", default="inception_resnet_v2")
+    ap = argparse.ArgumentParser(description="Static kernel report for the networks' conv launches (no GPU).")
+    ap.add_argument("--model", nargs="+", default=["inception_resnet_v2", "inception_v4"])
     ap.add_argument("--arch", type=int, nargs="+", default=[80, 90])
-    ap.add_argument("--dtypes", nargs="+", default=["fp16", "bf16", "int8"], choices=sorted(DTYPES))
-    ap.add_argument("--all-configs", action="store_true", help="every autotune config, not only the default tile")
-    ap.add_argument("--out", help="also write the table here")
+    ap.add_argument("--dtypes", nargs="+", default=["fp16", "int8"], choices=sorted(DTYPES))
+    ap.add_argument("--batches", type=int, nargs="+", default=list(aot.BATCHES))
+    ap.add_argument("--classes", action="store_true", help="one specialization per layer class instead")
+    ap.add_argument("--kernel-rev", help="with --classes: compile the conv kernel of this git revision")
+    ap.add_argument("--waves-only", action="store_true", help="only the wave table; compile nothing")
+    ap.add_argument("--report", help="write the JSON report here")
+    ap.add_argument("--dump", help="write each specialization's .ttgir/.ptx/.sass here")
     args = ap.parse_args(argv)
-    specs = network_specs(args.model, tuple(DTYPES[d] for d in args.dtypes),
-                          configs=kconv.CONFIGS if args.all_configs else None)
-    t0 = time.time()
-    results = aot.compile_many(specs, args.arch)
-    problems = aot.check(results)
-    text = (f"{args.model}: {len(specs)} specializations x {len(args.arch)} archs compiled in "
-            f"{time.time() - t0:.0f} s (triton {triton.__version__})\n{aot.format_table(results)}\n")
-    text += ("problems:\n  " + "\n  ".join(problems) + "\n") if problems else \
-        "no spills in fp16, tensor cores everywhere expected\n"
-    print(text)
-    if args.out:
-        from engine.fileio import atomic_write_bytes
-        atomic_write_bytes(args.out, text.encode())
+    if args.kernel_rev and not args.classes:
+        ap.error("--kernel-rev needs --classes (an older kernel compiles the class specializations)")
+    dtypes = [DTYPES[d] for d in args.dtypes]
+    layers = [layer for m in args.model for layer in network_layers(m)]
+    waves = aot.wave_table(layers, dtypes, args.batches)
+    problems = _wave_problems(network_layers("inception_resnet_v2"), dtypes)
+    results = []
+    if not args.waves_only:
+        if args.classes:
+            specs = aot.class_specs()
+        else:
+            specs = {}
+            for m in args.model:
+                for s in network_specs(m, tuple(dtypes), tuple(args.batches)):
+                    specs.setdefault(s.name, s)
+            specs = list(specs.values())
+        t0 = time.time()
+        results = _compile(specs, args.arch, args.kernel_rev)
+        print(f"{len(specs)} specializations x {len(args.arch)} archs compiled in {time.time() - t0:.0f} s "
+              f"(triton {triton.__version__}{', conv kernel of ' + args.kernel_rev if args.kernel_rev else ''})")
+        print(aot.format_table(results))
+        problems += aot.check(results)
+    rep = aot.report(results, waves)
+    rep["problems"] = problems
+    rep["kernel_rev"] = args.kernel_rev or "working tree"
+    low = min(w["wave_efficiency"] for w in waves)
+    print(f"wave efficiency on {tuning.DEFAULT_SMS} SMs: min {low:.0%} over {len(waves)} launches")
+    print("problems:\n  " + "\n  ".join(problems) if problems else "gate: no problems")
+    if args.dump:
+        aot.write_dump(results, args.dump)
+    if args.report:
+        from engine.fileio import atomic_write_text
+        atomic_write_text(args.report, json.dumps(rep, indent=1))
     return 1 if problems else 0
 
 

@@ -9,9 +9,10 @@ What runs (each only where available; unavailable ones are listed with the reaso
   ONNX Runtime FP32 / INT8. INT8 runs a symmetric Q/DQ ONNX: ``--int8-onnx FILE``, or one made
   here by ``calibration.quantize`` (min-max on random images: speed does not depend on the
   calibration quality, accuracy does; see the INT8 study for that).
-- CUDA (``--device cuda``): torch eager FP16 channels_last (the baseline) and FP32,
-  TensorRT FP16/INT8 plans built here, the ``triton`` backend FP16, ONNX Runtime's CUDA
-  provider.
+- CUDA (``--device cuda``): torch eager FP16 channels_last with ``cudnn.benchmark`` (the
+  baseline) and FP32, torch.compile of the FP16 model (``--compile-mode``, max-autotune by
+  default), TensorRT FP16/INT8 plans built here, the ``triton`` backend FP16 and INT8, ONNX
+  Runtime's CUDA provider.
 
 Method: one exported ONNX file for every engine; each runner is warmed up, then timed in
 ``--rounds`` interleaved rounds of ``--iters`` calls (so load from other processes hits every
@@ -20,7 +21,8 @@ average before and after is recorded: on a shared machine read ratios, not absol
 Random weights (seeded) unless ``--weights``: speed does not depend on them.
 
 Writes ``e2e.csv``, ``e2e.json`` and ``e2e.png`` (p50 latency bars per batch, ratio to the
-baseline on each bar) to ``--out``.
+baseline on each bar) to the folder ``--out``, or, for ``--out x.csv``, ``x.csv`` with
+``x.json`` and ``x.png`` beside it.
 """
 from __future__ import annotations
 
@@ -71,7 +73,11 @@ def parse_args(argv=None):
     p.add_argument("--work", type=Path, default=None,
                    help="keep the exported (and INT8) ONNX here and reuse them on the next run "
                         "(default: a fresh temporary folder)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e")
+    p.add_argument("--compile-mode", default="max-autotune",
+                   choices=["max-autotune", "reduce-overhead", "default"],
+                   help="torch.compile mode of the compiled GPU baseline")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e",
+                   help="a folder, or a file name ending in .csv (JSON and PNG beside it)")
     return p.parse_args(argv)
 
 
@@ -115,6 +121,15 @@ def _torch_runtime(module, precision, threads, device, channels_last=False):
                         channels_last=channels_last)
 
 
+def _compiled_runtime(model, mode: str):
+    """The FP16 channels_last eager model under torch.compile (``mode``), as a runtime."""
+    import torch
+    rt = _torch_runtime(model, "fp16", None, "cuda", channels_last=True)
+    kw = {} if mode == "default" else {"mode": mode}
+    rt.module = torch.compile(rt.module, **kw)
+    return rt
+
+
 def make_int8(fp32_onnx: Path, out: Path, size, threads) -> Path:
     import calibration
     x = np.random.default_rng(0).standard_normal((8, 3, size, size)).astype(np.float32)
@@ -153,9 +168,14 @@ def build_runners(args, model, onnx_path: Path, int8_path, work: Path):
                 R.append(Runner(f"{be}/int8", be, "int8",
                                 lambda b=be: engine.load(int8_path(), backend=b, threads=th)))
     else:
+        import torch
+        torch.backends.cudnn.benchmark = True      # the eager baseline picks its best algorithms
         R.append(Runner("torch/fp16-cl", "torch eager", "fp16",
                         lambda: _torch_runtime(model, "fp16", None, "cuda", channels_last=True),
                         baseline=True, note="channels_last"))
+        R.append(Runner("torch-compile/fp16", "torch.compile", "fp16",
+                        lambda: _compiled_runtime(model, args.compile_mode),
+                        note=f"mode={args.compile_mode}"))
         R.append(Runner("torch/fp32", "torch eager", "fp32",
                         lambda: _torch_runtime(model, "fp32", None, "cuda")))
         if backends.check_available("tensorrt")[0]:
@@ -172,6 +192,9 @@ def build_runners(args, model, onnx_path: Path, int8_path, work: Path):
         if backends.is_installed("triton"):
             R.append(Runner("triton/fp16", "triton", "fp16",
                             lambda: engine.load(onnx_path, backend="triton", precision="fp16")))
+            if int8_path is not None:
+                R.append(Runner("triton/int8", "triton", "int8",
+                                lambda: engine.load(int8_path(), backend="triton")))
         R.append(Runner("onnxruntime-cuda/fp32", "onnxruntime", "fp32",
                         lambda: engine.load(onnx_path, backend="onnxruntime", device="cuda")))
     if args.engines:
@@ -307,16 +330,26 @@ def batch_rows(batch: int, live, samples: dict, cpu: dict, parity: dict) -> list
     return rows
 
 
+def output_paths(out: Path):
+    """``(csv, json, png)``: ``--out x.csv`` names the CSV (the JSON and PNG go beside it,
+    same stem); any other ``--out`` is a folder that gets e2e.csv, e2e.json and e2e.png."""
+    out = Path(out)
+    if out.suffix.lower() == ".csv":
+        return out, out.with_suffix(".json"), out.with_suffix(".png")
+    return out / "e2e.csv", out / "e2e.json", out / "e2e.png"
+
+
 def write_outputs(result: dict, out: Path):
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "e2e.json", json.dumps(result, indent=2))
+    csv_path, json_path, png_path = output_paths(out)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_path, json.dumps(result, indent=2))
     cols = ["batch", "label", "engine", "precision", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
             "min_ms", "n", "throughput_ips", "cpu_ms_per_call", "latency_ratio", "speedup"]
     lines = [",".join(cols)] + [",".join("" if r.get(c) is None else str(r[c]) for c in cols)
                                 for r in result["results"]]
-    atomic_write_text(out / "e2e.csv", "\n".join(lines) + "\n")
+    atomic_write_text(csv_path, "\n".join(lines) + "\n")
     try:
-        plot(result, out / "e2e.png")
+        plot(result, png_path)
     except ImportError as e:
         print(f"  no plot ({e}); pip install matplotlib", file=sys.stderr)
 

@@ -1,4 +1,4 @@
-"""INT8 Q/DQ speed on OpenVINO: our calibration vs PyTorch eager FP32 vs ORT quantize_static.
+"""INT8 Q/DQ speed on OpenVINO: our per-target files vs NNCF vs PyTorch eager FP32 vs ORT.
 
 Inception-ResNet-v2 at 299x299 (random weights: speed does not depend on them), batch 1,
 ``--threads`` CPU threads (default 2), OpenVINO CPU with one stream and the latency hint.
@@ -8,12 +8,17 @@ round, so a busy shared machine slows them alike; the median over rounds is repo
 Rows:
 - ``torch eager fp32``: the PyTorch reference (``engine.create_model``), ``torch.inference_mode``;
 - ``openvino fp32``: the FP32 export with the f32 precision hint (OpenVINO's CPU default is bf16);
-- ``openvino int8 (ours, <method>)``: ``calibration.quantize`` output (int8 Q/DQ, the
-  TensorRT-compatible default), and the same with ``unsigned_relu=True`` (uint8, zero point 0
-  on non-negative tensors, which lets OpenVINO keep every concat in int8);
+- ``openvino int8 (ours, <method>, target tensorrt|openvino)``: ``calibration.quantize_targets``
+  output from one calibration: the signed file (TensorRT's layout) and OpenVINO's (uint8,
+  zero point 0 on non-negative tensors, which lets OpenVINO keep every concat in int8);
+- ``openvino int8 (nncf)``: NNCF's ``nncf.quantize`` (its default preset) on the same FP32
+  export and the same calibration images, when nncf is installed (``--skip-nncf`` to leave it
+  out);
 - ``openvino int8 (ort quantize_static)``: ONNX Runtime's symmetric QDQ (QInt8/QInt8,
   per-channel, ``ActivationSymmetric``/``WeightSymmetric``) of the same FP32 export;
 - ``onnxruntime int8 (ours)``: our file on ONNX Runtime's CPU provider, for the record.
+
+Each row also has the batch-8 throughput (img/s, median call), timed in the same rounds.
 
     python benchmarks/int8_speed.py --out benchmarks/int8_speed.json [--rounds 10]
 """
@@ -72,6 +77,29 @@ def ort_quantize_static(fp32, out, calib):
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
 
 
+def nncf_quantize(core, fp32, calib):
+    """NNCF's post-training INT8 (default preset) of the FP32 export, as an ``ov.Model``."""
+    import nncf
+    dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+    return nncf.quantize(core.read_model(str(fp32)), dataset, subset_size=len(calib))
+
+
+def interleaved(runners, rounds, warmup):
+    """``{name: percentiles}`` of one timed call per runner per round, rounds interleaved so a
+    busy machine slows every runner alike."""
+    import torch
+    from engine.timing import percentiles, time_calls
+    times = {k: [] for k in runners}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for f in runners.values():
+                f()
+        for _ in range(rounds):
+            for k, f in runners.items():
+                times[k] += time_calls(f, iters=1, warmup=0, cuda=False)
+    return {k: percentiles(ts) for k, ts in times.items()}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="inception_resnet_v2")
@@ -83,6 +111,7 @@ def main(argv=None):
     ap.add_argument("--method", default="entropy")
     ap.add_argument("--workdir", default=None, help="keep the ONNX files here")
     ap.add_argument("--skip-ort-baseline", action="store_true")
+    ap.add_argument("--skip-nncf", action="store_true")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
 
@@ -91,7 +120,6 @@ def main(argv=None):
     import torch
     import engine
     import calibration
-    from engine.timing import percentiles, time_calls
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="int8_speed_"))
@@ -101,55 +129,58 @@ def main(argv=None):
     if not fp32.exists():
         engine.export_onnx(model, fp32, input_size=(3, args.size, args.size))
     calib = synthetic_images(args.calib, args.size)
-    ours = work / f"int8.{args.method}.onnx"
-    ours_u8 = work / f"int8.{args.method}.unsigned_relu.onnx"
     t0 = time.perf_counter()
     stats = calibration.collect_statistics(fp32, calib, batch_size=2, threads=args.threads)
-    res = calibration.quantize(fp32, ours, statistics=stats, method=args.method)
+    targets = calibration.quantize_targets(
+        fp32, {t: work / f"int8.{args.method}.{t}.onnx" for t in ("tensorrt", "openvino")},
+        statistics=stats, method=args.method)
     calib_s = time.perf_counter() - t0
-    calibration.quantize(fp32, ours_u8, statistics=stats, method=args.method, unsigned_relu=True)
-    files = {"openvino fp32": fp32, f"openvino int8 (ours, {args.method})": ours,
-             f"openvino int8 (ours, {args.method}, --unsigned-relu)": ours_u8}
+    res, ours = targets["tensorrt"], targets["tensorrt"].path
+    files = {"openvino fp32": fp32}
+    files.update({f"openvino int8 (ours, {args.method}, target {t})": r.path
+                  for t, r in targets.items()})
     if not args.skip_ort_baseline:
         theirs = work / "int8.ort_quantize_static.onnx"
         ort_quantize_static(fp32, theirs, calib)
         files["openvino int8 (ort quantize_static)"] = theirs
 
     core = ov.Core()
+    if not args.skip_nncf:
+        files["openvino int8 (nncf)"] = nncf_quantize(core, fp32, calib)
     cfg = {"INFERENCE_NUM_THREADS": args.threads, "NUM_STREAMS": 1,
            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     x = calib[:1].copy()
-    runners, errors, precisions = {}, {}, {}
-    xt = torch.from_numpy(x)
+    x8 = np.ascontiguousarray(np.repeat(calib, -(-8 // len(calib)), 0)[:8])
+    runners, errors, precisions, runners8 = {}, {}, {}, {}
+    xt, xt8 = torch.from_numpy(x), torch.from_numpy(x8)
     runners["torch eager fp32"] = lambda: model(xt)
+    runners8["torch eager fp32"] = lambda: model(xt8)
     for name, path in files.items():
         try:
-            compiled = core.compile_model(str(path), "CPU", cfg)
+            compiled = core.compile_model(path if isinstance(path, ov.Model) else str(path),
+                                          "CPU", cfg)
             precisions[name] = runtime_precisions(compiled)
             req = compiled.create_infer_request()
             runners[name] = (lambda r: (lambda: r.infer({0: x})))(req)
+            req8 = compiled.create_infer_request()
+            runners8[name] = (lambda r: (lambda: r.infer({0: x8})))(req8)
         except Exception as e:        # report a file OpenVINO cannot compile, keep going
             errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
     sess = ort.InferenceSession(str(ours), so, providers=["CPUExecutionProvider"])
     runners["onnxruntime int8 (ours)"] = lambda: sess.run(None, {"input": x})
+    runners8["onnxruntime int8 (ours)"] = lambda: sess.run(None, {"input": x8})
 
-    times = {k: [] for k in runners}
-    with torch.inference_mode():
-        for _ in range(args.warmup):
-            for f in runners.values():
-                f()
-        for _ in range(args.rounds):          # one timed call per engine per round
-            for k, f in runners.items():
-                times[k] += time_calls(f, iters=1, warmup=0, cuda=False)
-    summary = {k: percentiles(ts) for k, ts in times.items()}
+    summary = interleaved(runners, args.rounds, args.warmup)
+    summary8 = interleaved(runners8, max(3, args.rounds // 2), 1)
     eager = summary["torch eager fp32"]["p50_ms"]
     rows = []
     for k, stat in summary.items():
         rows.append({"engine": k, "median_ms": round(stat["p50_ms"], 2),
                      "min_ms": round(stat["min_ms"], 2),
                      "vs_eager": round(stat["p50_ms"] / eager, 3),
+                     "batch8_img_s": round(8000.0 / summary8[k]["p50_ms"], 2),
                      "runs_as": precisions.get(k)})
     for k, e in errors.items():
         rows.append({"engine": k, "error": e})

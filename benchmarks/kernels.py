@@ -58,10 +58,12 @@ def _peak(name: str):
     return (float("nan"), float("nan"))
 
 
-def _bench(fn, reps_ms: int):
-    """(median, p20, p80) device milliseconds of ``fn()``, timed for at least ``reps_ms`` ms
-    (and 10 calls) after 5 warm-up calls (the first one autotunes)."""
-    samples = time_calls(fn, iters=10, warmup=5, duration=reps_ms / 1e3, cuda=True)
+def _bench(fn, reps_ms: int, cuda: bool = True, quick: bool = False):
+    """(median, p20, p80) milliseconds of ``fn()`` (device time with ``cuda``), timed for at
+    least ``reps_ms`` ms (and 10 calls) after 5 warm-up calls (the first one autotunes);
+    ``quick``: 2 calls after 1 (a dry run's code path, not a measurement)."""
+    iters, warmup = (2, 1) if quick else (10, 5)
+    samples = time_calls(fn, iters=iters, warmup=warmup, duration=reps_ms / 1e3, cuda=cuda)
     med, p20, p80 = np.percentile(samples, [50, 20, 80])
     return float(med), float(p20), float(p80)
 
@@ -78,6 +80,71 @@ def conv_cases(models):
             seen.add(s)
             cases.append((m, s, len(names)))
     return cases
+
+
+def cases_by_flop_share(model: str):
+    """``[(shape, count, share)]``: the model's distinct conv shapes, biggest share of the
+    network's conv FLOPs first (so a run cut short has measured most of the work)."""
+    from engine.models.shapes import network_shapes
+    convs = network_shapes(model).convs
+    work = {s: s.flops(1) * len(names) for s, names in convs.items()}
+    total = sum(work.values())
+    return [(s, len(convs[s]), work[s] / total) for s in sorted(work, key=work.get, reverse=True)]
+
+
+def tiny_shape(s):
+    """The same kernel geometry on at most 16 channels and a 9x9 map (interpreter runs)."""
+    from dataclasses import replace
+    return replace(s, c_in=min(s.c_in, 16), c_out=min(s.c_out, 16), h=min(s.h, 9), w=min(s.w, 9))
+
+
+def check_case(s, batch: int, dev):
+    """Our conv against its PyTorch reference on shape ``s``: FP16 within 2e-2 of the
+    reference's range, INT8 bit-exact (int8 in, requantised int8 out)."""
+    import kernels as K
+    g = torch.Generator(device="cpu").manual_seed(0)
+    oh, ow = s.out_hw
+    pad = (s.pad_h, s.pad_w)
+    x = torch.randn(batch, s.h, s.w, s.c_in, generator=g).to(dev, torch.float16)
+    w = torch.randn(s.c_out, s.c_in, s.kh, s.kw, generator=g) / math.sqrt(s.c_in * s.kh * s.kw)
+    bias = torch.randn(s.c_out, generator=g).to(dev)
+    wp = K.pack_weight(w, torch.float16).to(dev)
+    got = K.conv2d(x, wp, bias, stride=s.stride, padding=pad)
+    want = K.conv2d_reference(x, wp, bias, stride=s.stride, padding=pad)
+    err = float((got.float() - want.float()).abs().max() / max(1e-6, want.float().abs().max()))
+    rows = [{"dtype": "fp16", "batch": batch, "max_rel_err": err, "passed": err <= 2e-2}]
+    wq, w_scale = K.quantize_weight(w)
+    xq = torch.randint(-128, 128, (batch, s.h, s.w, s.c_in), dtype=torch.int8, generator=g).to(dev)
+    wqp = K.pack_weight(wq).to(dev)
+    dq = K.dequant_scale(w_scale.to(dev), 0.02)
+    kw = dict(stride=s.stride, padding=pad, scale=dq, out_scale=0.05)
+    out = torch.empty(batch, oh, ow, s.c_out, dtype=torch.int8, device=dev)
+    K.conv2d(xq, wqp, bias, out=out, **kw)
+    ref = K.conv2d_reference(xq, wqp, bias, out_dtype=torch.int8, **kw)
+    diff = int((out.int() - ref.int()).abs().max())
+    rows.append({"dtype": "int8", "batch": batch, "max_rel_err": float(diff), "passed": diff == 0})
+    return rows
+
+
+def bench_case(s, batch: int, dev, rep_ms: int = 25, compile_ok: bool = False, quick: bool = False):
+    """Rows (impl, ms, TFLOPS, % of peak) for one conv shape at ``batch``, each of our
+    kernels checked against its reference first; a failure is one ``error`` row."""
+    cuda = dev.type == "cuda"
+    peak16, peak8 = _peak(torch.cuda.get_device_name()) if cuda else (float("nan"), float("nan"))
+    rows = []
+    try:
+        impls, flops, check = _conv_impls(s, batch, dev, compile_ok)
+        check()
+        for impl, fn in impls.items():
+            med, p20, p80 = _bench(fn, rep_ms, cuda, quick)
+            tf = flops / med * 1e-9
+            pk = peak8 if impl.endswith("int8") else peak16
+            rows.append(dict(kind="conv", batch=batch, impl=impl, ms=med, ms_p20=p20, ms_p80=p80,
+                             tflops=tf, pct_peak=100 * tf / pk))
+    except Exception as e:   # record and carry on: one bad shape must not hide the rest
+        rows.append(dict(kind="conv", batch=batch, impl="error", ms=float("nan"), error=f"{type(e).__name__}: {e}"))
+        print(f"  {s.label} b{batch}: {type(e).__name__}: {e}", flush=True)
+    return rows
 
 
 def pool_cases(models):
@@ -138,7 +205,7 @@ def _conv_impls(s, batch, dev, compile_ok):
         eager = lambda xx: torch.relu(bn(F.conv2d(xx, w16, None, stride=s.stride, padding=pad)))
         comp_args = (x_cl,)
     if compile_ok:
-        compiled = torch.compile(eager)
+        compiled = torch.compile(eager, mode="max-autotune")
         impls["compiled"] = lambda: compiled(*comp_args)
     # int8: symmetric per-channel weights, per-tensor activations, requantised int8 output
     wq, w_scale = K.quantize_weight(wf)
@@ -170,16 +237,18 @@ def run(args) -> int:
         print("benchmarks/kernels.py needs an NVIDIA GPU (CUDA); none here, nothing measured.")
         return 0
     import kernels as K  # noqa: F401  (imports triton kernels for the GPU)
+    torch.backends.cudnn.benchmark = True      # the cuDNN baselines pick their best algorithm
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name()
-    peak16, peak8 = _peak(name)
     t_start = time.time()
     rows = []
-    cases = conv_cases(args.models)
+    cases = [(m, s, count) for m in args.models for s, count, _ in cases_by_flop_share(m)]
+    cases = list({s: (m, s, c) for m, s, c in reversed(cases)}.values())[::-1]   # first model wins
     if args.limit:
         cases = cases[:args.limit]
     n_compiled = 0
-    print(f"{name}: {len(cases)} conv shapes, batches {args.batch}, torch {torch.__version__}", flush=True)
+    print(f"{name}: {len(cases)} conv shapes by FLOP share, batches {args.batch}, torch {torch.__version__}",
+          flush=True)
     for batch in args.batch:
         for model, s, count in cases:
             if time.time() - t_start > args.budget_s:
@@ -187,20 +256,9 @@ def run(args) -> int:
                 break
             compile_ok = n_compiled < args.compile_limit
             n_compiled += compile_ok
-            try:
-                impls, flops, check = _conv_impls(s, batch, dev, compile_ok)
-                check()
-                for impl, fn in impls.items():
-                    med, p20, p80 = _bench(fn, args.rep_ms)
-                    tf = flops / med * 1e-9
-                    pk = peak8 if impl.endswith("int8") else peak16
-                    rows.append(dict(model=model, layer=s.label, kind="conv", count=count, batch=batch, impl=impl,
-                                     ms=med, ms_p20=p20, ms_p80=p80, tflops=tf, pct_peak=100 * tf / pk))
-            except Exception as e:   # record and carry on: one bad shape must not hide the rest
-                rows.append(dict(model=model, layer=s.label, kind="conv", count=count, batch=batch, impl="error",
-                                 ms=float("nan"), ms_p20=float("nan"), ms_p80=float("nan"), tflops=float("nan"),
-                                 pct_peak=float("nan"), error=f"{type(e).__name__}: {e}"))
-                print(f"  {s.label} b{batch}: {type(e).__name__}: {e}", flush=True)
+            for r in bench_case(s, batch, dev, args.rep_ms, compile_ok):
+                rows.append(dict(model=model, layer=s.label, count=count, **r))
+            _write_csv(rows, args.out)          # after every shape: a timeout keeps them
         for model, p, count in pool_cases(args.models):
             x = torch.randn(batch, p.h, p.w, p.c, device=dev, dtype=torch.float16)
             x_cl = x.permute(0, 3, 1, 2)
@@ -213,6 +271,7 @@ def run(args) -> int:
                 rows.append(dict(model=model, layer=p.label, kind="pool", count=count, batch=batch, impl=impl,
                                  ms=med, ms_p20=p20, ms_p80=p80, tflops=float("nan"),
                                  pct_peak=float("nan"), gbps=nbytes / med * 1e-6))
+        _write_csv(rows, args.out)
     _write(rows, args, name)
     return 0
 
@@ -220,9 +279,10 @@ def run(args) -> int:
 def summary(rows, batch=128, model="inception_resnet_v2"):
     """Geometric means over the model's conv shapes at ``batch`` (each shape once)."""
     by = {}
-    for r in rows:
-        if r["kind"] == "conv" and r["batch"] == batch and r["model"] == model and r["impl"] != "error":
-            by.setdefault(r["layer"], {})[r["impl"]] = r["ms"]
+    for r in rows:     # rows as measured, or read back from the CSV (strings)
+        if r["kind"] == "conv" and int(r["batch"]) == batch and r.get("model", model) == model \
+                and r["impl"] != "error":
+            by.setdefault(r["layer"], {})[r["impl"]] = float(r["ms"])
 
     def gmean(num, den):
         vals = [v[num] / v[den] for v in by.values() if num in v and den in v]
@@ -239,16 +299,23 @@ def summary(rows, batch=128, model="inception_resnet_v2"):
     return out
 
 
+FIELDS = ["model", "layer", "kind", "count", "batch", "impl", "ms", "ms_p20", "ms_p80", "tflops", "pct_peak",
+          "gbps", "error"]
+
+
+def _write_csv(rows, path):
+    """The CSV of every row so far, written whole under a temporary name, then renamed."""
+    from engine.fileio import atomic_path
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow(r)
+
+
 def _write(rows, args, gpu):
-    fields = ["model", "layer", "kind", "count", "batch", "impl", "ms", "ms_p20", "ms_p80", "tflops", "pct_peak",
-              "gbps", "error"]
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    os.replace(tmp, args.out)
+    _write_csv(rows, args.out)
     summ = {b: summary(rows, b) for b in sorted({r["batch"] for r in rows})}
     with open(os.path.splitext(args.out)[0] + "_summary.json", "w") as f:
         json.dump({"gpu": gpu, "torch": torch.__version__, "summary": summ}, f, indent=1)

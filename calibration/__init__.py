@@ -9,6 +9,19 @@ One call does it all::
                                num_images=512, cache="m.calib.cache")   # optional TRT cache
     res.amax, res.plan, res.statistics, res.calibration_seconds
 
+One calibration, one file per target engine (each gets the Q/DQ layout it runs best;
+``calibration/targets.py``)::
+
+    calibration.quantize_targets("m.onnx", {"openvino": "m.ov.onnx", "tensorrt": "m.trt.onnx"},
+                                 data="calib_images/", method="percentile")
+
+Mixed precision to an accuracy budget (the most sensitive layers kept in float, greedily, until
+the drop on a validation split is within ``max_drop`` points; ``calibration/budget.py``)::
+
+    res = calibration.quantize_to_budget("m.onnx", "m.ov.onnx", val_x, val_y, max_drop=0.1,
+                                         data="calib_images/", target="openvino")
+    res.budget.excluded, res.budget.drop
+
 For a study over several methods, collect the statistics once and reuse them::
 
     plan = calibration.plan_quantization(calibration.load_fp32("m.onnx"))
@@ -20,11 +33,19 @@ Public API (stable; extend, don't rename):
 
 - ``quantize(onnx_in, onnx_out, data=None, method="entropy", exclude=(), percentile=99.99,
   num_images=None, batch_size=32, statistics=None, scales=None, auto_exclude=0,
-  sensitivity_images=64, quantize_gemm=False, unsigned_relu=False, cache=None,
-  cache_version=None, threads=None, progress=False) -> QuantizeResult``. ``scales`` takes a dict tensor -> amax, a
+  sensitivity_images=64, quantize_gemm=False, target=None, unsigned_relu=None, cache=None,
+  cache_version=None, threads=None, progress=False) -> QuantizeResult``. ``target``:
+  openvino | onnxruntime | tensorrt (default) | triton (``TARGETS``), recorded in the
+  metadata; ``unsigned_relu`` is deprecated (True is target openvino, False tensorrt). ``scales`` takes a dict tensor -> amax, a
   ``CalibrationCache`` or a cache file path instead of data. Writes atomically; metadata
   ``inception.precision = "int8"`` and ``inception.calibration`` (JSON: method, percentile,
   num_images, dataset, exclude, auto_excluded, ...).
+- ``quantize_targets(onnx_in, {target: path}, data=None, statistics=None, ...) -> {target:
+  QuantizeResult}``: the statistics collected once for every file.
+- ``quantize_to_budget(onnx_in, onnx_out, val_images, val_labels=None, max_drop=0.1,
+  metric="top1"|"agreement", data=..., statistics=None, method="percentile",
+  max_excluded=None, evaluate=None, **quantize_options) -> QuantizeResult`` (``.budget``:
+  ``excluded``, ``drop``, ``steps``); ``greedy_exclusion(ranked, drop_with, max_drop)``.
 - ``collect_statistics(model, data, tensors=None, bins=2048, num_images=None, batch_size=32,
   threads=None, progress=False) -> Statistics`` (``.histograms``, ``.amax(method,
   percentile)``, ``.num_images``, ``.seconds``, ``.save(path)`` / ``Statistics.load(path)``).
@@ -47,10 +68,12 @@ Public API (stable; extend, don't rename):
 Placement (see ``calibration/graph.py``): Q/DQ on conv inputs (one shared pair per tensor) and
 per-channel int8 weights; none on conv outputs; residual Add reads only its shortcut
 quantized; Concat inputs and output (and MaxPool input/output) share one scale; Gemm stays
-float by default. Activations are int8 (TensorRT's only Q/DQ type); ``unsigned_relu=True``
-makes non-negative tensors (ReLU outputs, their concats and pools) uint8 with zero point 0,
-which OpenVINO needs to run every Concat, and the conv after it, in int8 (CPU engines only). CLI: ``inception-engine quantize IN.onnx OUT.onnx --method entropy
---calib DIR|FILE.npz``.
+float by default. Activations are int8 (TensorRT's only Q/DQ type) for targets tensorrt,
+triton and onnxruntime; target openvino makes non-negative tensors (ReLU outputs, their
+concats and pools) uint8 with zero point 0, which OpenVINO needs to run every Concat, and the
+conv after it, in int8, and gives the layers reading the image 7-bit weights (no int16
+saturation on CPUs without VNNI). CLI: ``inception-engine quantize IN.onnx OUT.onnx --method
+entropy --calib DIR|FILE.npz [--target openvino] [--max-drop 0.1]``.
 
 Measured on the study subject (benchmarks/RESULTS.md, "INT8 calibration"): minmax, percentile
 and mse stay within 0.3 pt of FP32; entropy (faithful to TensorRT) clips the first layer's
@@ -63,6 +86,11 @@ import importlib
 _LAZY = {
     "quantize": "calibration.qdq",
     "QuantizeResult": "calibration.qdq",
+    "quantize_targets": "calibration.qdq",
+    "TARGETS": "calibration.targets",
+    "quantize_to_budget": "calibration.budget",
+    "greedy_exclusion": "calibration.budget",
+    "Budget": "calibration.budget",
     "write_qdq": "calibration.qdq",
     "quantize_weight": "calibration.methods",
     "collect_statistics": "calibration.stats",

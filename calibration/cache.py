@@ -12,6 +12,11 @@ Tensor names may contain ``:``, so a line is split at its last ``": "``.
 
 TensorRT 11 dropped implicit INT8 calibration, so the Q/DQ ONNX is the INT8 path there; the
 cache stays useful to move scales to and from older TensorRT stacks and ModelOpt.
+
+NVIDIA ModelOpt (``modelopt.onnx.quantization.quantize(..., calibration_cache_path=CACHE)``)
+reads this format and puts each scale on the ``QuantizeLinear`` of that tensor. Its ONNX path
+writes no cache: what it calibrates ends up as the scales of the Q/DQ ONNX it writes, which
+:func:`cache_from_qdq` turns into a cache (``calibration.quantize(scales=...)`` takes it).
 """
 from __future__ import annotations
 
@@ -122,3 +127,37 @@ def read_cache(path) -> CalibrationCache:
         raise CacheError(f"{p}: not a text calibration cache ({e}); TensorRT's cache is text "
                          "starting with 'TRT-<version>-EntropyCalibration2'") from e
     return CalibrationCache.from_text(text, str(p))
+
+
+def qdq_activation_scales(model) -> Dict[str, float]:
+    """``{tensor: scale}`` of every activation ``QuantizeLinear`` (one whose input is not an
+    initializer) of a Q/DQ ONNX model (a path or a ModelProto): ours, or one ModelOpt or
+    ONNX Runtime wrote. Per-tensor (scalar) scales only; a tensor quantized twice with two
+    different scales is a :class:`CacheError`."""
+    from onnx import numpy_helper
+    from engine.onnxmeta import load_onnx
+    proto = load_onnx(model) if isinstance(model, (str, Path)) else model
+    inits = {i.name: i for i in proto.graph.initializer}
+    scales: Dict[str, float] = {}
+    for node in proto.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
+            continue
+        if node.input[1] not in inits:
+            raise CacheError(f"QuantizeLinear {node.name!r}: its scale {node.input[1]!r} is not "
+                             "an initializer; fold the graph's constants first")
+        value = numpy_helper.to_array(inits[node.input[1]])
+        if value.size != 1:
+            raise CacheError(f"QuantizeLinear {node.name!r} on activation {node.input[0]!r} has "
+                             f"{value.size} scales; a calibration cache holds one per tensor")
+        scale = float(value.reshape(()))
+        if scales.get(node.input[0], scale) != scale:
+            raise CacheError(f"tensor {node.input[0]!r} is quantized with two scales "
+                             f"({scales[node.input[0]]} and {scale}); a cache holds one")
+        scales[node.input[0]] = scale
+    return scales
+
+
+def cache_from_qdq(model, version: str = DEFAULT_VERSION,
+                   algorithm: str = DEFAULT_ALGORITHM) -> CalibrationCache:
+    """The activation scales of a Q/DQ ONNX model as a :class:`CalibrationCache`."""
+    return CalibrationCache(qdq_activation_scales(model), str(version), algorithm)

@@ -176,15 +176,17 @@ def weight_amax(w: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.abs(w).max(axis=red) if red else np.abs(w)
 
 
-def quantize_weight(w: np.ndarray, axis: int = 0):
+def quantize_weight(w: np.ndarray, axis: int = 0, qmax: int = QMAX):
     """Symmetric per-channel int8 weights: ``(w_int8, scale float32 per channel)``.
 
-    Narrow range [-127, 127] (TensorRT's weight range); round half to even like QuantizeLinear.
+    Narrow range [-qmax, qmax], by default [-127, 127] (TensorRT's weight range); round half
+    to even like QuantizeLinear. A smaller ``qmax`` (63: 7 bits) keeps products of int8
+    inputs and weights from saturating the int16 sums of CPUs without VNNI.
     """
-    scale = amax_to_scale(weight_amax(w, axis))
+    scale = amax_to_scale(weight_amax(w, axis), qmax)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -QMAX, QMAX).astype(np.int8)
+    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scale
 
 

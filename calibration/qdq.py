@@ -12,15 +12,19 @@ from engine.runtime import count_option
 
 from .errors import CalibrationError
 from .graph import QuantPlan, load_fp32, plan_quantization
-from .methods import METHODS, check_percentile, quantize_weight
+from .methods import METHODS, QMAX, check_percentile, quantize_weight
 from .nodes import activation_qdq, qdq_names
+from .targets import TARGET_FIELD, resolve_target
 
 
-def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: bool = False):
+def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: bool = False,
+              input_weight_qmax: int = QMAX):
     """Insert the plan's Q/DQ nodes into a copy of ``proto`` with activation ranges ``amax``.
 
     ``amax`` holds one value per activation tensor of the plan (scale groups already merged).
     unsigned_relu: uint8 (zero point 0, scale amax/255) on the plan's non-negative tensors.
+    input_weight_qmax: the weight range of layers that read a graph input (signed int8
+    activations; see ``calibration.targets``).
     Returns the new ModelProto (not checked, not saved).
     """
     import onnx
@@ -48,9 +52,11 @@ def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: boo
     # weights: int8 initializer -> DequantizeLinear(axis) in front of the layer
     weight_nodes: Dict[str, object] = {}
     dropped = set()
+    graph_inputs = {i.name for i in g.input}
     for layer in plan.layers:
         w = numpy_helper.to_array(inits[layer.weight]).astype(np.float32)
-        q, scale = quantize_weight(w, layer.axis)
+        q, scale = quantize_weight(w, layer.axis, input_weight_qmax
+                                   if layer.input in graph_inputs else QMAX)
         names = qdq_names(layer.weight)
         new_inits += [numpy_helper.from_array(q, names.quantized),
                       numpy_helper.from_array(scale, names.scale),
@@ -62,7 +68,6 @@ def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: boo
         dropped.add(layer.weight)
 
     nodes = []
-    graph_inputs = {i.name for i in g.input}
     for t in plan.tensors:
         if t in graph_inputs:
             nodes += act_nodes.pop(t)
@@ -89,7 +94,7 @@ def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: boo
 
 
 def _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, ranking,
-                      from_cache, unsigned_relu, seconds):
+                      from_cache, target, seconds):
     """The ``inception.calibration`` record: how the ranges were found and what was kept float."""
     meta = {"method": method, "activations": "per-tensor symmetric int8, zero point 0",
             "weights": "per-output-channel symmetric int8 (axis 0), max |w|",
@@ -107,7 +112,11 @@ def _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, r
         meta["sensitivity"] = [{"node": r.node, "error": r.error, "agreement": r.agreement}
                                for r in ranking[: max(len(auto_excluded), 10)]]
     meta["activation_types"] = "uint8 (zero point 0) on non-negative tensors, else int8" \
-        if unsigned_relu else "int8"
+        if target.unsigned_relu else "int8"
+    if target.input_weight_qmax != QMAX:
+        meta["input_layer_weights"] = f"per-output-channel symmetric, ±{target.input_weight_qmax}"
+    meta[TARGET_FIELD] = target.name
+    meta["fallback_precision"] = target.fallback
     return meta
 
 
@@ -208,7 +217,8 @@ def _save(out, onnx_out, check, cache, cache_version, from_cache, amax):
 def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Sequence[str] = (),
              percentile: float = 99.99, num_images: Optional[int] = None, batch_size: int = 32,
              statistics=None, scales=None, auto_exclude: int = 0, sensitivity_images: int = 64,
-             quantize_gemm: bool = False, unsigned_relu: bool = False, cache=None,
+             quantize_gemm: bool = False, target: Optional[str] = None,
+             unsigned_relu: Optional[bool] = None, cache=None,
              cache_version: Optional[str] = None,
              threads: Optional[int] = None, progress: bool = False, check: bool = True):
     """Calibrate the FP32 ONNX ``onnx_in`` and write the symmetric Q/DQ ONNX ``onnx_out``.
@@ -219,15 +229,18 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     wrote it) is given. method: minmax | percentile | entropy | mse. exclude: node names or
     module paths kept in float. auto_exclude: also keep the K layers of largest output error
     (:func:`calibration.sensitivity`, on the first ``sensitivity_images`` images) in float.
-    unsigned_relu: uint8 with zero point 0 on non-negative tensors (ReLU outputs and their
-    concats/pools): for CPU engines (OpenVINO keeps every Concat in int8 only then); TensorRT
-    takes int8 Q/DQ only, so leave it off for TensorRT. cache: also write a TensorRT
+    target: the engine the file is for (``calibration.targets.TARGETS``): "openvino" gets
+    uint8 (zero point 0) on non-negative tensors (ReLU outputs and their concats/pools);
+    "tensorrt" (the default), "triton" and "onnxruntime" get signed int8 everywhere. The
+    target is recorded in the metadata. unsigned_relu: deprecated, True means target="openvino",
+    False target="tensorrt". cache: also write a TensorRT
     calibration cache there (scales amax/127 either way). The output (and the cache) are
     written atomically. Returns a :class:`QuantizeResult`.
     """
     from engine.onnxmeta import META_CALIBRATION, META_PRECISION, set_metadata
 
     t0 = time.perf_counter()
+    chosen = resolve_target(target, unsigned_relu)
     _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity_images,
                    threads)
     _check_arguments(onnx_in, onnx_out, data, method, auto_exclude)
@@ -252,26 +265,60 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
                                 threads=threads, progress=progress))
     auto_excluded = [r.node for r in ranking[:auto_exclude]] if ranking is not None else []
     final = plan.group_amax(amax)
-    out = write_qdq(proto, plan, final, unsigned_relu=unsigned_relu)
+    out = write_qdq(proto, plan, final, unsigned_relu=chosen.unsigned_relu,
+                    input_weight_qmax=chosen.input_weight_qmax)
     meta = _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, ranking,
-                             from_cache, unsigned_relu, time.perf_counter() - t0)
+                             from_cache, chosen, time.perf_counter() - t0)
     set_metadata(out, {META_PRECISION: "int8", META_CALIBRATION: json.dumps(meta)})
     _save(out, onnx_out, check, cache, cache_version, from_cache, final)
     return QuantizeResult(Path(onnx_out), method, final, plan, stats, auto_excluded, ranking,
                           calib_seconds, time.perf_counter() - t0,
-                          Path(cache) if cache is not None else None)
+                          Path(cache) if cache is not None else None, chosen.name)
+
+
+def quantize_targets(onnx_in, outputs: Dict[str, object], data=None, statistics=None,
+                     num_images: Optional[int] = None, batch_size: int = 32,
+                     threads: Optional[int] = None, progress: bool = False,
+                     **options) -> Dict[str, "QuantizeResult"]:
+    """One Q/DQ file per target engine from one calibration pass.
+
+    outputs: ``{target: path}`` (e.g. ``{"openvino": "m.ov.onnx", "tensorrt": "m.trt.onnx"}``).
+    The statistics are collected once over ``data`` (unless given), then every file is
+    written from them with ``options`` (method, exclude, percentile, ...; see
+    :func:`quantize`). Returns ``{target: QuantizeResult}``.
+    """
+    from .stats import collect_statistics
+    from .targets import get_target
+    for name in outputs:
+        get_target(name)
+    if statistics is None:
+        if data is None:
+            raise CalibrationError("quantize_targets needs calibration data (data=...) or "
+                                   "statistics=...")
+        statistics = collect_statistics(onnx_in, data, num_images=num_images,
+                                        batch_size=batch_size, threads=threads,
+                                        progress=progress)
+    # auto_exclude reads the data again for the sensitivity ranking only
+    again = data if options.get("auto_exclude") else None
+    return {name: quantize(onnx_in, path, data=again, statistics=statistics, target=name,
+                           num_images=num_images, batch_size=batch_size, threads=threads,
+                           progress=progress, **options)
+            for name, path in outputs.items()}
 
 
 class QuantizeResult:
     """What :func:`quantize` did: ``path``, ``method``, ``amax`` (per tensor, groups merged),
     ``plan``, ``statistics``, ``auto_excluded`` node names, ``sensitivity`` ranking (or None),
-    ``calibration_seconds`` (statistics and ranges), ``seconds`` (all), ``cache`` path."""
+    ``calibration_seconds`` (statistics and ranges), ``seconds`` (all), ``cache`` path,
+    ``target`` (the engine the layout is for), ``budget`` (a :class:`calibration.budget.Budget`
+    when :func:`calibration.quantize_to_budget` chose the layers kept in float)."""
 
     def __init__(self, path, method, amax, plan, statistics, auto_excluded, sensitivity,
-                 calibration_seconds, seconds, cache):
+                 calibration_seconds, seconds, cache, target=None, budget=None):
         self.path, self.method, self.amax, self.plan = path, method, amax, plan
         self.statistics, self.auto_excluded, self.sensitivity = statistics, auto_excluded, sensitivity
         self.calibration_seconds, self.seconds, self.cache = calibration_seconds, seconds, cache
+        self.target, self.budget = target, budget
 
     def __fspath__(self):
         return str(self.path)

@@ -8,6 +8,9 @@ package ships, under ``engine/data/fashion_mnist/``:
 - ``calib.npz``: 2,000 images drawn with a fixed seed from the *train* set (``images`` uint8
   Nx28x28, ``labels`` uint8, ``train_index`` int32), for INT8 calibration. Calibration never
   sees a test image.
+- ``val.npz``: 1,000 other train images (same layout), disjoint from ``calib.npz`` and from the
+  test set: the validation split on which an accuracy budget (``--max-drop``) is chosen, so
+  the test set only reports the result.
 
 Only numpy is needed to read the data. :func:`to_model_input` is the one path from uint8 image
 arrays to model input (the study's sets, ``--data``/``--calib`` arrays, and
@@ -35,6 +38,9 @@ TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 CALIB_FILE = "calib.npz"
 CALIB_SIZE = 2000
 CALIB_SEED = 20240              # seed of the draw of the calibration split from the train set
+VAL_FILE = "val.npz"
+VAL_SIZE = 1000
+VAL_SEED = 20241                # seed of the draw of the validation split from the rest
 
 # IDX: magic (0, 0, dtype 0x08 = uint8, ndim), then ndim big-endian uint32 sizes, then the data.
 _IDX_UBYTE = 0x08
@@ -98,31 +104,46 @@ def read_source(directory, split: str = "train"):
     return _read_pair(directory / names[0], directory / names[1])
 
 
+def _read_npz(path: Path, what: str):
+    """``(images, labels)`` of a shipped split file (calib.npz, val.npz), checked."""
+    if not path.is_file():
+        raise _missing(path, what)
+    try:
+        with np.load(path) as z:
+            images, labels = z["images"], z["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"cannot read {path}: {e}; expected an .npz with uint8 "
+                           f"'images' (N, 28, 28) and 'labels' (N,)") from e
+    if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != (len(images),):
+        raise DatasetError(f"{path}: expected uint8 images (N, 28, 28) and N labels, got "
+                           f"{images.dtype} {images.shape} and {labels.shape}")
+    return images, labels
+
+
+def validation_index(train_size: int, calib_index: np.ndarray) -> np.ndarray:
+    """The sorted train indices of the validation split: ``VAL_SIZE`` drawn with ``VAL_SEED``
+    from the train images not in the calibration split."""
+    rest = np.setdiff1d(np.arange(train_size), calib_index)
+    rng = np.random.default_rng(VAL_SEED)
+    return np.sort(rng.choice(rest, size=VAL_SIZE, replace=False)).astype(np.int32)
+
+
 def fashion_mnist(split: str = "test", data_dir=None, limit=None):
     """Shipped Fashion-MNIST data: ``(images uint8 (N, 28, 28), labels uint8 (N,))``.
 
-    split: ``"test"`` (the 10,000 held-out test images) or ``"calib"`` (2,000 images from the
-    train set, for calibration). ``limit`` keeps the first ``limit`` images (a fixed slice).
+    split: ``"test"`` (the 10,000 held-out test images), ``"calib"`` (2,000 images from the
+    train set, for calibration) or ``"val"`` (1,000 other train images, for choosing an
+    accuracy budget). ``limit`` keeps the first ``limit`` images (a fixed slice).
     The arrays are read-only views of the file data; copy them to modify.
     """
     data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
     if split == "test":
         images, labels = _read_pair(data_dir / TEST_FILES[0], data_dir / TEST_FILES[1])
-    elif split == "calib":
-        path = data_dir / CALIB_FILE
-        if not path.is_file():
-            raise _missing(path, "calibration split")
-        try:
-            with np.load(path) as z:
-                images, labels = z["images"], z["labels"]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise DatasetError(f"cannot read {path}: {e}; expected an .npz with uint8 "
-                               f"'images' (N, 28, 28) and 'labels' (N,)") from e
-        if images.dtype != np.uint8 or images.ndim != 3 or labels.shape != (len(images),):
-            raise DatasetError(f"{path}: expected uint8 images (N, 28, 28) and N labels, got "
-                               f"{images.dtype} {images.shape} and {labels.shape}")
+    elif split in ("calib", "val"):
+        images, labels = _read_npz(data_dir / (CALIB_FILE if split == "calib" else VAL_FILE),
+                                   f"{'calibration' if split == 'calib' else 'validation'} split")
     else:
-        raise InputError(f"split must be 'test' or 'calib', got {split!r} "
+        raise InputError(f"split must be 'test', 'calib' or 'val', got {split!r} "
                          f"(the train set is not shipped; see benchmarks/train_subject.py)")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]

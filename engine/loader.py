@@ -10,7 +10,9 @@ The precision defaults to the file's own (for ONNX, :func:`engine.onnxmeta.file_
 int8 for a Q/DQ graph from calibration, else fp32 or fp16 as the metadata says). A foreign
 ONNX file (not exported by this package) still runs; its runtime has ``config=None`` and a
 :class:`ConfigUnknownWarning` says so. When no engine can run the file, the error names what
-is missing and how to install it.
+is missing and how to install it. A Q/DQ file written for another engine's layout
+(``calibration.quantize(..., target=...)``, recorded in its metadata) runs, with one
+:class:`TargetMismatchWarning` per file and engine naming the target to write instead.
 
 Before an engine parses an ONNX file, :func:`engine.graphcheck.check_onnx` checks it against
 what that engine reads (opsets, op types, attribute values, the full ONNX checker): a graph
@@ -18,9 +20,12 @@ that would crash or mislead an engine is an ``InvalidGraphError`` naming the nod
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import List, Optional
+
+from calibration.targets import file_target, mismatch
 
 from . import backends as _b
 from .errors import ArtifactError, BackendUnavailableError
@@ -29,6 +34,14 @@ from .graphcheck import check_onnx
 
 class ConfigUnknownWarning(UserWarning):
     """The model file carries no Inception config (preprocessing and labels are unknown)."""
+
+
+class TargetMismatchWarning(UserWarning):
+    """A Q/DQ file written for one engine's layout runs on an engine that prefers another."""
+
+
+_warned_targets = set()          # (file, backend) pairs already warned about, once each
+_warned_lock = threading.Lock()
 
 
 def available_backends(path=None) -> List[str]:
@@ -73,11 +86,28 @@ def load(path, backend: Optional[str] = None, precision: Optional[str] = None,
         check_onnx(path, support, backend)
     cls = _b.get_backend(backend)
     rt = cls(path, precision=precision, threads=threads, **kw)
+    if path.suffix.lower() == ".onnx" and rt.precision == "int8":
+        _warn_target_mismatch(path, backend)
     if rt.config is None:
         warnings.warn(f"{path.name} carries no Inception model config (not exported by this "
                       "package): it runs, but preprocessing, labels and the model name are "
                       "unknown (runtime.config is None)", ConfigUnknownWarning, stacklevel=2)
     return rt
+
+
+def _warn_target_mismatch(path: Path, backend: str) -> None:
+    """Warn, once per file and engine, when the file's Q/DQ layout was made for another one."""
+    from .onnxmeta import calibration_info, load_onnx, metadata_props
+    info = calibration_info(metadata_props(load_onnx(path)))
+    message = mismatch(file_target(info["details"] if info else None), backend)
+    if message is None:
+        return
+    key = (str(path.resolve()), backend)
+    with _warned_lock:
+        if key in _warned_targets:
+            return
+        _warned_targets.add(key)
+    warnings.warn(f"{path.name}: {message}", TargetMismatchWarning, stacklevel=3)
 
 
 def _model_file(path) -> Path:

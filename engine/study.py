@@ -6,16 +6,23 @@ where present) and each calibration method, it measures:
 
 - top-1 accuracy on the held-out test set and agreement (%) with the PyTorch FP32 reference;
 - calibration time;
-- batch-1 latency (median) at the model's own input size, and at the canonical
-  Inception-ResNet-v2 299x299 shape (random weights: speed does not depend on the values).
+- batch-1 latency (median) at the model's own input size, and at the canonical 299x299 shape
+  of its architecture at full width (random weights: speed does not depend on the values);
+- batch-8 throughput and the model file's size.
 
 The PyTorch eager FP32 reference is the baseline row, measured in the same run. Output
 (``--out DIR``): ``results.json`` (a list of rows), ``results.csv``, ``report.md`` and
 ``pareto.png`` (accuracy vs latency).
 
+Each INT8 method gets one file per Q/DQ layout from one calibration pass
+(``calibration.quantize_targets``): the signed file (target tensorrt: what TensorRT, Triton
+and ONNX Runtime run) and OpenVINO's uint8-after-ReLU file (target openvino, CPU engines only);
+the ``target`` column names it.
+
 Defaults study the shipped subject: Inception-ResNet-v2 at width 0.25 trained on Fashion-MNIST
 (75x75), its bundled checkpoint, the shipped 10k test set and the 2k calibration split drawn
-from the train set. ``--model/--weights/--data/--calib`` study a user's model and data.
+from the train set. ``--model inception_v4_fmnist`` / ``inception_resnet_v1_fmnist`` study the
+other shipped subjects, ``--model all`` all three, with a comparison (:func:`run_study`). ``--model/--weights/--data/--calib`` study a user's model and data.
 """
 from __future__ import annotations
 
@@ -42,16 +49,19 @@ SUBJECT = "inception_resnet_v2_fmnist"
 class Row:
     engine: str
     precision: str
-    method: str                       # calibration method, "-" for float rows; "+u8": uint8
-                                      # ReLU outputs (CPU engines); "+autoK": K layers float
+    method: str                       # calibration method, "-" for float rows; "+autoK": K
+                                      # layers kept float
     top1: Optional[float] = None      # %
     agreement: Optional[float] = None  # % of test images with the FP32 reference's top-1
     latency_ms: Optional[float] = None  # batch 1, model's own input size (median)
-    latency_ms_299: Optional[float] = None  # batch 1, IR-v2 at 299 (median)
+    latency_ms_299: Optional[float] = None  # batch 1, the architecture at 299 (median)
     throughput: Optional[float] = None  # img/s at the eval batch size, model's own size
     calib_seconds: Optional[float] = None
     excluded: List[str] = field(default_factory=list)
     note: str = ""
+    target: str = "-"                 # the engine the Q/DQ file was written for (its layout)
+    throughput_b8: Optional[float] = None  # img/s at batch 8, model's own size (median)
+    file_mb: Optional[float] = None   # size of the model file, MB
 
 
 # ----------------------------------------------------------------------------- data
@@ -102,6 +112,40 @@ def load_eval_data(data, config, limit=None):
     if len(x) != len(y) or not len(x):
         raise InputError(f"{data}: {len(x)} images and {len(y)} labels")
     return np.ascontiguousarray(x, np.float32), y
+
+
+def validation_data(data, config, limit=None):
+    """(x, labels) of the validation split that chooses an accuracy budget: ``data`` (as
+    :func:`load_eval_data` reads it), or the shipped one for a Fashion-MNIST subject."""
+    from .datasets import fashion_mnist, to_model_input
+    if data is not None:
+        return load_eval_data(data, config, limit)
+    if config is None or config.labels != "fashion_mnist":
+        raise InputError("an accuracy budget is chosen on a labelled validation split: pass "
+                         "one (--val FILE.npz or a folder of class folders), disjoint from "
+                         "the test set")
+    images, labels = fashion_mnist("val", limit=limit)
+    return to_model_input(images, config).numpy(), labels.astype(np.int64)
+
+
+def engine_evaluator(backend: str, x: np.ndarray, threads: Optional[int] = None,
+                     batch: int = 64, log: Callable[[str], None] = print) -> Optional[Callable]:
+    """``path -> logits of x`` on ``backend`` (the engine a Q/DQ file is for), or None when
+    that engine is not usable here (the budget is then measured on ONNX Runtime)."""
+    from . import backends as B
+    from .loader import load
+    ok, why = B.check_available(backend)
+    if not ok:
+        log(f"  {backend} is not usable here ({why}); the budget is measured on ONNX Runtime")
+        return None
+
+    def evaluate(path):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # the FP32 reference has no target
+            with load(path, backend=backend, threads=threads) as rt:
+                return predict(rt, x, batch)
+    return evaluate
 
 
 def default_calib(config, limit):
@@ -168,6 +212,11 @@ class Bench:
     def iters_299(self) -> int:
         return max(5, self.iters // 2)
 
+    def batch8_throughput(self, fn) -> float:
+        """img/s of ``fn`` on batches of 8 (median call time)."""
+        x8 = self.x_test[:8]
+        return len(x8) / latency_ms(fn, x8, max(3, self.iters // 4), warmup=1) * 1000.0
+
     def score(self, logits):
         """(top-1 %, agreement % with the reference's top-1)."""
         pred = logits.argmax(1)
@@ -180,7 +229,9 @@ class Bench:
         logits = predict(fn, self.x_test, self.eval_batch)
         self.ref_pred = logits.argmax(1)
         row = Row("torch", "fp32", "-", *self.score(logits), latency_ms(fn, self.x1, self.iters),
-                  note="PyTorch eager: the baseline")
+                  note="PyTorch eager: the baseline", throughput_b8=self.batch8_throughput(fn),
+                  file_mb=sum(t.numel() * t.element_size() for t in model.state_dict().values())
+                  / 1e6)
         t = time.perf_counter()
         predict(fn, self.x_test[:self.eval_batch * 2], self.eval_batch)
         row.throughput = min(len(self.x_test), self.eval_batch * 2) / (time.perf_counter() - t)
@@ -191,11 +242,13 @@ class Bench:
                    excluded=()) -> Row:
         """One engine on one file: accuracy, latency, throughput (and latency at 299)."""
         from .loader import load
-        row = Row(backend, precision, method, calib_seconds=calib_s, excluded=list(excluded))
+        row = Row(backend, precision, method, calib_seconds=calib_s, excluded=list(excluded),
+                  file_mb=Path(path).stat().st_size / 1e6)
         try:
             with load(path, backend=backend, precision=precision, threads=self.threads) as rt:
                 row.top1, row.agreement = self.score(predict(rt, self.x_test, self.eval_batch))
                 row.latency_ms = latency_ms(rt, self.x1, self.iters)
+                row.throughput_b8 = self.batch8_throughput(rt)
                 t0 = time.perf_counter()
                 rt(self.x_test[:self.eval_batch])
                 row.throughput = self.eval_batch / (time.perf_counter() - t0)
@@ -241,29 +294,40 @@ def engines_available(requested: Optional[Sequence[str]] = None) -> List[tuple]:
 
 @dataclass
 class Int8File:
-    """A quantized file of the study: its path, calibration seconds, layers kept float."""
+    """A quantized file of the study: its path, target engine, calibration seconds, layers
+    kept float."""
 
     path: Path
     calib_seconds: float
     excluded: List[str] = field(default_factory=list)
+    target: str = "tensorrt"
+
+
+def study_targets(cpu_uint8: bool = True) -> List[str]:
+    """One target per distinct Q/DQ layout: the signed file every engine runs, and (with
+    ``cpu_uint8``) OpenVINO's uint8-after-ReLU file."""
+    return ["tensorrt", "openvino"] if cpu_uint8 else ["tensorrt"]
+
+
+def file_key(method: str, target: str, suffix: str = "") -> str:
+    """The study's name of one INT8 file: ``method[+autoK]@target``."""
+    return f"{method}{suffix}@{target}"
 
 
 def quantize_methods(fp32_path, stats, stats_seconds, methods, folder, name, cpu_uint8=True,
                      log: Callable[[str], None] = print) -> Dict[str, Int8File]:
-    """One INT8 file per method from one statistics pass (and a ``+u8`` CPU variant each)."""
+    """One INT8 file per method and target layout, all from one statistics pass."""
     import calibration
     files: Dict[str, Int8File] = {}
+    targets = study_targets(cpu_uint8)
     for m in methods:
-        res = calibration.quantize(fp32_path, folder / f"{name}.int8.{m}.onnx",
-                                   statistics=stats, method=m)
-        files[m] = Int8File(res.path, stats_seconds + res.calibration_seconds)
-        log(f"  calibrated {m} in {files[m].calib_seconds:.1f} s")
-        if cpu_uint8:
-            # CPU-only variant: uint8 (zero point 0) on ReLU outputs, so CPUs without AMX run
-            # every concat in int8; TensorRT takes only int8 Q/DQ, so GPU engines skip it
-            res = calibration.quantize(fp32_path, folder / f"{name}.u8.{m}.onnx",
-                                       statistics=stats, method=m, unsigned_relu=True)
-            files[f"{m}+u8"] = Int8File(res.path, stats_seconds + res.calibration_seconds)
+        res = calibration.quantize_targets(
+            fp32_path, {t: folder / f"{name}.{t}.{m}.onnx" for t in targets},
+            statistics=stats, method=m)
+        for t, r in res.items():
+            files[file_key(m, t)] = Int8File(r.path, stats_seconds + r.calibration_seconds,
+                                             target=t)
+        log(f"  calibrated {m} in {files[file_key(m, targets[0])].calib_seconds:.1f} s")
     return files
 
 
@@ -274,53 +338,57 @@ def quantize_auto_excluded(fp32_path, stats, stats_seconds, calib_data, methods,
     # mse is the most robust range here (entropy clips a spike-shaped histogram hard:
     # see benchmarks/RESULTS.md); auto-exclusion then removes what is left
     method = "mse" if "mse" in methods else methods[0]
-    files: Dict[str, Int8File] = {}
-    for u8 in ((False, True) if cpu_uint8 else (False,)):
-        kind = "u8" if u8 else "int8"
-        res = calibration.quantize(fp32_path, folder / f"{name}.{kind}.{method}.auto{count}.onnx",
-                                   data=calib_data, statistics=stats, method=method,
-                                   auto_exclude=count, num_images=num_calib, threads=threads,
-                                   unsigned_relu=u8)
-        key = f"{method}+u8+auto{count}" if u8 else f"{method}+auto{count}"
-        files[key] = Int8File(res.path, stats_seconds + res.seconds, list(res.auto_excluded))
-    return files
+    res = calibration.quantize_targets(
+        fp32_path, {t: folder / f"{name}.{t}.{method}.auto{count}.onnx"
+                    for t in study_targets(cpu_uint8)},
+        data=calib_data, statistics=stats, method=method, auto_exclude=count,
+        num_images=num_calib, threads=threads)
+    return {file_key(method, t, f"+auto{count}"):
+            Int8File(r.path, stats_seconds + r.seconds, list(r.auto_excluded), t)
+            for t, r in res.items()}
 
 
-def big_model_files(int8: Dict[str, Int8File], folder, threads):
-    """The canonical 299 shape: IR-v2 at full size with random weights, exported FP32 and
-    quantized like each study file. Returns ``(model, {"fp32" or method: path})``."""
+def big_model_files(int8: Dict[str, Int8File], folder, threads, arch: str = "inception_resnet_v2"):
+    """The canonical 299 shape: the subject's architecture at full size with random weights,
+    exported FP32 and quantized like each study file. Returns ``(model, {"fp32" or file key:
+    path})``."""
     import torch
     import calibration
     from .export import export_onnx
     from .models.registry import create_model, get_config
-    big_model = create_model("inception_resnet_v2")
-    big_fp32 = export_onnx(big_model, folder / "inception_resnet_v2_299.onnx")
+    big_model = create_model(arch)
+    big_fp32 = export_onnx(big_model, folder / f"{arch}_299.onnx")
     # speed does not depend on the scale values: calibrate on a few shipped images
     big_calib = torch.nn.functional.interpolate(
         torch.from_numpy(default_calib(get_config(SUBJECT), 8)), size=(299, 299),
         mode="bilinear", align_corners=False).numpy()
     big_stats = calibration.collect_statistics(big_fp32, big_calib, threads=threads)
     files = {"fp32": big_fp32}
-    for m in int8:
-        files[m] = calibration.quantize(
-            big_fp32, folder / f"inception_resnet_v2_299.int8.{m}.onnx",
-            statistics=big_stats, method=m.split("+")[0], unsigned_relu="+u8" in m).path
+    for key, f in int8.items():
+        method = key.split("@")[0].split("+")[0]
+        files[key] = calibration.quantize(
+            big_fp32, folder / f"{arch}_299.{f.target}.{key.split('@')[0]}.onnx",
+            statistics=big_stats, method=method, target=f.target).path
     return big_model, files
 
 
 def engine_rows(bench: Bench, fp32_path, int8: Dict[str, Int8File], big_files,
                 engines: Optional[Sequence[str]] = None) -> List[Row]:
-    """Every available engine on the FP32 file, and on each INT8 file it can run."""
+    """Every available engine on the FP32 file, and on each INT8 file it can run: GPU engines
+    on the signed files only; CPU engines on every layout, to show what the target costs."""
+    from calibration.targets import TARGETS
     rows = []
     for backend, precision in engines_available(engines):
         rows.append(bench.engine_row(backend, precision, "-", fp32_path, big_files.get("fp32")))
         if precision == "bf16":
             continue
-        for m, f in int8.items():
-            if "+u8" in m and backend not in ("openvino", "onnxruntime"):
+        for key, f in int8.items():
+            if TARGETS[f.target].unsigned_relu and backend not in ("openvino", "onnxruntime"):
                 continue
-            rows.append(bench.engine_row(backend, "int8", m, f.path, big_files.get(m),
-                                         f.calib_seconds, f.excluded))
+            row = bench.engine_row(backend, "int8", key.split("@")[0], f.path,
+                                   big_files.get(key), f.calib_seconds, f.excluded)
+            row.target = f.target
+            rows.append(row)
     return rows
 
 
@@ -355,10 +423,18 @@ def write_outputs(out: Path, result: List[dict], meta: dict,
     log(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
 
 
+def subjects() -> List[str]:
+    """The shipped study subjects: the registered variants trained on the shipped Fashion-MNIST
+    data (each with a bundled checkpoint in ``engine/data/``)."""
+    from .models.registry import get_config, list_models
+    return [n for n in list_models() if get_config(n).labels == "fashion_mnist"]
+
+
 def _study_subject(model, weights, log):
     """The reference model, the weights actually used, and whether they are random."""
     from .models.registry import create_model
-    if weights == "bundled" and model != SUBJECT:
+    from .weights import DATA_DIR
+    if weights == "bundled" and not (DATA_DIR / f"{model}.safetensors").is_file():
         weights = None
     ref = create_model(model, weights=weights)
     if weights is None:
@@ -377,13 +453,35 @@ def _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch
 
 
 def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
+              out="study", log: Callable[[str], None] = print, **options) -> List[dict]:
+    """Run the study and write its outputs to ``out``; returns the rows (see the module
+    docstring). The baseline is the first row.
+
+    model: a registered variant, or ``"all"``: every shipped subject (:func:`subjects`), each
+    in ``out/<model>/``, then ``out/comparison.md`` and ``out/comparison.png`` side by side
+    (their baselines are their own first rows). options: see :func:`study_one`.
+    """
+    if model != "all":
+        return study_one(model, weights, data, calib, out=out, log=log, **options)
+    if weights != "bundled" or data is not None or calib is not None:
+        raise InputError("--model all studies the shipped subjects on the shipped data with "
+                         "their bundled weights; drop --weights/--data/--calib, or name one "
+                         "--model")
+    rows = []
+    for name in subjects():
+        log(f"== {name}")
+        rows += study_one(name, out=Path(out) / name, log=log, **options)
+    write_comparison(Path(out), rows, log)
+    return rows
+
+
+def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
               methods: Sequence[str] = METHODS, engines: Optional[Sequence[str]] = None,
               out="study", num_test: Optional[int] = None, num_calib: int = 1000,
               threads: int = 2, iters: int = 20, big: bool = True, auto_exclude: int = 0,
               cpu_uint8: bool = True, eval_batch: int = 64,
               log: Callable[[str], None] = print) -> List[dict]:
-    """Run the study and write its outputs to ``out``; returns the rows (see the module
-    docstring). The baseline is the first row."""
+    """The study of one model (see :func:`run_study`)."""
     import torch
     import calibration
     from .export import export_onnx
@@ -418,7 +516,7 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
                                            cpu_uint8))
     big_files = {}
     if big:
-        big_model, big_files = big_model_files(int8, folder, threads)
+        big_model, big_files = big_model_files(int8, folder, threads, cfg.arch)
         bench.x299 = np.random.default_rng(0).standard_normal((1, 3, 299, 299)).astype(np.float32)
         base.latency_ms_299 = latency_ms(_torch_fn(big_model), bench.x299, bench.iters_299)
         log(f"  torch fp32 @299: {base.latency_ms_299:.1f} ms")
@@ -432,9 +530,80 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     return result
 
 
-COLUMNS = ["engine", "precision", "method", "top1", "top1_delta_vs_fp32", "agreement",
+def _best_int8(rows, engine):
+    """The most accurate INT8 row of ``engine`` (ties: the fastest), or None."""
+    int8 = [r for r in rows if r["engine"] == engine and r["precision"] == "int8"
+            and r["top1"] is not None]
+    return max(int8, key=lambda r: (r["top1"], -(r["latency_ms"] or 1e9)), default=None)
+
+
+def comparison_markdown(rows: List[dict]) -> str:
+    """One line per network and engine: FP32 top-1, the best INT8 row, its speed ratios."""
+    lines = ["# INT8 study: the three networks", "",
+             "Each network's baseline is its own PyTorch eager FP32 row; full tables in "
+             "`<model>/report.md`.", "",
+             "| network | engine | FP32 top-1 % | best INT8 (method@target) | INT8 top-1 % "
+             "| Δ pt | latency × torch | @299 × torch | batch-8 img/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        for engine in dict.fromkeys(r["engine"] for r in mine if r["engine"] != "torch"):
+            best = _best_int8(mine, engine)
+            if best is None:
+                continue
+            lines.append("| " + " | ".join([
+                model, engine, _fmt(mine[0]["top1"]), f"{best['method']}@{best['target']}",
+                _fmt(best["top1"]), _fmt(best.get("top1_delta_vs_fp32")),
+                _fmt(best.get("latency_vs_torch"), 3), _fmt(best.get("latency_299_vs_torch"), 3),
+                _fmt(best.get("throughput_b8"), 1)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(out: Path, rows: List[dict], log: Callable[[str], None] = print) -> None:
+    """``comparison.md``, ``comparison.json`` and ``comparison.png`` for ``--model all``."""
+    from .fileio import atomic_write_text
+    atomic_write_text(out / "comparison.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "comparison.md", comparison_markdown(rows))
+    try:
+        comparison_plot(rows, out / "comparison.png")
+    except ImportError:
+        log("  (matplotlib not installed: no comparison.png; pip install matplotlib)")
+    log(f"wrote {out}/comparison.md, comparison.json, comparison.png")
+
+
+def comparison_plot(rows, path):
+    """Accuracy drop vs latency ratio to each network's own eager FP32, one colour per
+    network, one marker per engine."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .fileio import atomic_path
+    markers = {"openvino": "o", "onnxruntime": "s", "tensorrt": "^", "triton": "D"}
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for i, model in enumerate(models):
+        pts = [r for r in rows if r["model"] == model and r["precision"] == "int8"
+               and r.get("latency_vs_torch") and r.get("top1_delta_vs_fp32") is not None]
+        for engine in dict.fromkeys(r["engine"] for r in pts):
+            mine = [r for r in pts if r["engine"] == engine]
+            ax.scatter([r["latency_vs_torch"] for r in mine],
+                       [r["top1_delta_vs_fp32"] for r in mine], color=f"C{i}",
+                       marker=markers.get(engine, "x"), s=40, label=f"{model} {engine}")
+    ax.axhline(0.0, color="k", lw=0.6)
+    ax.set_xlabel("batch-1 latency × the network's PyTorch eager FP32 (own input size)")
+    ax.set_ylabel("top-1 change vs FP32 (pt)")
+    ax.set_title("INT8 rows of the three networks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+COLUMNS = ["engine", "precision", "method", "target", "top1", "top1_delta_vs_fp32", "agreement",
            "latency_ms", "latency_vs_torch", "latency_ms_299", "latency_299_vs_torch",
-           "throughput", "calib_seconds", "excluded", "note"]
+           "throughput", "throughput_b8", "file_mb", "calib_seconds", "excluded", "note"]
 
 
 def write_csv(path, rows):
@@ -462,21 +631,23 @@ def report_markdown(rows, meta) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, {meta['threads']} threads; torch "
              f"{m['torch']}. Test images: {meta['test_images']}; calibration images: "
              f"{meta['calibration_images']}. Latency: batch 1, median of {meta['iters']}.", "",
-             "| engine | precision | method | top-1 % | Δ vs FP32 (pt) | agreement % | latency ms "
-             "| × torch | latency @299 ms | × torch @299 | calib s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| engine | precision | method | target | top-1 % | Δ vs FP32 (pt) | agreement % "
+             "| latency ms | × torch | latency @299 ms | × torch @299 | batch-8 img/s | file MB "
+             "| calib s | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["engine"], r["precision"], r["method"], _fmt(r["top1"]),
+            r["engine"], r["precision"], r["method"], r.get("target", "-"), _fmt(r["top1"]),
             _fmt(r.get("top1_delta_vs_fp32")), _fmt(r["agreement"]), _fmt(r["latency_ms"]),
             _fmt(r.get("latency_vs_torch"), 3), _fmt(r["latency_ms_299"], 1),
-            _fmt(r.get("latency_299_vs_torch"), 3), _fmt(r["calib_seconds"], 1),
+            _fmt(r.get("latency_299_vs_torch"), 3), _fmt(r.get("throughput_b8"), 1),
+            _fmt(r.get("file_mb"), 1), _fmt(r["calib_seconds"], 1),
             (r["note"] + (" excluded: " + ", ".join(r["excluded"]) if r["excluded"] else ""))
             .strip()]) + " |")
     int8 = [r for r in rows if r["precision"] == "int8" and r["top1"] is not None]
     if int8:
         best = max(int8, key=lambda r: (r["top1"], -(r["latency_ms"] or 1e9)))
-        lines += ["", f"Best INT8: {best['engine']} / {best['method']}: top-1 {best['top1']:.2f}% "
+        lines += ["", f"Best INT8: {best['engine']} / {best['method']} @{best['target']}: top-1 {best['top1']:.2f}% "
                   f"({_fmt(best.get('top1_delta_vs_fp32'))} pt vs PyTorch FP32)."]
     if rows and rows[0].get("random_weights"):
         lines += ["", "**Weights are random: accuracy columns are meaningless.**"]
@@ -495,11 +666,11 @@ def pareto_plot(rows, path):
     markers = {"fp32": "o", "bf16": "s", "fp16": "s", "int8": "^"}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax, key, title in ((axes[0], "latency_ms", "own input size"),
-                           (axes[1], "latency_ms_299", "IR-v2 at 299")):
+                           (axes[1], "latency_ms_299", "full size at 299")):
         pts = [r for r in rows if r[key] is not None and r["top1"] is not None]
         seen = set()
         for r in pts:
-            u8 = "+u8" in r["method"]
+            u8 = r.get("target") == "openvino"
             label = f"{r['engine']} {r['precision']}" + (" u8" if u8 else "")
             ax.scatter(r[key], r["top1"], marker=markers.get(r["precision"], "x"),
                        facecolors="none" if u8 else colours.get(r["engine"], "k"),
@@ -514,7 +685,7 @@ def pareto_plot(rows, path):
             ax.plot([p[key] for p in front], [p["top1"] for p in front], "k--", lw=0.8)
             for p in front:
                 name = f"{p['engine']}/{p['precision']}" + (
-                    f"/{p['method']}" if p["method"] != "-" else "")
+                    f"/{p['method']}@{p['target']}" if p["method"] != "-" else "")
                 ax.annotate(name, (p[key], p["top1"]), fontsize=7, xytext=(4, -10),
                             textcoords="offset points")
         ax.set_xscale("log")

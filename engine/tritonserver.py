@@ -1,4 +1,4 @@
-"""Export a model file to a Triton Inference Server model repository.
+"""Triton Inference Server model repositories: write one, and run the bundled server on it.
 
 Layout written (every file atomically)::
 
@@ -6,35 +6,63 @@ Layout written (every file atomically)::
     <repo>/<name>/labels.txt                 (classification models with a label set)
     <repo>/<name>/<version>/model.plan       (+ model.plan.json, the plan's sidecar)
     <repo>/<name>/<version>/model.onnx
+    <repo>/<name>/<version>/model.py         (target ``python`` only)
 
-A ``.plan`` is served by the server's TensorRT backend (platform ``tensorrt_plan``), an
-``.onnx`` (FP32 or Q/DQ INT8) by its ONNX Runtime backend (``onnxruntime_onnx``). The I/O
-names, dims and types come from the plan's sidecar or from the ONNX graph, so exporting needs
-neither TensorRT nor a GPU. The batch axis is left out of ``dims`` (``max_batch_size`` > 0)
-and requests are batched by the server's dynamic batcher.
+Targets (the server backend that runs the model):
+
+- ``python``: the server's Python backend runs ``model.py``, which opens the model file with
+  ``engine.load`` (OpenVINO on a CPU). It runs wherever this package is installed, so it is
+  the default for an ``.onnx`` on a machine without a GPU.
+- ``tensorrt_plan``: a ``.plan`` on the server's TensorRT backend (the default for a plan).
+- ``onnxruntime_onnx`` and ``openvino``: an ``.onnx`` on those server backends, for servers
+  that ship them (the NGC container does; the ``nvidia-pytriton`` wheel does not).
+
+The I/O names, dims and types come from the plan's sidecar or from the ONNX graph, so
+exporting needs neither TensorRT nor a GPU. The batch axis is left out of ``dims``
+(``max_batch_size`` > 0) and requests are batched by the server's dynamic batcher.
+
+:class:`Server` starts the Triton Inference Server that the ``nvidia-pytriton`` wheel bundles,
+bound to 127.0.0.1, on such a repository.
 
 Note: the Triton Inference Server must run the same TensorRT version (and GPU architecture)
 that built a plan; the sidecar beside it says which (``tensorrt.version``, ``gpu``).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, BackendUnavailableError, EngineError, InputError
+from .runtime import count_option
 
 # numpy dtype name -> the server's data type
 SERVER_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16",
                 "int8": "TYPE_INT8", "int32": "TYPE_INT32", "int64": "TYPE_INT64",
                 "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
-# model file suffix -> (the server's platform, file name in the version directory)
-PLATFORMS = {".plan": ("tensorrt_plan", "model.plan"),
-             ".onnx": ("onnxruntime_onnx", "model.onnx")}
+# target -> (the config.pbtxt field naming it, that field's value, model files it serves)
+TARGETS = {"python": ("backend", "python", (".onnx", ".plan")),
+           "tensorrt_plan": ("platform", "tensorrt_plan", (".plan",)),
+           "onnxruntime_onnx": ("platform", "onnxruntime_onnx", (".onnx",)),
+           "openvino": ("backend", "openvino", (".onnx",))}
 LABELS_FILE = "labels.txt"
+# the Python-backend model, shipped as package data and copied into each version directory
+MODEL_PY = Path(__file__).with_name("data") / "tritonserver_model.py"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -90,17 +118,37 @@ def _tensor_block(t: dict, label_file: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
-def make_config(name: str, platform: str, max_batch: int, io: dict,
+def _parameters_block(parameters: Dict[str, str]) -> List[str]:
+    """``parameters`` entries (the server hands them to the backend as strings)."""
+    return [f"parameters {{ key: {json.dumps(k)} value: {{ string_value: {json.dumps(v)} }} }}"
+            for k, v in parameters.items()]
+
+
+def _warmup_block(io: dict, batch_sizes: Sequence[int]) -> List[str]:
+    """``model_warmup``: one all-zeros request per batch size, run before the model is READY,
+    so the first client does not pay for the engine's first-call setup."""
+    t = io["inputs"][0]
+    dims = ", ".join(str(d) for d in _dims(t["shape"], t["name"]))
+    samples = [f"  {{ name: \"zeros_{b}\" batch_size: {int(b)} inputs {{ key: "
+               f"{json.dumps(t['name'])} value: {{ data_type: {SERVER_DTYPES[t['dtype']]} "
+               f"dims: [ {dims} ] zero_data: true }} }} }}" for b in batch_sizes]
+    return ["model_warmup [", ",\n".join(samples), "]"] if samples else []
+
+
+def make_config(name: str, target: str, max_batch: int, io: dict,
                 preferred_batch_sizes: Sequence[int], max_queue_delay_us: int,
                 instances: int, kind: str, label_file: Optional[str] = None,
-                default_model_filename: Optional[str] = None) -> str:
+                default_model_filename: Optional[str] = None,
+                parameters: Optional[Dict[str, str]] = None,
+                warmup_batch_sizes: Sequence[int] = ()) -> str:
     """The text of ``config.pbtxt`` (the server's ModelConfig in protobuf text format)."""
+    field, value, _ = TARGETS[target]
     ins = ",\n".join(_tensor_block(t) for t in io["inputs"])
     outs = ",\n".join(_tensor_block(t, label_file if i == 0 else None)
                       for i, t in enumerate(io["outputs"]))
     pref = ", ".join(str(b) for b in preferred_batch_sizes)
     text = [f"name: {json.dumps(name)}",
-            f"platform: {json.dumps(platform)}",
+            f"{field}: {json.dumps(value)}",
             f"max_batch_size: {int(max_batch)}"]
     if default_model_filename:
         text.append(f"default_model_filename: {json.dumps(default_model_filename)}")
@@ -116,7 +164,27 @@ def make_config(name: str, platform: str, max_batch: int, io: dict,
              f"    kind: {kind}",
              "  }",
              "]"]
+    text += _parameters_block(parameters or {})
+    text += _warmup_block(io, warmup_batch_sizes)
     return "\n".join(line for line in text if line) + "\n"
+
+
+def preprocess_parameters(config) -> Dict[str, str]:
+    """The preprocessing a client must apply, from the model config, as ``parameters``
+    (JSON values): what ``engine.preprocess`` does for this model."""
+    if config is None:
+        return {}
+    return {f"preprocess.{k}": json.dumps(getattr(config, k))
+            for k in ("input_size", "mean", "std", "crop_pct", "interpolation")}
+
+
+def default_target(model_file) -> str:
+    """``tensorrt_plan`` for a plan; for an ONNX file ``python`` (this package's runtime in the
+    server) on a machine without a GPU, else the server's ``onnxruntime_onnx``."""
+    if Path(model_file).suffix == ".plan":
+        return "tensorrt_plan"
+    from kernels.env import cuda_usable
+    return "onnxruntime_onnx" if cuda_usable() else "python"
 
 
 def default_preferred(max_batch: int, opt_batch: Optional[int] = None) -> List[int]:
@@ -129,7 +197,8 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
                   version: int = 1, instances: int = 1,
                   preferred_batch_sizes: Optional[Sequence[int]] = None,
                   max_queue_delay_us: int = 100, kind: Optional[str] = None,
-                  onnx=None) -> Path:
+                  onnx=None, target: Optional[str] = None, engine: Optional[str] = None,
+                  threads: Optional[int] = None, warmup: bool = True) -> Path:
     """Write a Triton Inference Server model repository entry for ``model_file`` (``.plan``
     or ``.onnx``).
 
@@ -137,40 +206,63 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
     max_batch: the server's ``max_batch_size`` (default: the plan's profile maximum, or 32
         for ONNX); for a plan it cannot exceed the profile's maximum.
     kind: instance kind, ``KIND_GPU``/``KIND_CPU``/``KIND_AUTO`` (default: GPU for a plan,
-        AUTO for ONNX).
+        CPU for ``python``, AUTO for the server's ONNX backends).
     onnx: for a plan without a sidecar, the ONNX it was built from (read for the I/O).
+    target: one of :data:`TARGETS` (default: :func:`default_target`).
+    engine, threads: for ``python``, the engine ``engine.load`` uses in the server (default:
+        its own pick) and its CPU threads per instance (default: the engine's).
+    warmup: send all-zeros requests (batch 1 and the largest preferred size) before the model
+        is READY.
     Returns the model directory ``<repo>/<name>``.
     """
     model_file = Path(model_file)
-    platform, filename = _platform(model_file)
+    target, filename = _target(model_file, target)
     name = _model_name(name, model_file)
     for what, value in (("version", version), ("instances", instances)):
         if int(value) < 1:
             raise InputError(f"{what} must be >= 1, got {value}")
+    threads = count_option("threads", threads)
+    if target != "python" and (engine is not None or threads is not None):
+        raise InputError(f"engine and threads choose this package's runtime inside the server; "
+                         f"they apply to --target python only, not {target}")
     io, cfg, side, plan_max = _model_info(model_file, Path(onnx) if onnx else None)
     build = side["build_options"] if side else {}
     max_batch = _max_batch(max_batch, plan_max, build.get("min_batch"))
     if preferred_batch_sizes is None:
         preferred_batch_sizes = default_preferred(max_batch, build.get("opt_batch"))
     preferred_batch_sizes = _preferred(preferred_batch_sizes, max_batch)
-    kind = _instance_kind(kind, platform)
+    kind = _instance_kind(kind, target)
     labels = _checked_labels(cfg, io)
-    text = make_config(name, platform, max_batch, io, preferred_batch_sizes,
+    parameters = preprocess_parameters(cfg)
+    if target == "python":
+        parameters.update(model_file=filename, engine=engine or "", threads=str(threads or ""))
+    warm = sorted({1, max(preferred_batch_sizes, default=1)}) if warmup else ()
+    text = make_config(name, target, max_batch, io, preferred_batch_sizes,
                        max_queue_delay_us, instances, kind,
-                       LABELS_FILE if labels is not None else None)
+                       LABELS_FILE if labels is not None else None,
+                       default_model_filename=filename if target == "openvino" else None,
+                       parameters=parameters, warmup_batch_sizes=warm)
     model_dir = Path(repo) / name
-    _write_entry(model_dir, int(version), model_file, filename, side, labels, text)
+    _write_entry(model_dir, int(version), model_file, filename, side, labels, text,
+                 with_model_py=target == "python")
     return model_dir
 
 
-def _platform(model_file: Path):
-    """``(platform, file name)`` the server runs ``model_file`` with; it must exist."""
-    if model_file.suffix not in PLATFORMS:
+def _target(model_file: Path, target: Optional[str]):
+    """``(target, file name in the version directory)`` for ``model_file``; it must exist."""
+    if model_file.suffix not in (".plan", ".onnx"):
         raise ArtifactError(f"{model_file}: serve-export takes a .plan (TensorRT) or .onnx file, "
                             f"not {model_file.suffix or 'a file without extension'}")
     if not model_file.exists():
         raise ArtifactError(f"{model_file}: no such file")
-    return PLATFORMS[model_file.suffix]
+    target = target or default_target(model_file)
+    if target not in TARGETS:
+        raise InputError(f"target {target!r} is not one of {', '.join(TARGETS)}")
+    if model_file.suffix not in TARGETS[target][2]:
+        takes = " or ".join(TARGETS[target][2])
+        raise InputError(f"target {target} serves {takes} files, not {model_file.name}; pick "
+                         f"another target or export a {takes}")
+    return target, "model" + model_file.suffix
 
 
 def _model_name(name: Optional[str], model_file: Path) -> str:
@@ -205,10 +297,13 @@ def _preferred(sizes: Sequence[int], max_batch: int) -> List[int]:
     return sizes
 
 
+_DEFAULT_KIND = {"tensorrt_plan": "KIND_GPU", "python": "KIND_CPU"}
+
+
 def _instance_kind(kind: Optional[str], platform: str) -> str:
     """``KIND_GPU``/``KIND_CPU``/``KIND_AUTO`` from ``gpu``, ``KIND_CPU``, ... (default: GPU
-    for a plan, AUTO for ONNX)."""
-    kind = (kind or ("KIND_GPU" if platform == "tensorrt_plan" else "KIND_AUTO")).upper()
+    for a plan, CPU for ``python``, AUTO for the server's ONNX backends)."""
+    kind = (kind or _DEFAULT_KIND.get(platform, "KIND_AUTO")).upper()
     if not kind.startswith("KIND_"):
         kind = "KIND_" + kind
     if kind not in ("KIND_GPU", "KIND_CPU", "KIND_AUTO"):
@@ -231,15 +326,19 @@ def _checked_labels(config, io: dict) -> Optional[List[str]]:
 
 
 def _write_entry(model_dir: Path, version: int, model_file: Path, filename: str,
-                 side: Optional[dict], labels: Optional[List[str]], config_text: str) -> None:
-    """Write the model (and its sidecar), the labels and ``config.pbtxt``, each atomically;
-    the config last, so the server never sees a config without its model."""
+                 side: Optional[dict], labels: Optional[List[str]], config_text: str,
+                 with_model_py: bool = False) -> None:
+    """Write the model (and its sidecar, and ``model.py`` for the Python backend), the labels
+    and ``config.pbtxt``, each atomically; the config last, so the server never sees a config
+    without its model."""
     from .backends.tensorrt.meta import sidecar_path
     from .fileio import atomic_path, atomic_write_text
     vdir = model_dir / str(version)
     vdir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(vdir / filename) as tmp:
-        shutil.copyfile(model_file, tmp)
+    copies = [(model_file, filename)] + ([(MODEL_PY, "model.py")] if with_model_py else [])
+    for src, dest in copies:
+        with atomic_path(vdir / dest) as tmp:
+            shutil.copyfile(src, tmp)
     if side is not None:
         side_copy = dict(side, plan=dict(side["plan"], file=filename))
         atomic_write_text(sidecar_path(vdir / filename),
@@ -247,3 +346,233 @@ def _write_entry(model_dir: Path, version: int, model_file: Path, filename: str,
     if labels is not None:
         atomic_write_text(model_dir / LABELS_FILE, "\n".join(labels) + "\n")
     atomic_write_text(model_dir / "config.pbtxt", config_text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the Triton Inference Server bundled in the nvidia-pytriton wheel
+
+# nvidia-pytriton pins numpy<2 for its own Python API, which this package never imports (only
+# the server binary and the Python backend it bundles are used; tensors reach model.py as
+# DLPack, not numpy), so it is installed without its dependencies
+SERVE_INSTALL = 'pip install -e ".[serve]" && pip install --no-deps nvidia-pytriton==0.7.0'
+HOST = "127.0.0.1"
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+# files of the bundled Python backend that go into the backend directory the server reads
+_PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def bundled_server() -> Path:
+    """The ``tritonserver`` folder of the installed ``nvidia-pytriton`` wheel (found without
+    importing it: only its server binary and backends are used)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendUnavailableError("serving needs the Triton Inference Server from the "
+                                      f"nvidia-pytriton wheel; install it with {SERVE_INSTALL}")
+    root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise BackendUnavailableError(f"{root}: no bin/tritonserver in the nvidia-pytriton "
+                                      f"install; reinstall it with {SERVE_INSTALL}")
+    return root
+
+
+def _backend_directory(root: Path, dest: Path) -> Path:
+    """A backend directory holding the bundled Python backend with the stub built for the
+    running Python (the wheel ships one stub per Python version beside the backend)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise BackendUnavailableError(f"the nvidia-pytriton wheel has no Python-backend stub "
+                                      f"for Python {version}; serve from Python 3.8-3.13")
+    python_dir = dest / "python"
+    python_dir.mkdir(parents=True)
+    for name in _PYTHON_BACKEND_FILES:
+        shutil.copyfile(root / "backends" / "python" / name, python_dir / name)
+    shutil.copy2(stub, python_dir / stub.name)
+    return dest
+
+
+def server_environment(root: Path) -> Dict[str, str]:
+    """The environment of the server process: the stub (copied out of the wheel, so away from
+    the libraries its run path names) finds the wheel's libraries, embeds this interpreter's
+    Python library (same patch level as its standard library) and imports what this one
+    imports."""
+    env = dict(os.environ)
+    libs = [str(root.parent.parent / "nvidia_pytriton.libs")]
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    if libdir and Path(libdir, sysconfig.get_config_var("INSTSONAME") or "").is_file():
+        libs.append(libdir)
+        env["PYTHONHOME"] = sys.base_prefix
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [env.get("LD_LIBRARY_PATH")]
+                                                     if p])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    env.pop("TRITON_INTERPRET", None)   # the stub runs real engines, not Triton's interpreter
+    return env
+
+
+class Server:
+    """The bundled Triton Inference Server on a model repository, bound to 127.0.0.1.
+
+    Use as a context manager, or :meth:`start` and :meth:`stop`. A port of 0 picks a free
+    one; ``ports`` holds the ones in use. The server runs in its own process group, so
+    :meth:`stop` ends it and every backend stub it started. Its log goes to ``log``
+    (default: ``server.log`` in a temporary directory, removed on stop).
+    """
+
+    def __init__(self, repo, http_port: int = DEFAULT_PORTS["http"],
+                 grpc_port: int = DEFAULT_PORTS["grpc"],
+                 metrics_port: int = DEFAULT_PORTS["metrics"], log=None):
+        self.repo = Path(repo)
+        if not self.repo.is_dir():
+            raise ArtifactError(f"{self.repo}: no such model repository; write one with "
+                                "inception-engine serve-export MODEL --repo DIR")
+        asked = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        for what, port in asked.items():
+            if not isinstance(port, int) or not 0 <= port <= 65535:
+                raise InputError(f"{what} port must be an integer in 0..65535, got {port!r}")
+        self.ports = {k: p or free_port() for k, p in asked.items()}
+        self.log = Path(log) if log else None
+        self.process: Optional[subprocess.Popen] = None
+        self._workdir: Optional[Path] = None
+
+    @property
+    def url(self) -> str:
+        """The HTTP endpoint, ``127.0.0.1:PORT`` (tritonclient's form)."""
+        return f"{HOST}:{self.ports['http']}"
+
+    @property
+    def endpoints(self) -> Dict[str, str]:
+        return {"http": f"http://{HOST}:{self.ports['http']}",
+                "grpc": f"{HOST}:{self.ports['grpc']}",
+                "metrics": f"http://{HOST}:{self.ports['metrics']}/metrics"}
+
+    def command(self, backend_dir: Path) -> List[str]:
+        binary = bundled_server() / "bin" / "tritonserver"
+        return [str(binary), "--model-repository", str(self.repo.resolve()),
+                "--backend-directory", str(backend_dir),
+                "--http-address", HOST, "--http-port", str(self.ports["http"]),
+                "--grpc-address", HOST, "--grpc-port", str(self.ports["grpc"]),
+                "--metrics-address", HOST, "--metrics-port", str(self.ports["metrics"]),
+                "--strict-readiness", "true", "--exit-on-error", "true",
+                "--exit-timeout-secs", "10"]
+
+    def start(self, timeout: float = 180.0) -> "Server":
+        """Start the server and wait (at most ``timeout`` s) until it and its models are
+        ready; on failure the server is stopped and the error quotes its log."""
+        if self.process is not None:
+            raise EngineError("this server is already started; stop it first")
+        self._workdir = Path(tempfile.mkdtemp(prefix="inception-tritonserver-"))
+        log = self.log or self._workdir / "server.log"
+        try:
+            root = bundled_server()
+            cmd = self.command(_backend_directory(root, self._workdir / "backends"))
+            with open(log, "wb") as out:
+                self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                                stdin=subprocess.DEVNULL,
+                                                env=server_environment(root),
+                                                start_new_session=True)
+            self._wait_ready(timeout, log)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float, log: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EngineError(f"the Triton Inference Server exited with status "
+                                  f"{self.process.returncode} before it was ready:\n"
+                                  f"{_tail(log)}")
+            if self.ready():
+                return
+            failed = self.failed_models()
+            if failed:
+                raise EngineError(f"the Triton Inference Server could not load "
+                                  f"{', '.join(failed)}:\n{_tail(log)}")
+            time.sleep(0.25)
+        raise EngineError(f"the Triton Inference Server was not ready within {timeout:g} s "
+                          f"(a model still loading?):\n{_tail(log)}")
+
+    def ready(self) -> bool:
+        """Whether ``/v2/health/ready`` answers 200 (server and every model ready)."""
+        url = f"{self.endpoints['http']}/v2/health/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def failed_models(self) -> List[str]:
+        """``name: reason`` of each model the server reports UNAVAILABLE (failed to load)."""
+        req = urllib.request.Request(f"{self.endpoints['http']}/v2/repository/index",
+                                     data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                index = json.loads(r.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return []
+        return [f"{m.get('name')}: {m.get('reason', '')}" for m in index
+                if m.get("state") == "UNAVAILABLE"]
+
+    def stop(self, grace: float = 20.0) -> None:
+        """Stop the server and its stubs (SIGTERM to its process group, SIGKILL after
+        ``grace`` s) and remove its temporary files; safe to call twice."""
+        proc, self.process = self.process, None
+        if proc is not None:
+            _end_group(proc, grace)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def _end_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to ``proc``'s process group; SIGKILL what is left after ``grace`` s."""
+    pgid = proc.pid     # the group leader: it was started in a new session
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    deadline = time.monotonic() + grace
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (zombies are not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+_ERROR_LINE = re.compile(r"^(E\d{4} |error: )")
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    """The server log's error lines (a model's load failure says why there), then its last
+    ``lines`` lines."""
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {log})"
+    errors = [line for line in text if _ERROR_LINE.match(line)]
+    return "\n".join(errors + ["..."] + text[-lines:])

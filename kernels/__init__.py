@@ -3,15 +3,19 @@
 Every kernel file holds the ``@triton.jit`` kernel, a launcher (checks shapes, dtypes and
 strides, allocates when asked, launches) and a plain PyTorch reference with the same
 arguments (``*_reference``). On a machine without a GPU set ``TRITON_INTERPRET=1`` before
-importing this package; launchers then use one problem-sized config instead of autotuning.
+importing this package; launchers then use one problem-sized config instead of the GPU table.
 
 Tensors
 -------
 * Activations are 4-D NHWC **views** with channel stride 1. A channel slice of a larger
   buffer, ``buf[..., off:off + c]``, is a valid input or output: kernels address it by its
   base pointer and its N/H/W strides, so writing a branch into its concat slice is free.
-* Conv weights are packed HWIO ``[KH, KW, C, N]`` contiguous (:func:`pack_weight` from
-  OIHW), in the input's dtype. Bias and scales are fp32 ``[N]`` vectors.
+* Conv weights are shaped ``[KH, KW, C, N]`` (:func:`pack_weight` from OIHW), in the input's
+  dtype: HWIO contiguous for float, and for int8 a K-contiguous view of ``[N, KH, KW, C_pad]``
+  (the B layout INT8 tensor-core MMA reads without a transpose). Concatenate packed weights
+  along N with ``kernels.conv.concat_packed``; pack on the target device (moving a padded
+  int8 view with ``.to(device)`` makes it contiguous HWIO, which works but is slower).
+  Bias and scales are fp32 ``[N]`` vectors.
 * Linear weights are ``[K, N]`` contiguous (:func:`pack_linear_weight` from ``[N, K]``).
 * dtypes: fp16 / bf16 (fp32 accumulation), fp32 (IEEE dot, no TF32; parity), int8 (int32
   accumulation). INT8 is symmetric, zero point 0: weights per output channel, activations
@@ -19,7 +23,7 @@ Tensors
   (``saturate(round_half_even(v / out_scale))``).
 
 Public launchers (all return the output tensor; ``config=`` takes a dict or triton.Config
-of meta-parameters to bypass autotuning)
+of meta-parameters to bypass the tuning table)
 ------------------------------------------------------------------------------------------
 conv2d(x, weight, bias=None, *, stride=1, padding=0, relu=True, residual=None,
        out=None, out_dtype=None, scale=None, res_scale=1.0, out_scale=None, config=None)
@@ -52,6 +56,10 @@ quantize(x, scale, out=None) -> int8 ; dequantize(q, scale, out=None, out_dtype=
     Elementwise Q / DQ of any 4-D NHWC view (e.g. the network input, or a re-quantisation
     between concat scales).
 
+prepare_conv2d(x, weight, bias=None, *, ..., out, ...) -> callable
+    conv2d's checks, tile/split-K choice and grid done once; the returned zero-argument
+    callable only launches (on the same tensors).
+
 Weight preparation (host, once per model): pack_weight, pack_linear_weight, fold_bn,
 fold_scale, quantize_weight, dequant_scale.
 
@@ -67,17 +75,19 @@ This package is a leaf: it imports torch and triton, never the engine.
 Interpreter note: ``triton.jit`` decides when it decorates a kernel, so ``TRITON_INTERPRET=1``
 must be set before the first launcher is imported in a process (``kernels.env`` may be
 imported first: the launchers load on first use); launchers refuse CPU tensors otherwise.
-Autotuning on a GPU is keyed on the problem shape (batch, H, W, C, OH, OW, N, kernel,
-stride, destinations, residual): the first call for each distinct layer benchmarks the tiles
-of ``kernels.conv.CONFIGS`` (pruned to the problem); pass ``config=`` to skip it.
+Tiles on a GPU come from the table shipped in ``kernels/tuning/conv.json`` (keyed by
+architecture, layer class and M bucket) through the wave model of :mod:`kernels.tuning`,
+which also splits K for small M; nothing is timed at run time. ``KERNELS_AUTOTUNE=1`` times
+the table's candidates once per (layer class, M bucket, sizes) and caches the winner on disk
+(``KERNELS_TUNING_CACHE``). ``kernels.conv.describe_choice`` says what a layer gets.
 """
 import importlib
 
 # public name -> submodule that defines it, imported on first use (see the interpreter note)
 _LAZY = {
     "interpreting": "env", "cuda_usable": "env",
-    **{n: "conv" for n in ("conv2d", "conv2d_reference", "pack_weight", "fold_bn", "fold_scale",
-                           "quantize_weight", "quantize_reference", "dequant_scale")},
+    **{n: "conv" for n in ("conv2d", "prepare_conv2d", "conv2d_reference", "pack_weight", "fold_bn",
+                           "fold_scale", "quantize_weight", "quantize_reference", "dequant_scale")},
     **{n: "fully_connected" for n in ("linear", "linear_reference", "pack_linear_weight")},
     **{n: "pool" for n in ("max_pool", "max_pool_reference", "avg_pool", "avg_pool_reference",
                            "global_avg_pool", "global_avg_pool_reference")},

@@ -297,6 +297,155 @@ def test_quantize_round_half_even_and_saturate():
 
 
 # ----------------------------------------------------------------------------------------
+# kernels v2: weight layouts, the 1x1 GEMM path, split-K, the requantise epilogue, prepare
+# ----------------------------------------------------------------------------------------
+
+def test_int8_weights_are_k_contiguous_and_layouts_agree():
+    """pack_weight gives INT8 the K-contiguous layout (40 channels per tap padded to 64, so
+    taps start aligned); the N-contiguous one reads the same integers and gives the same
+    result; concat_packed keeps the layout."""
+    gen = torch.Generator().manual_seed(20)
+    wq, w_scale = K.quantize_weight(torch.randn(12, 40, 3, 3, generator=gen))
+    packed = K.pack_weight(wq)
+    assert packed.shape == (3, 3, 40, 12) and packed.stride() == (3 * 64, 64, 1, 3 * 3 * 64)
+    assert K.conv.weight_is_kmajor(packed) and not K.conv.weight_is_kmajor(packed.contiguous())
+    xq = _rand_int8((2, 7, 6, 40), gen)
+    scale = K.dequant_scale(w_scale, 0.02).to(DEV)
+    kw = dict(padding=1, scale=scale, out_scale=0.07)
+    got_k = K.conv2d(xq, packed.to(DEV), **kw)
+    got_n = K.conv2d(xq, packed.contiguous().to(DEV), **kw)
+    assert torch.equal(got_k.cpu(), got_n.cpu())
+    assert torch.equal(got_k.cpu(), K.conv2d_reference(xq, packed.to(DEV), **kw).cpu())
+    cat = K.conv.concat_packed([packed, packed[..., :5]])
+    assert K.conv.weight_is_kmajor(cat) and torch.equal(cat, torch.cat([packed, packed[..., :5]], dim=3))
+
+
+def test_bad_weight_layout_is_refused():
+    w = torch.randn(3, 3, 8, 4).transpose(0, 1)             # neither packed layout
+    with pytest.raises(ValueError, match="pack_weight"):
+        K.conv2d(torch.randn(1, 5, 5, 8, device=DEV), w.to(DEV))
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["gemm", "strided_rows"])
+@pytest.mark.parametrize("cin", [32, 40], ids=["even_c", "ragged_c"])
+def test_1x1_gemm_path_and_its_fallback(dense, cin):
+    """1x1 stride 1 runs as a plain GEMM when pixel m sits at m * stride(2); a view whose
+    rows are not evenly strided (a crop along W) takes the general path. BLOCK_K 16 makes
+    32 channels whole K-tiles (no channel mask) and 40 a ragged tail."""
+    gen = torch.Generator().manual_seed(21)
+    full = torch.randn(3, 6, 9, cin, generator=gen).half().to(DEV)
+    x = full if dense else full[:, :, 1:8, :]
+    w = rand_weight(cin, 24, 1, 1, torch.float16, gen)
+    b = torch.randn(24, generator=gen).to(DEV)
+    geo = K.conv._check_inputs(x, w, b, None, 1, 0)
+    assert K.conv.gemm_view(x, geo) == dense
+    cfg = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 1}
+    y = K.conv2d(x, w, b, config=cfg)
+    assert_close(y, K.conv2d_reference(x, w, b), torch.float16, "1x1")
+
+
+SPLIT_CFG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "SPLIT_K": 3, "num_warps": 4,
+             "num_stages": 1}
+
+
+@pytest.mark.parametrize("kh", [1, 3])
+def test_split_k_float_with_residual_in_place(kh):
+    """Three splits over the reduction, summed by the reduce kernel, which also runs the
+    epilogue (here: the shortcut, in place)."""
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(2, 5, 6, 40, generator=gen).to(DEV)
+    w = rand_weight(40, 20, kh, kh, torch.float32, gen)
+    b = torch.randn(20, generator=gen).to(DEV)
+    trunk = torch.randn(2, 5, 6, 20, generator=gen).to(DEV)
+    want = K.conv2d_reference(x, w, b, padding=kh // 2, residual=trunk.clone())
+    K.conv2d(x, w, b, padding=kh // 2, residual=trunk, out=trunk, config=SPLIT_CFG)
+    assert_close(trunk, want, torch.float32, f"split-K {kh}x{kh}")
+
+
+def test_split_k_int8_bit_exact_into_three_destinations():
+    gen = torch.Generator().manual_seed(23)
+    xq = _rand_int8((2, 5, 6, 64), gen)
+    wq, w_scale = K.quantize_weight(torch.randn(30, 64, 1, 1, generator=gen))
+    wq = K.pack_weight(wq).to(DEV)
+    scale = K.dequant_scale(w_scale, 0.02).to(DEV)
+    bias = torch.randn(30, generator=gen).to(DEV)
+    outs = [torch.empty(2, 5, 6, c, dtype=torch.int8, device=DEV) for c in (8, 10, 12)]
+    K.conv2d(xq, wq, bias, scale=scale, out_scale=0.05, out=outs, config=dict(SPLIT_CFG, BLOCK_K=32))
+    want = K.conv2d_reference(xq, wq, bias, scale=scale, out_scale=0.05, splits=(8, 10, 12))
+    for got, ref in zip(outs, want):
+        assert torch.equal(got.cpu(), ref.cpu())
+
+
+def _requant_probe():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(v_ptr, q_ptr, n, y_scale, y_inv, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        v = tl.load(v_ptr + offs, mask=offs < n)
+        tl.store(q_ptr + offs, K.conv._requantize(v, y_scale, y_inv, False).to(tl.int8), mask=offs < n)
+
+    return probe
+
+
+@pytest.mark.skipif(cuda_usable(), reason="checks the interpreter's exact-residual path")
+def test_requantize_without_division_is_exact_at_ties():
+    """The epilogue's multiply-and-correct requantisation equals ONNX QuantizeLinear (an IEEE
+    division, then round half to even) on values at, and a few ulps either side of, every
+    half-integer quotient, for awkward scales."""
+    probe = _requant_probe()
+    gen = torch.Generator().manual_seed(24)
+    for s in (0.05, 0.0173, 1 / 3, 7.3e-3, 0.1, 3.7, float(torch.rand(1, generator=gen)) * 0.1 + 1e-4):
+        s32 = torch.tensor(s, dtype=torch.float32)
+        halves = (torch.arange(-131, 131, dtype=torch.float32) + 0.5) * s32
+        near = [halves]
+        up, down = halves.clone(), halves.clone()
+        for _ in range(3):
+            up = torch.nextafter(up, torch.tensor(float("inf")))
+            down = torch.nextafter(down, torch.tensor(float("-inf")))
+            near += [up, down]
+        v = torch.cat(near + [torch.randn(4096, generator=gen) * 60 * s32])
+        inv = float(torch.tensor(1.0) / s32)
+        q = torch.empty(v.shape, dtype=torch.int8)
+        probe[(triton_cdiv(v.numel(), 1024),)](v, q, v.numel(), float(s32), inv, BLOCK=1024)
+        want = K.quantize_reference(v, float(s32))
+        bad = q != want
+        assert not bad.any(), f"scale {s}: {int(bad.sum())} differ, e.g. v={v[bad][:3].tolist()}"
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
+
+
+def test_prepared_launch_does_no_host_work(monkeypatch):
+    """prepare_conv2d checks and chooses once; the returned callable launches on the same
+    tensors (new values in place are picked up) without checking or choosing again."""
+    gen = torch.Generator().manual_seed(25)
+    x = torch.randn(2, 6, 5, 24, generator=gen).to(DEV)
+    w = rand_weight(24, 16, 3, 3, torch.float32, gen)
+    b = torch.randn(16, generator=gen).to(DEV)
+    out = torch.empty(2, 6, 5, 16, device=DEV)
+    run = K.conv.prepare_conv2d(x, w, b, padding=1, out=out, config=SPLIT_CFG)
+    for name in ("_check_inputs", "_destinations", "_check_residual", "chosen_config",
+                 "interpreter_config", "_placeholder"):
+        monkeypatch.setattr(K.conv, name, _forbidden(name))
+    monkeypatch.setattr(torch, "empty", _forbidden("torch.empty"))
+    for _ in range(2):
+        x.copy_(torch.randn(x.shape, generator=gen))
+        run()
+        assert_close(out, K.conv2d_reference(x, w, b, padding=1), torch.float32, "prepared")
+    with pytest.raises(ValueError, match="needs out"):
+        K.conv.prepare_conv2d(x, w, b, out=None)
+
+
+def _forbidden(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{name} called by a prepared launch")
+    return fail
+
+
+# ----------------------------------------------------------------------------------------
 # pools, head, quantise
 # ----------------------------------------------------------------------------------------
 

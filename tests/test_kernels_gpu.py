@@ -1,9 +1,9 @@
-"""Kernels on a real GPU with autotuning, at full IR-v2 channel counts.
+"""Kernels on a real GPU with the shipped tuning table, at full IR-v2 channel counts.
 
 Marked ``gpu``: skipped without CUDA. The interpreter tests in test_kernels.py also run on
-the GPU when one is present; these add what only a GPU exercises: the autotuner (and its
-restore of an in-place residual), full-width tiles, and INT8 bit-exactness with the
-compiled epilogue.
+the GPU when one is present; these add what only a GPU exercises: the table's tiles and
+split-K choices, full-width tiles, and INT8 bit-exactness with the compiled epilogue (its
+hardware-fma requantisation and K-contiguous weights).
 """
 import pytest
 import torch
@@ -77,3 +77,21 @@ def test_fused_heads_into_concat_gpu():
     for got, ref in zip((cat[..., :32], s1, s2), want):
         assert (got.float() - ref.float()).abs().max().item() < 2e-2 * max(1.0, ref.float().abs().max().item())
     assert (cat[..., 32:] == 0).all()
+
+
+def test_small_m_split_k_and_prepared_launch_gpu():
+    """The 8x8 maps at batch 1 split K by the table; int8 stays bit-exact through the
+    reduction, and a prepared launch repeats it."""
+    from kernels import conv, tuning
+    xq = torch.randint(-128, 128, (1, 8, 8, 2080), dtype=torch.int8, device=DEV)
+    wq, ws = K.quantize_weight(torch.randn(192, 2080, 1, 1))
+    wq = K.pack_weight(wq.to(DEV))
+    sc = K.dequant_scale(ws, 0.01).to(DEV)
+    b = torch.randn(192, device=DEV)
+    geo = conv._check_inputs(xq, wq, b, sc, 1, 0)
+    assert conv.chosen_config(geo, torch.int8, xq.device).split_k > 1 or tuning.autotune_requested()
+    out = torch.empty(1, 8, 8, 192, dtype=torch.int8, device=DEV)
+    run = K.prepare_conv2d(xq, wq, b, scale=sc, out_scale=0.5, out=out)
+    run()
+    want = K.conv2d_reference(xq, wq, b, scale=sc, out_scale=0.5)
+    assert torch.equal(out, want), f"{(out != want).sum().item()} values differ"

@@ -292,7 +292,7 @@ def test_crash_while_writing_leaves_no_partial_file(subject, stats, tmp_path, mo
 def test_unsigned_relu_variant(subject, stats, images, tmp_path):
     out = tmp_path / "u8.onnx"
     res = calibration.quantize(subject[0], out, statistics=stats, method="minmax",
-                               unsigned_relu=True)
+                               target="openvino")
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     inits, producer = _index(proto)

@@ -2,10 +2,12 @@
 
 Every generated ``config.pbtxt`` is parsed with Triton's own ModelConfig protobuf schema
 (``tritonclient.grpc.model_config_pb2``), so a field Triton does not know fails the test.
+A real server loading these repositories is tests/test_tritonserver_e2e.py.
 """
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import pytest
 import engine
 from engine.backends.tensorrt import meta
 from engine.errors import ArtifactError, InputError
+from engine import tritonserver
+from engine.errors import BackendUnavailableError
 from engine.tritonserver import export_triton
 from helpers import fake_sidecar, temp_files, tiny_onnx
 
@@ -34,7 +38,8 @@ def _all_temp(repo):
 def test_onnx_repository(tmp_path):
     src = tiny_onnx(tmp_path / "irv2.onnx")
     repo = tmp_path / "repo"
-    d = export_triton(src, repo, name="irv2_fmnist", max_batch=16, instances=2)
+    d = export_triton(src, repo, name="irv2_fmnist", max_batch=16, instances=2,
+                      target="onnxruntime_onnx")
     assert d == repo / "irv2_fmnist"
     assert (d / "1" / "model.onnx").read_bytes() == src.read_bytes()
     cfg = parse_config(d / "config.pbtxt")
@@ -167,3 +172,93 @@ def test_cli(tmp_path, capsys):
     assert "tritonserver --model-repository" in capsys.readouterr().out
     assert main(["serve-export", str(tmp_path / "none.plan"), "--repo", str(repo)]) == 2
     assert "none.plan: no such file" in capsys.readouterr().err
+
+
+def _params(cfg) -> dict:
+    return {k: v.string_value for k, v in cfg.parameters.items()}
+
+
+def test_python_target_runs_our_runtime(tmp_path):
+    """The Python-backend entry: model.py beside the ONNX, the engine choice, preprocessing
+    and warm-up in the config."""
+    src = tiny_onnx(tmp_path / "irv2.onnx")
+    d = export_triton(src, tmp_path / "repo", target="python", max_batch=8,
+                      preferred_batch_sizes=[2, 4], engine="onnxruntime", threads=2)
+    cfg = parse_config(d / "config.pbtxt")
+    assert cfg.backend == "python" and cfg.platform == ""
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert (d / "1" / "model.onnx").read_bytes() == src.read_bytes()
+    assert "class TritonPythonModel" in (d / "1" / "model.py").read_text()
+    params = _params(cfg)
+    assert (params["model_file"], params["engine"], params["threads"]) == \
+        ("model.onnx", "onnxruntime", "2")
+    assert json.loads(params["preprocess.input_size"]) == [3, 75, 75]
+    assert json.loads(params["preprocess.mean"]) == [0.5, 0.5, 0.5]
+    assert [(w.batch_size, list(w.inputs["input"].dims), w.inputs["input"].zero_data)
+            for w in cfg.model_warmup] == [(1, [3, 75, 75], True), (4, [3, 75, 75], True)]
+    assert cfg.output[0].label_filename == "labels.txt"
+    assert _all_temp(tmp_path / "repo") == []
+    cfg = parse_config(export_triton(src, tmp_path / "r2", target="python", warmup=False)
+                       / "config.pbtxt")
+    assert len(cfg.model_warmup) == 0 and _params(cfg)["engine"] == ""
+
+
+def test_cpu_default_is_python(tmp_path, monkeypatch):
+    import kernels.env
+    src = tiny_onnx(tmp_path / "m.onnx")
+    monkeypatch.setattr(kernels.env, "cuda_usable", lambda: False)
+    assert parse_config(export_triton(src, tmp_path / "a") / "config.pbtxt").backend == "python"
+    monkeypatch.setattr(kernels.env, "cuda_usable", lambda: True)
+    assert parse_config(export_triton(src, tmp_path / "b") / "config.pbtxt").platform == \
+        "onnxruntime_onnx"
+
+
+def test_openvino_target_config(tmp_path):
+    src = tiny_onnx(tmp_path / "m.onnx")
+    cfg = parse_config(export_triton(src, tmp_path / "repo", target="openvino") / "config.pbtxt")
+    assert cfg.backend == "openvino" and cfg.default_model_filename == "model.onnx"
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_AUTO
+    assert "model_file" not in _params(cfg)
+    assert not (tmp_path / "repo" / "m" / "1" / "model.py").exists()
+
+
+def test_target_errors(tmp_path):
+    src = tiny_onnx(tmp_path / "m.onnx")
+    with pytest.raises(InputError, match="target 'tflite' is not one of python, tensorrt_plan"):
+        export_triton(src, tmp_path / "repo", target="tflite")
+    with pytest.raises(InputError, match="target tensorrt_plan serves .plan files, not m.onnx"):
+        export_triton(src, tmp_path / "repo", target="tensorrt_plan")
+    with pytest.raises(InputError, match="apply to --target python only, not openvino"):
+        export_triton(src, tmp_path / "repo", target="openvino", threads=2)
+    with pytest.raises(InputError, match="threads must be an integer >= 1"):
+        export_triton(src, tmp_path / "repo", target="python", threads=0)
+
+
+def test_serve_without_pytriton(tmp_path, monkeypatch, capsys):
+    """Without nvidia-pytriton, ``serve`` says how to install it and starts nothing."""
+    from engine.cli import main
+    real = tritonserver.importlib.util.find_spec
+    monkeypatch.setattr(tritonserver.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pytriton" else real(name, *a))
+    with pytest.raises(BackendUnavailableError, match=r'pip install -e "\.\[serve\]" && pip '
+                       r"install --no-deps nvidia-pytriton==0\.7\.0"):
+        tritonserver.bundled_server()
+    (tmp_path / "repo").mkdir()
+    scratch = set(Path(tempfile.gettempdir()).glob("inception-tritonserver-*"))
+    assert main(["serve", str(tmp_path / "repo"), "--http-port", "0"]) == 2
+    assert 'install it with pip install -e ".[serve]"' in capsys.readouterr().err
+    assert set(Path(tempfile.gettempdir()).glob("inception-tritonserver-*")) == scratch, \
+        "a failed start left its temporary backend directory"
+
+
+def test_serve_bad_arguments(tmp_path, capsys):
+    from engine.cli import main
+    with pytest.raises(ArtifactError, match="no such model repository"):
+        tritonserver.Server(tmp_path / "none")
+    with pytest.raises(InputError, match="http port must be an integer in 0..65535"):
+        tritonserver.Server(tmp_path, http_port=70000)
+    assert main(["serve", str(tmp_path / "none")]) == 2
+    assert "no such model repository" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", str(tmp_path), "--grpc-port", "-1"])
+    assert "below the minimum 0" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The trained test subject (inception_resnet_v2_fmnist) and its shipped Fashion-MNIST data.
+"""The trained test subjects (Inception-v4, Inception-ResNet-v1 and -v2 at width 0.25 on
+Fashion-MNIST) and their shipped data.
 
 Reference first: the preprocessing written out by hand, step by step, so engine.datasets'
 fused multiply-add is checked against the plain formula.
@@ -18,9 +19,9 @@ import engine
 from engine import datasets
 from engine.datasets import DatasetError
 from engine.fileio import sha256_file
+from engine.study import subjects
 
 MODEL = "inception_resnet_v2_fmnist"
-CHECKPOINT = datasets.DATA_DIR.parent / f"{MODEL}.safetensors"
 SLICE = 500                  # the first 500 shipped test images
 MIN_SLICE_TOP1 = 88.0        # the full test set gives >= 90 (see the JSON beside the checkpoint)
 
@@ -32,11 +33,6 @@ def reference_input(images_u8, size, mean, std):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     chans = [(x / 255.0 - m) / s for m, s in zip(mean, std)]
     return torch.cat(chans, dim=1)
-
-
-def load_subject():
-    """The shipped subject, through the bundled-weights loader."""
-    return engine.create_model(MODEL, weights="bundled")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +69,24 @@ def test_calib_split_from_train_only(calib_set, test_set):
     with np.load(datasets.DATA_DIR / datasets.CALIB_FILE) as z:
         index = z["train_index"]
     assert index.shape == (len(images),) and np.all(np.diff(index) > 0) and index.max() < 60000
+
+
+def test_val_split_from_train_disjoint_from_calib_and_test(calib_set, test_set):
+    images, labels = datasets.fashion_mnist("val")
+    assert images.shape == (datasets.VAL_SIZE, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (datasets.VAL_SIZE,) and np.bincount(labels, minlength=10).min() > 50
+    with np.load(datasets.DATA_DIR / datasets.CALIB_FILE) as z:
+        calib_index = z["train_index"]
+    with np.load(datasets.DATA_DIR / datasets.VAL_FILE) as z:
+        val_index = z["train_index"]
+    assert not set(val_index.tolist()) & set(calib_index.tolist())
+    assert np.all(np.diff(val_index) > 0) and val_index.max() < 60000
+
+    def digests(a):
+        return {hashlib.sha256(img.tobytes()).digest() for img in a}
+    assert not digests(images) & digests(test_set[0]), "a validation image is a test image"
+    # the draw is the documented one, so the file can be rebuilt from the train set
+    np.testing.assert_array_equal(val_index, datasets.validation_index(60000, calib_index))
 
 
 def test_limit_is_a_fixed_slice(test_set):
@@ -146,7 +160,9 @@ def test_missing_files_say_what_and_how(tmp_path):
         datasets.fashion_mnist("test", data_dir=tmp_path)
     with pytest.raises(DatasetError, match="calib.npz"):
         datasets.fashion_mnist("calib", data_dir=tmp_path)
-    with pytest.raises(ValueError, match="'test' or 'calib'"):
+    with pytest.raises(DatasetError, match="val.npz"):
+        datasets.fashion_mnist("val", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="'test', 'calib' or 'val'"):
         datasets.fashion_mnist("train")
 
 
@@ -172,28 +188,41 @@ def test_corrupt_calib_file(tmp_path):
         datasets.fashion_mnist("calib", data_dir=tmp_path)
 
 
-# ---------------------------------------------------------------- the checkpoint
+# ---------------------------------------------------------------- the checkpoints
+# every shipped subject (timm's registry-test style): the list comes from the registry, so a
+# subject registered without its checkpoint fails here
+SUBJECTS = subjects()
 
-def test_checkpoint_is_small_and_documented():
-    assert CHECKPOINT.is_file(), f"{CHECKPOINT} missing: run benchmarks/train_subject.py"
-    assert CHECKPOINT.stat().st_size <= 15_000_000
-    report = json.loads(CHECKPOINT.with_suffix(".json").read_text())
-    assert report["model"] == MODEL and report["test_images"] == 10000
+
+def test_three_networks_have_subjects():
+    assert {engine.get_config(n).arch for n in SUBJECTS} == {
+        "inception_v4", "inception_resnet_v1", "inception_resnet_v2"}
+
+
+@pytest.mark.parametrize("name", SUBJECTS)
+def test_checkpoint_is_small_and_documented(name):
+    checkpoint = datasets.DATA_DIR.parent / f"{name}.safetensors"
+    assert checkpoint.is_file(), f"{checkpoint} missing: run benchmarks/train_subject.py"
+    assert checkpoint.stat().st_size <= 15_000_000
+    report = json.loads(checkpoint.with_suffix(".json").read_text())
+    assert report["model"] == name and report["test_images"] == 10000
     assert report["test_top1"] >= 90.0
-    assert report["sha256"] == sha256_file(CHECKPOINT)
+    assert report["sha256"] == sha256_file(checkpoint)
 
 
-def test_checkpoint_loads_strictly():
+@pytest.mark.parametrize("name", SUBJECTS)
+def test_checkpoint_loads_strictly(name):
     from safetensors.torch import load_file
-    state = load_file(str(CHECKPOINT))
-    model = engine.create_model(MODEL)
+    state = load_file(str(datasets.DATA_DIR.parent / f"{name}.safetensors"))
+    model = engine.create_model(name)
     assert set(state) == set(model.state_dict())
     model.load_state_dict(state, strict=True)
 
 
-def test_subject_accuracy_on_test_slice(test_set):
+@pytest.mark.parametrize("name", SUBJECTS)
+def test_subject_accuracy_on_test_slice(name, test_set):
     torch.manual_seed(0)
-    model = load_subject()
+    model = engine.create_model(name, weights="bundled")
     assert not model.training
     cfg = model.config
     images, labels = test_set[0][:SLICE], test_set[1][:SLICE]
@@ -202,4 +231,4 @@ def test_subject_accuracy_on_test_slice(test_set):
                             for i in range(0, SLICE, 250)])
     assert logits.shape == (SLICE, 10) and torch.isfinite(logits).all()
     top1 = 100.0 * (logits.argmax(1).numpy() == labels).mean()
-    assert top1 >= MIN_SLICE_TOP1, f"top-1 on the first {SLICE} test images: {top1:.1f}%"
+    assert top1 >= MIN_SLICE_TOP1, f"{name}: top-1 on the first {SLICE} test images: {top1:.1f}%"

@@ -5,7 +5,8 @@ input contract, and the clear failure when TensorRT is missing.
 The "running" TensorRT version and GPU are passed in as plain facts here, and the builder
 tests talk to a recording stand-in for the ``tensorrt`` module (what ``build`` asks of it, and
 what it writes from the answers); nothing in this file claims a TensorRT result. The real
-builds are in ``test_tensorrt_gpu.py`` (marked ``tensorrt``).
+builds are in ``test_tensorrt_gpu.py`` (marked ``tensorrt``); the code against the real
+TensorRT 10.13 and 11.4 Python API is in ``test_tensorrt_contract.py``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import importlib.util
 import json
 import warnings
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,15 +266,76 @@ def test_rebuild_command_parses_back(built):
 def test_workspace_sizes(capsys):
     from engine.cli import make_parser
     from engine.commands.build import byte_size
-    assert byte_size("4096") == 4096
+    assert byte_size("4096") == 4096 << 20                  # a bare number is MiB
     assert byte_size("512M") == 512 << 20 and byte_size("2g") == 2 << 30
+    assert byte_size("2GiB") == 2 << 30 and byte_size("4096B") == 4096
     assert byte_size("1.5KB") == 1536
-    for bad in ("lots", "0", "-2G", "G"):
+    for bad in ("lots", "0", "-2G", "G", "nan", "0.5B"):
         with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
             byte_size(bad)
     with pytest.raises(SystemExit):
         make_parser().parse_args(["build", "m.onnx", "--workspace", "lots"])
     assert "'lots' is not a size" in capsys.readouterr().err
+
+
+def test_workspace_text_reads_back():
+    from engine.commands.build import byte_size
+    for nbytes in (1 << 20, 3 << 30, 4096, (1 << 20) + 1):
+        assert byte_size(meta.workspace_text(nbytes)) == nbytes
+    assert meta.workspace_text(2 << 30) == "2048M" and meta.workspace_text(100) == "100B"
+
+
+def test_layer_precision_specs():
+    from engine.errors import InputError
+    assert meta.parse_layer_precisions("/a/Conv:fp16, /b:Gemm:FP32 ,*:int8") == {
+        "/a/Conv": "fp16", "/b:Gemm": "fp32", "*": "int8"}       # the last ':' separates
+    assert meta.parse_layer_precisions(None) == {} == meta.parse_layer_precisions("")
+    for bad in ("/a/Conv", "/a/Conv:fp64", ":fp16"):
+        with pytest.raises(InputError, match="LAYER:PRECISION"):
+            meta.parse_layer_precisions(bad)
+    layers = ["/pool", "/gemm", "/softmax"]
+    assert meta.assign_layer_precisions(layers, {"/gemm": "fp32", "*": "fp16"}) == {
+        "/pool": "fp16", "/gemm": "fp32", "/softmax": "fp16"}
+    assert meta.assign_layer_precisions(layers, {"/gemm": "fp32"}) == {"/gemm": "fp32"}
+    with pytest.raises(InputError, match="lacks .*'/conv'.*'/pool'"):
+        meta.assign_layer_precisions(layers, {"/conv": "fp32"})
+
+
+def test_precision_constraint_and_level_checks():
+    from engine.errors import InputError
+    meta.check_precision_constraints(None, {})
+    meta.check_precision_constraints("prefer", {"*": "fp16"})
+    with pytest.raises(InputError, match="add --precision-constraints"):
+        meta.check_precision_constraints(None, {"*": "fp16"})
+    with pytest.raises(InputError, match="needs layer precisions"):
+        meta.check_precision_constraints("obey", {})
+    assert meta.check_optimization_level(None) is None and meta.check_optimization_level(0) == 0
+    for bad in (-1, 6, 2.5, True, "3"):
+        with pytest.raises(InputError, match="from 0 .* to 5"):
+            meta.check_optimization_level(bad)
+
+
+def test_build_mode_with_precision_constraints():
+    ten = ["FP16", "INT8", "TF32", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"]
+    mode = meta.build_mode("fp16", ten, True, "prefer")
+    assert mode == {"strongly_typed": False, "set_flags": ["FP16", "PREFER_PRECISION_CONSTRAINTS"],
+                    "clear_flags": []}
+    with pytest.raises(UnsupportedPrecisionError, match="strongly typed"):
+        meta.build_mode("fp16", ["TF32"], True, "obey")              # TensorRT 11
+
+
+def test_rebuild_command_keeps_the_new_options(built):
+    plan, onnx_path, side = built
+    import shlex
+    from engine.cli import make_parser
+    opts = dict(side["build_options"], builder_optimization_level=1,
+                precision_constraints="obey", layer_precisions={"/classif/Gemm": "fp32"},
+                workspace=(1 << 20) + 1)
+    args = make_parser().parse_args(shlex.split(meta.rebuild_command(onnx_path, plan, "fp16",
+                                                                     opts))[1:])
+    assert args.builder_optimization_level == 1 and args.precision_constraints == "obey"
+    assert args.layer_precisions == {"/classif/Gemm": "fp32"}
+    assert args.workspace == (1 << 20) + 1
 
 
 # --------------------------------------------------------------------------- runtime contract

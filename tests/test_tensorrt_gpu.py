@@ -128,6 +128,22 @@ def test_sidecar_records_the_real_environment(plans, fp32_onnx, workdir):
     assert (workdir / "timing.cache").stat().st_size > 0
 
 
+def test_trtexec_level_options(fp32_onnx, workdir, capsys):
+    """Optimization level 0 and the layer information a real engine gives, then bench's
+    trtexec summary with the GPU compute time measured by CUDA events."""
+    from engine.cli import main
+    info = workdir / "layers.json"
+    plan = build(fp32_onnx, workdir / "subject.level0.plan", precision="fp32", max_batch=8,
+                 builder_optimization_level=0, layer_info=info, workspace=1 << 30)
+    layers = json.loads(info.read_text())
+    assert isinstance(layers, dict) and len(layers["Layers"]) > 10
+    assert meta.read_sidecar(plan)["build_options"]["builder_optimization_level"] == 0
+    assert main(["bench", str(plan), "--batch", "8", "--iters", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["results"][0]
+    gpu, host = report["gpu_compute"], report["host_latency"]
+    assert gpu is not None and 0 < gpu["p50_ms"] <= host["p50_ms"] * 1.5
+
+
 def cpu_reference():
     """A fresh CPU copy of the subject for engine.verify (which runs its reference on CPU)."""
     return engine.create_model(FMNIST, weights="bundled")

@@ -533,3 +533,183 @@ class _nullctx:
 
     def __exit__(self, *a):
         return False
+
+
+# ------------------------------------------------------------------------ hot path and streams
+_ALLOCATORS = ("empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like",
+               "full_like", "empty_strided", "tensor", "rand", "randn", "cat", "stack")
+
+
+def _ours(frame) -> bool:
+    """Whether a call comes from the project's own code (not torch's or Triton's)."""
+    name = frame.f_globals.get("__name__", "")
+    return name.startswith(("engine.", "kernels.")) or name in ("engine", "kernels")
+
+
+def _count_project_allocations(monkeypatch, counts):
+    """Count calls of torch's tensor factories (and Tensor.clone) made by our code."""
+    import sys
+
+    def counted(fn, label):
+        def wrapper(*a, **k):
+            if _ours(sys._getframe(1)):
+                counts[label] += 1
+            return fn(*a, **k)
+        return wrapper
+    for name in _ALLOCATORS:
+        monkeypatch.setattr(torch, name, counted(getattr(torch, name), f"torch.{name}"))
+    monkeypatch.setattr(torch.Tensor, "clone", counted(torch.Tensor.clone, "Tensor.clone"))
+
+
+def _count_calls(monkeypatch, counts, owner, names):
+    for name in names:
+        fn = getattr(owner, name)
+
+        def wrapper(*a, _fn=fn, _label=f"{getattr(owner, '__name__', owner)}.{name}", **k):
+            counts[_label] += 1
+            return _fn(*a, **k)
+        monkeypatch.setattr(owner, name, wrapper)
+
+
+def test_hot_path_allocates_nothing_and_looks_nothing_up(files, monkeypatch):
+    """After a warm-up call, a call of the engine makes one tensor (the caller's result),
+    binds nothing, runs none of the kernels' launchers (their checks, config choice and
+    argument packing ran once, at bind) and launches exactly the plan's kernels."""
+    if cuda_usable():
+        pytest.skip("counts the eager hot path under the interpreter; on a GPU a call is a replay")
+    import kernels.conv
+    import kernels.pool
+    import kernels.quant
+    from triton.runtime.interpreter import InterpretedFunction
+    from engine.backends.triton import ops, planner, runtime as rtmod
+    rt = runtime(files.fp32("inception_resnet_v1"), precision="fp32")
+    x = torch.from_numpy(images("inception_resnet_v1", 1))
+    first = rt._run(x)                               # warm-up: binds batch 1
+    arena = rt._bound[1].arena.data_ptr()
+    counts = defaultdict(int)
+    _count_project_allocations(monkeypatch, counts)
+    _count_calls(monkeypatch, counts, ops, ("bind", "prepare", "prebind", "conv_config",
+                                            "describe_config", "_torch_dtype"))
+    _count_calls(monkeypatch, counts, planner, ("plan_streams", "step_dependencies"))
+    _count_calls(monkeypatch, counts, planner.Plan, ("ready", "value_of", "tensor_names"))
+    _count_calls(monkeypatch, counts, rtmod._Bound, ("__init__",))
+    _count_calls(monkeypatch, counts, kernels.conv, ("conv2d", "_check_inputs", "_destinations",
+                                                     "interpreter_config", "check_nhwc"))
+    _count_calls(monkeypatch, counts, kernels.pool, ("_pool3x3", "_pool_config", "check_nhwc",
+                                                     "global_avg_pool"))
+    _count_calls(monkeypatch, counts, kernels.quant, ("quantize", "dequantize"))
+    launches = defaultdict(int)
+    run = InterpretedFunction.run
+
+    def counted_run(self, *a, **k):
+        launches["n"] += 1
+        return run(self, *a, **k)
+    monkeypatch.setattr(InterpretedFunction, "run", counted_run)
+    outs = [rt._run(x) for _ in range(2)]
+    kernel_steps = sum(1 for s in rt.plan.steps if s.op not in ("input", "output", "copy", "l2norm"))
+    assert dict(counts) == {"torch.empty": 2}, dict(counts)   # the two results, nothing else
+    assert launches["n"] == 2 * kernel_steps
+    assert rt._bound[1].arena.data_ptr() == arena
+    for y in outs:
+        assert y is not first and torch.equal(y, first)
+
+
+def _byte_mask(t, arena):
+    """``(first byte, mask)``: the arena bytes a view covers, exactly (a channel slice
+    leaves gaps), from its data pointer, shape and strides."""
+    base = t.data_ptr() - arena.data_ptr()
+    idx = np.zeros((1,), np.int64)
+    for size, stride in zip(t.shape, t.stride()):
+        idx = (idx[:, None] + np.arange(size, dtype=np.int64)[None, :] * stride).ravel()
+    item = t.element_size()
+    lo, hi = base + idx.min() * item, base + (idx.max() + 1) * item
+    mask = np.zeros(hi - lo, bool)
+    for k in range(item):
+        mask[base - lo + idx * item + k] = True
+    return lo, mask
+
+
+def _touch(a, b) -> bool:
+    (la, ma), (lb, mb) = a, b
+    lo, hi = max(la, lb), min(la + len(ma), lb + len(mb))
+    return hi > lo and bool((ma[lo - la:hi - la] & mb[lo - lb:hi - lb]).any())
+
+
+def _happens_before(sched):
+    """Per step, the set of steps that are complete when it starts: earlier steps on its
+    stream, the steps it waits for by event, and what those in turn followed."""
+    hb, last_on = [], {}
+    for j, s in enumerate(sched.stream):
+        seen = set()
+        for p in ([last_on[s]] if s in last_on else []) + list(sched.waits[j]):
+            seen |= {p} | hb[p]
+        hb.append(seen)
+        last_on[s] = j
+    return hb
+
+
+@pytest.mark.parametrize("name,prec", [("inception_resnet_v1", "fp32"), ("inception_v4", "int8")])
+def test_stream_schedule_respects_every_dependency(files, name, prec):
+    """The streams and joins order every pair of steps that touch the same arena bytes
+    (checked on the real views, byte by byte), and the parallel branches of the Inception
+    blocks run on different streams."""
+    from engine.backends.triton.planner import plan_streams
+    from engine.backends.triton.runtime import _views
+    path = files.int8(name) if prec == "int8" else files.fp32(name)
+    rt = runtime(path, precision=prec, impl="torch")
+    plan, sched = rt.plan, plan_streams(rt.plan)
+    assert sched == rt.schedule and sched.n_streams >= 2
+    arena = torch.empty(plan.arena_bytes, dtype=torch.uint8)
+    views = _views(plan, arena, 1)
+    masks = {n: _byte_mask(v, arena) for n, v in views.items()}
+    reads = [[masks[i] for i in st.inputs + ([st.residual] if st.residual else [])] for st in plan.steps]
+    writes = [[masks[o] for o in st.outputs] for st in plan.steps]
+    hb = _happens_before(sched)
+    ordered = 0
+    for j in range(len(plan.steps)):
+        for i in range(j):
+            touch = any(_touch(w, m) for w in writes[i] for m in reads[j] + writes[j]) or \
+                any(_touch(w, m) for w in writes[j] for m in reads[i])
+            if touch:
+                assert i in hb[j], (plan.steps[i].name, plan.steps[j].name)
+                ordered += 1
+    assert ordered >= len(plan.steps) - 1
+    # the branches of each block: their first own launch is on more than one stream
+    by_block = defaultdict(dict)
+    for idx, st in enumerate(plan.steps):
+        if len(st.layers) == 1 and "/branch" in st.name:
+            block, rest = st.name.split("/branch", 1)
+            by_block[block].setdefault(rest.split("/")[0], sched.stream[idx])
+    parallel = [b for b, br in by_block.items() if len(br) >= 2]
+    assert parallel and all(len(set(by_block[b].values())) >= 2 for b in parallel), dict(by_block)
+
+
+def test_explain_shows_the_streams(files):
+    from engine.backends.triton import explain
+    from engine.backends.triton.planner import plan_streams
+    path = files.fp32("inception_resnet_v1")
+    rt = runtime(path, precision="fp32", impl="torch")
+    sched = plan_streams(rt.plan)
+    text = explain(path, precision="fp32")
+    assert f"streams (GPU, inside the CUDA graph): {sched.n_streams}," in text
+    per = "/".join(str(sched.stream.count(k)) for k in range(sched.n_streams))
+    assert f"launches per stream {per}" in text
+    n_joins = sum(len(w) for w in sched.waits)
+    assert f"{n_joins} event joins" in text and n_joins > 0
+    # every launch line carries its stream; the lines after a join name what they wait for
+    idx = next(i for i, w in enumerate(sched.waits) if w and rt.plan.steps[i].op == "conv")
+    step = rt.plan.steps[idx]
+    line = next(l for l in text.splitlines() if step.name[-40:] in l and " conv" in l)
+    assert line.split()[1] == f"s{sched.stream[idx]}" and line.split()[2].startswith("<")
+    assert rt.explain().count(" s1 ") >= 1
+
+
+def test_batch_buckets_share_one_binding(files):
+    """Calls of 1 and 2 images run the bucket of 2: one arena, the same results as alone."""
+    rt = runtime(files.fp32("inception_resnet_v1"), precision="fp32", impl="torch", buckets=[2])
+    x = images("inception_resnet_v1", 2)
+    both = rt(x)
+    one = rt(x[:1])
+    assert list(rt._bound) == [2]
+    assert one.shape == (1, both.shape[1])
+    np.testing.assert_allclose(one[0], both[0], rtol=1e-5, atol=1e-6)

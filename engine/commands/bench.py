@@ -3,6 +3,11 @@
 Generic over ``engine.load``: any file an engine opens (``.onnx``, ``.plan``) is timed the
 same way. A registered model name instead of a file times the PyTorch eager reference. The
 calls are timed by :func:`engine.timing.time_calls`, the loop every latency here comes from.
+
+A TensorRT plan gets trtexec's performance summary instead of the table: throughput
+(queries/s and images/s over the timed run), host latency (host array in, host array out:
+the copies to and from the GPU included) and GPU compute time (a CUDA tensor in and out,
+timed with CUDA events on the stream: the engine's work alone).
 """
 from __future__ import annotations
 
@@ -72,6 +77,50 @@ def time_runtime(rt, batch: int, iters: int = 20, warmup: int = 3, shape=None,
                      batch)
 
 
+def plan_report(rt, batch: int, iters: int = 20, warmup: int = 3,
+                duration: float = 0.0) -> Dict[str, object]:
+    """trtexec's summary for a GPU runtime at ``batch``: ``host_latency`` and
+    ``gpu_compute`` (:func:`engine.timing.summarize` dicts; ``gpu_compute`` is ``None`` with
+    ``gpu_compute_reason`` when torch has no CUDA here) and the throughput of the host loop."""
+    from kernels.env import cuda_usable
+    host = time_runtime(rt, batch, iters, warmup, duration=duration)
+    wall_s = host["mean_ms"] * host["n"] / 1e3
+    report = {"batch": batch, "host_latency": host, "gpu_compute": None, "walltime_s": wall_s,
+              "throughput_qps": host["n"] / wall_s, "throughput_ips": host["n"] * batch / wall_s}
+    if not cuda_usable():
+        report["gpu_compute_reason"] = "torch has no CUDA here, so no CUDA events to time with"
+        return report
+    import numpy as np
+    import torch
+    from ..timing import summarize, time_calls
+    shape = (batch, *(rt.config.input_size if rt.config is not None else rt.inputs[0].shape[1:]))
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape, np.float32)).cuda()
+    report["gpu_compute"] = summarize(time_calls(lambda: rt(x), iters=iters, warmup=warmup,
+                                                 duration=duration, cuda=True), batch)
+    return report
+
+
+def _trtexec_line(label: str, stats: Dict[str, float]) -> str:
+    return (f"  {label}: min = {stats['min_ms']:.5f} ms, max = {stats['max_ms']:.5f} ms, "
+            f"mean = {stats['mean_ms']:.5f} ms, median = {stats['p50_ms']:.5f} ms, "
+            f"percentile(90%) = {stats['p90_ms']:.5f} ms, percentile(95%) = "
+            f"{stats['p95_ms']:.5f} ms, percentile(99%) = {stats['p99_ms']:.5f} ms")
+
+
+def print_plan_report(report: Dict[str, object]) -> None:
+    """``report`` (from :func:`plan_report`) in trtexec's words and layout."""
+    print(f"=== Performance summary (batch {report['batch']}) ===")
+    print(f"  Throughput: {report['throughput_qps']:.4f} qps ({report['throughput_ips']:.1f} "
+          "images/s)")
+    print(_trtexec_line("Latency", report["host_latency"]))
+    if report["gpu_compute"] is not None:
+        print(_trtexec_line("GPU Compute Time", report["gpu_compute"]))
+    else:
+        print(f"  GPU Compute Time: not measured ({report['gpu_compute_reason']})")
+    print(f"  Total Host Walltime: {report['walltime_s']:.5f} s, "
+          f"{report['host_latency']['n']} queries")
+
+
 def _open(args):
     from pathlib import Path
     if not Path(args.model).exists():
@@ -88,9 +137,27 @@ def _open(args):
     return load(args.model, backend=args.backend, precision=args.precision, threads=args.threads)
 
 
+def _run_plan(rt, args) -> int:
+    with rt:
+        reports = [plan_report(rt, b, args.iters, args.warmup, args.duration)
+                   for b in args.batch]
+    if args.json:
+        print(json.dumps({"model": args.model, "engine": f"{rt.backend}/{rt.precision}",
+                          "results": reports}, indent=2))
+        return 0
+    print(f"{args.model} on {rt.backend}/{rt.precision}, {args.iters} iters after "
+          f"{args.warmup} warmup (Latency is host latency: copies to and from the GPU "
+          "included)")
+    for report in reports:
+        print_plan_report(report)
+    return 0
+
+
 def run(args):
     import os
     rt = _open(args)
+    if rt.backend == "tensorrt" and not args.device_input:
+        return _run_plan(rt, args)
     rows = []
     with rt:
         for b in args.batch:

@@ -4,23 +4,43 @@ from __future__ import annotations
 import argparse
 
 from ..backends import BACKENDS
-from . import add_command, non_negative_int, positive_int
-
-_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+from ..backends.tensorrt import meta
+from . import add_command, in_range, non_negative_int, positive_int
 
 
 def byte_size(text: str) -> int:
-    """Bytes from ``4096``, ``512M``, ``2G`` (``K``/``M``/``G`` are powers of 1024)."""
-    t = text.strip().upper().rstrip("B")
-    unit = t[-1:] if t[-1:] in _UNITS else ""
+    """Bytes from ``512`` (MiB, as trtexec reads it), ``512M``, ``2G``, ``64K``, ``4096B``
+    (units are powers of 1024; a trailing ``iB`` or ``B`` after K/M/G is accepted)."""
+    t = text.strip().upper()
+    for tail in ("IB", "B"):
+        if len(t) > len(tail) + 1 and t.endswith(tail) and t[-len(tail) - 1] in "KMG":
+            t = t[:-len(tail)]
+    unit = t[-1:] if t[-1:] in meta.WORKSPACE_UNITS else meta.WORKSPACE_DEFAULT_UNIT
+    number = t[:-1] if t[-1:] in meta.WORKSPACE_UNITS else t
     try:
-        value = float(t[:-1] if unit else t)
+        value = float(number) * meta.WORKSPACE_UNITS[unit]
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not value >= 1 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; give a positive number of "
-                                         "bytes, optionally with K, M or G (e.g. 2G)")
-    return int(value * _UNITS.get(unit, 1))
+                                         "MiB (e.g. 2048), or a number with a unit B, K, M or G "
+                                         "(e.g. 2G)")
+    return int(value)
+
+
+def precision_constraint(text: str) -> str:
+    if text not in meta.PRECISION_CONSTRAINTS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of "
+                                         f"{', '.join(meta.PRECISION_CONSTRAINTS)}")
+    return text
+
+
+def layer_precisions(text: str) -> dict:
+    from ..errors import InputError
+    try:
+        return meta.parse_layer_precisions(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub):
@@ -36,10 +56,28 @@ def register(sub):
     p.add_argument("--min-batch", type=positive_int, default=1)
     p.add_argument("--opt-batch", type=positive_int, default=8)
     p.add_argument("--max-batch", type=positive_int, default=32)
-    p.add_argument("--workspace", type=byte_size, help="builder workspace limit, e.g. 2G")
-    p.add_argument("--timing-cache", help="timing cache file, read if present and updated")
+    p.add_argument("--workspace", type=byte_size,
+                   help="builder workspace limit: a number is MiB (as in trtexec), or give a "
+                        "unit, e.g. 2G or 512M")
+    p.add_argument("--timing-cache", metavar="FILE",
+                   help="timing cache file, read if present and updated")
+    low, high = meta.OPTIMIZATION_LEVELS
+    p.add_argument("--builder-optimization-level", type=in_range(low, high, int, low_open=False),
+                   metavar="N", help=f"{low} (fastest build) .. {high} (longest tactic search); "
+                                     "default TensorRT's (3)")
     p.add_argument("--hardware-compatible", action="store_true",
                    help="run on every GPU from Ampere on (slower kernels)")
+    p.add_argument("--layer-info", metavar="FILE",
+                   help="write the built engine's layer information (IEngineInspector JSON, "
+                        "like trtexec --exportLayerInfo)")
+    p.add_argument("--precision-constraints", type=precision_constraint,
+                   metavar="{obey,prefer}",
+                   help="TensorRT 10 only: make --layer-precisions binding (obey) or a "
+                        "preference (prefer)")
+    p.add_argument("--layer-precisions", type=layer_precisions, metavar="SPEC",
+                   help="per-layer precisions for mixed precision, LAYER:PRECISION,... with * "
+                        "for the rest, e.g. '/classif/Gemm:fp32,*:fp16' (needs "
+                        "--precision-constraints)")
     p.add_argument("--fp16-io", action="store_true",
                    help="with --precision fp16: float16 input/output instead of float32")
     p.add_argument("--device", type=non_negative_int, default=0, help="CUDA device index")
@@ -54,10 +92,15 @@ def run(args):
     plan = build(args.onnx, args.out, precision=args.precision, min_batch=args.min_batch,
                  opt_batch=args.opt_batch, max_batch=args.max_batch, workspace=args.workspace,
                  timing_cache=args.timing_cache, hardware_compatible=args.hardware_compatible,
-                 keep_io_fp32=not args.fp16_io, device=args.device, verbose=args.verbose)
+                 keep_io_fp32=not args.fp16_io, device=args.device, verbose=args.verbose,
+                 builder_optimization_level=args.builder_optimization_level,
+                 layer_info=args.layer_info, precision_constraints=args.precision_constraints,
+                 layer_precisions=args.layer_precisions)
     side = read_sidecar(plan, required=True)
     print(f"wrote {plan} ({side['plan']['bytes'] / 1e6:.1f} MB, {side['precision']}, TensorRT "
           f"{side['tensorrt']['version']}, {side['gpu']['name']} "
           f"sm_{side['gpu']['compute_capability'].replace('.', '')})")
     print(f"sidecar {plan}.json: " + json.dumps(side["build_options"], sort_keys=True))
+    if args.layer_info:
+        print(f"layer information {args.layer_info}")
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 
 from calibration.methods import METHODS
+from calibration.targets import TARGETS
 
-from . import add_command, non_negative_int, percentile, positive_int
+from . import add_command, in_range, non_negative_int, percentile, positive_int
 
 
 def register(sub):
@@ -40,10 +41,28 @@ def register(sub):
     p.add_argument("--sensitivity-images", type=positive_int, default=64, metavar="N")
     p.add_argument("--quantize-gemm", action="store_true",
                    help="quantize the classifier too (default: float; < 0.1%% of the MACs)")
+    p.add_argument("--target", choices=list(TARGETS), default=None,
+                   help="the engine that will run OUT.onnx; each gets its fastest Q/DQ layout "
+                        "(openvino: uint8 after ReLU; onnxruntime, tensorrt, triton: signed "
+                        "int8). Default: openvino, the CPU default engine of `inception-engine "
+                        "run/bench`")
     p.add_argument("--unsigned-relu", action="store_true",
-                   help="uint8 with zero point 0 on non-negative tensors (ReLU outputs and their "
-                        "concats/pools): fastest on OpenVINO, which then keeps every concat in "
-                        "int8; TensorRT takes int8 Q/DQ only, so not for TensorRT")
+                   help="deprecated: the same as --target openvino")
+    p.add_argument("--max-drop", type=in_range(0, 100, low_open=False), default=None,
+                   metavar="PT",
+                   help="accuracy budget: keep the most sensitive layers in float, one at a "
+                        "time in sensitivity order, until the drop against FP32 on the "
+                        "validation split is at most PT points (e.g. 0.1); measured on the "
+                        "--target engine when it is usable here, else ONNX Runtime")
+    p.add_argument("--budget-metric", choices=("top1", "agreement"), default="top1",
+                   help="top1: top-1 points against FP32's on the labelled split; agreement: "
+                        "points of disagreement with FP32's top-1 (default top1)")
+    p.add_argument("--val", metavar="FILE.npz|DIR",
+                   help="validation split for --max-drop: .npz (images, labels) or class "
+                        "folders (default for the Fashion-MNIST subjects: the shipped one, "
+                        "disjoint from the calibration and test images)")
+    p.add_argument("--max-excluded", type=non_negative_int, default=None, metavar="K",
+                   help="with --max-drop: fail rather than keep more than K layers in float")
     p.add_argument("--cache", metavar="FILE",
                    help="also write the scales as a TensorRT calibration cache")
     p.add_argument("--cache-version", default=None,
@@ -56,32 +75,70 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _target(args) -> str:
+    """--target, with the deprecated --unsigned-relu mapped onto it."""
+    from ..errors import InputError
+    if not args.unsigned_relu:
+        return args.target or "openvino"
+    if args.target is not None and not TARGETS[args.target].unsigned_relu:
+        raise InputError(f"--unsigned-relu contradicts --target {args.target} (signed int8); "
+                         "drop --unsigned-relu (it is deprecated: --target says the layout)")
+    return args.target or "openvino"
+
+
+def _quantize_to_budget(args, options):
+    """--max-drop: the greedy search, measured on the target's engine when usable here."""
+    import calibration
+    from ..errors import InputError
+    from ..onnxmeta import read_metadata
+    from ..study import engine_evaluator, validation_data
+    if args.from_cache or args.auto_exclude:
+        raise InputError("--max-drop chooses the layers kept in float itself, from --calib "
+                         "images: drop --from-cache and --auto-exclude")
+    x, labels = validation_data(args.val, read_metadata(args.input)["config"])
+    options.pop("cache_version")
+    options.pop("progress")
+    if options["cache"] is not None:
+        raise InputError("--max-drop writes no TensorRT cache; drop --cache")
+    options.pop("cache")
+    evaluate = engine_evaluator(options["target"], x, args.threads,
+                                log=lambda m: None if args.json else print(m))
+    return calibration.quantize_to_budget(
+        args.input, args.output, x, labels, max_drop=args.max_drop, metric=args.budget_metric,
+        data=args.calib, max_excluded=args.max_excluded, evaluate=evaluate,
+        num_images=args.num, **options)
+
+
 def run(args):
     import calibration
     from ..errors import InputError
     if args.calib is None and args.from_cache is None:
         raise InputError("give calibration images with --calib DIR|FILE.npz, or scales with "
                          "--from-cache FILE")
-    res = calibration.quantize(
-        args.input, args.output, data=args.calib, method=args.method, exclude=args.exclude,
-        percentile=args.percentile, num_images=args.num, batch_size=args.batch_size,
-        scales=args.from_cache, auto_exclude=args.auto_exclude,
-        sensitivity_images=args.sensitivity_images, quantize_gemm=args.quantize_gemm,
-        unsigned_relu=args.unsigned_relu,
-        cache=args.cache, cache_version=args.cache_version, threads=args.threads,
-        progress=not args.json)
+    options = dict(method=args.method, exclude=args.exclude, percentile=args.percentile,
+                   batch_size=args.batch_size, sensitivity_images=args.sensitivity_images,
+                   quantize_gemm=args.quantize_gemm, target=_target(args), cache=args.cache,
+                   cache_version=args.cache_version, threads=args.threads,
+                   progress=not args.json)
+    if args.max_drop is not None:
+        res = _quantize_to_budget(args, options)
+    else:
+        res = calibration.quantize(args.input, args.output, data=args.calib, num_images=args.num,
+                                   scales=args.from_cache, auto_exclude=args.auto_exclude,
+                                   **options)
     summary = {
-        "output": str(res.path), "method": res.method,
+        "output": str(res.path), "method": res.method, "target": res.target,
         "num_images": res.statistics.num_images if res.statistics else 0,
         "quantized_layers": len(res.plan.layers), "qdq_tensors": len(res.plan.tensors),
         "excluded": res.plan.excluded, "auto_excluded": res.auto_excluded,
         "calibration_s": round(res.calibration_seconds, 2), "total_s": round(res.seconds, 2),
-        "cache": str(res.cache) if res.cache else None}
+        "cache": str(res.cache) if res.cache else None,
+        "budget": res.budget.record() if res.budget else None}
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
     src = f"{summary['num_images']} images" if res.statistics else f"scales from {args.from_cache}"
-    print(f"wrote {res.path}: INT8 Q/DQ, method {res.method}"
+    print(f"wrote {res.path}: INT8 Q/DQ for {res.target}, method {res.method}"
           + (f" ({args.percentile})" if res.method == "percentile" else "")
           + f", {src}, {summary['quantized_layers']} layers quantized, "
             f"{summary['qdq_tensors']} activation Q/DQ pairs, {summary['calibration_s']} s")
@@ -91,6 +148,12 @@ def run(args):
         print("auto-excluded (relative output error, top-1 agreement when quantized alone):")
         for r in res.sensitivity[: len(res.auto_excluded)]:
             print(f"  {r.module or r.node:40s} {r.error:.3e}  {r.agreement:5.1f}%")
+    if res.budget:
+        b = res.budget
+        print(f"budget {b.max_drop} pt ({b.metric}) on the validation split: drop "
+              f"{b.drop:.3f} pt with {len(b.excluded)} layers kept in float "
+              f"({calibration.TARGETS[res.target].fallback} on {res.target})"
+              + "".join(f"\n  {n}" for n in b.excluded))
     if res.cache:
         print(f"calibration cache: {res.cache}")
     return 0

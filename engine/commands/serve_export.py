@@ -1,8 +1,8 @@
 """``inception-engine serve-export``: a Triton Inference Server model repository entry."""
 from __future__ import annotations
 
-
 from . import add_command, non_negative_int, positive_int
+from ..tritonserver import TARGETS
 
 
 def register(sub):
@@ -24,6 +24,16 @@ def register(sub):
     p.add_argument("--kind", choices=["gpu", "cpu", "auto"],
                    help="instance kind (default: gpu for a plan, auto for ONNX)")
     p.add_argument("--onnx", help="for a plan without a sidecar: the ONNX it was built from")
+    p.add_argument("--target", choices=list(TARGETS),
+                   help="server backend: python (this package's runtime inside the server; the "
+                        "default for .onnx without a GPU), tensorrt_plan (the default for "
+                        ".plan), onnxruntime_onnx (the default for .onnx with a GPU), openvino")
+    p.add_argument("--engine", help="--target python: the engine engine.load uses in the "
+                   "server (default: its own pick, OpenVINO on a CPU)")
+    p.add_argument("--threads", type=positive_int,
+                   help="--target python: CPU threads per instance (default: the engine's)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="no all-zeros warm-up requests before the model is READY")
     p.set_defaults(func=run)
 
 
@@ -33,8 +43,11 @@ def run(args):
                       version=args.model_version, instances=args.instances,
                       preferred_batch_sizes=args.preferred,
                       max_queue_delay_us=args.max_queue_delay_us,
-                      kind=f"KIND_{args.kind.upper()}" if args.kind else None, onnx=args.onnx)
+                      kind=f"KIND_{args.kind.upper()}" if args.kind else None, onnx=args.onnx,
+                      target=args.target, engine=args.engine, threads=args.threads,
+                      warmup=args.warmup)
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
         print(f)
-    print(f"serve with: tritonserver --model-repository {d.parent}")
+    print(f"serve with: inception-engine serve {d.parent}\n"
+          f"        or: tritonserver --model-repository {d.parent}")
     return 0

@@ -11,7 +11,10 @@ def register(sub):
                     "--engines openvino,onnxruntime --num-test 2000 --out study",
                     help="INT8 accuracy-vs-speed study (tables + Pareto plot)")
     p.add_argument("--model", default="inception_resnet_v2_fmnist",
-                   help="registered variant (default: the shipped Fashion-MNIST subject)")
+                   help="registered variant (default: the shipped Fashion-MNIST IR-v2 "
+                        "subject); inception_v4_fmnist, inception_resnet_v1_fmnist: the other "
+                        "shipped subjects; 'all': the three, in OUT/<model>/, and "
+                        "OUT/comparison.md side by side")
     p.add_argument("--weights", default="bundled",
                    help="'bundled', 'timm', a checkpoint path, or 'random' (speed only)")
     p.add_argument("--data", help="labelled test set: .npz (images, labels) or a folder of "
@@ -27,11 +30,13 @@ def register(sub):
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
     p.add_argument("--iters", type=positive_int, default=20, help="timed runs per latency figure")
     p.add_argument("--no-299", dest="big", action="store_false",
-                   help="skip the latency measurement at the canonical IR-v2 299 shape")
+                   help="skip the latency measurement at the canonical 299 shape (the "
+                        "architecture at full width, random weights)")
     p.add_argument("--auto-exclude", type=non_negative_int, default=0, metavar="K",
                    help="add a row keeping the K most sensitive layers in float")
     p.add_argument("--no-cpu-uint8", dest="cpu_uint8", action="store_false",
-                   help="skip the CPU-only INT8 variants with uint8 ReLU outputs (+u8 rows)")
+                   help="skip OpenVINO's uint8-after-ReLU files (target openvino rows); only "
+                        "the signed files (target tensorrt) are studied")
     p.add_argument("--out", default="study", help="output folder")
     p.set_defaults(func=run)
 

@@ -20,7 +20,8 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from ...errors import ArtifactError, BackendUnavailableError, UnsupportedPrecisionError
+from ...errors import (ArtifactError, BackendUnavailableError, InputError,
+                       UnsupportedPrecisionError)
 from ...onnxmeta import QDQ_OPS, calibration_info, normalize_precision
 from .. import BACKENDS
 
@@ -30,6 +31,16 @@ SIDECAR_FORMAT = "inception-plan"
 SIDECAR_VERSION = 1
 # The oldest GPU architecture a hardware-compatible (Ampere+) plan runs on.
 HARDWARE_COMPAT_MIN_CC = (8, 0)
+# --workspace units (powers of 1024); a bare number is MiB, as in trtexec
+WORKSPACE_UNITS = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+WORKSPACE_DEFAULT_UNIT = "M"
+# IBuilderConfig.builder_optimization_level: 0 builds fastest, 5 searches longest (default 3)
+OPTIMIZATION_LEVELS = (0, 5)
+# --precision-constraints -> the BuilderFlag that makes the builder honour layer precisions
+PRECISION_CONSTRAINTS = {"obey": "OBEY_PRECISION_CONSTRAINTS",
+                         "prefer": "PREFER_PRECISION_CONSTRAINTS"}
+# a layer precision -> its DataType member
+LAYER_DTYPES = {"fp32": "FLOAT", "fp16": "HALF", "int8": "INT8"}
 
 INSTALL_HINT = (
     "TensorRT is not installed. Its wheels come from NVIDIA's package index, not PyPI: "
@@ -109,16 +120,32 @@ def profile_shapes(input_shape: Sequence[Optional[int]], min_batch: int, opt_bat
     return ((min_batch, *rest), (opt_batch, *rest), (max_batch, *rest))
 
 
-def build_mode(precision: str, builder_flags: Sequence[str], has_strongly_typed: bool) -> dict:
+def build_mode(precision: str, builder_flags: Sequence[str], has_strongly_typed: bool,
+               constraints: Optional[str] = None) -> dict:
     """How to ask TensorRT for ``precision``, from the names that exist in the installed one.
 
     TensorRT 10 still has ``BuilderFlag.FP16``/``INT8``: the network is weakly typed and the
     flag lets the builder choose FP16/INT8 kernels (from the converted FP16 graph, or the Q/DQ
     graph). TensorRT 11 removed them: the network is strongly typed and the graph's own types
     decide. ``TF32`` is cleared for ``fp32`` wherever it exists, so FP32 means FP32.
+    ``constraints`` (``"obey"``/``"prefer"``) adds the flag that makes per-layer precisions
+    binding; only a weakly typed network has them.
     Returns ``{"strongly_typed": bool, "set_flags": [...], "clear_flags": [...]}``.
     """
-    flags = set(builder_flags)
+    mode = _precision_mode(precision, set(builder_flags), has_strongly_typed)
+    if constraints is not None:
+        flag = PRECISION_CONSTRAINTS[constraints]
+        if mode["strongly_typed"] or flag not in builder_flags:
+            raise UnsupportedPrecisionError(
+                f"--precision-constraints {constraints} needs a weakly typed network and "
+                f"BuilderFlag.{flag} (TensorRT 10); this TensorRT builds strongly typed "
+                "networks, where each layer runs in the type its tensors have in the graph. "
+                "Drop the option, or give the layers those types in the ONNX file")
+        mode["set_flags"].append(flag)
+    return mode
+
+
+def _precision_mode(precision: str, flags: set, has_strongly_typed: bool) -> dict:
     want = {"fp32": [], "fp16": ["FP16"], "int8": ["INT8"]}[precision]
     if want and all(f in flags for f in want):
         mode = {"strongly_typed": False, "set_flags": list(want), "clear_flags": []}
@@ -135,17 +162,92 @@ def build_mode(precision: str, builder_flags: Sequence[str], has_strongly_typed:
     return mode
 
 
+def workspace_text(nbytes: int) -> str:
+    """A byte count as ``--workspace`` reads it: whole MiB as ``512M``, else ``<n>B``."""
+    mib = WORKSPACE_UNITS["M"]
+    return f"{nbytes // mib}M" if nbytes % mib == 0 else f"{nbytes}B"
+
+
+def check_optimization_level(level) -> Optional[int]:
+    """``builder_optimization_level`` as an int in :data:`OPTIMIZATION_LEVELS` (``None``:
+    TensorRT's default), or an :class:`InputError` saying the range."""
+    low, high = OPTIMIZATION_LEVELS
+    if level is None:
+        return None
+    if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
+        raise InputError(f"builder_optimization_level must be an integer from {low} (fastest "
+                         f"build) to {high} (longest search), got {level!r}; TensorRT's "
+                         "default is 3")
+    return level
+
+
+def parse_layer_precisions(spec) -> dict:
+    """Per-layer precisions from ``"name:fp16,name2:fp32,*:fp32"`` (trtexec's
+    ``--layerPrecisions`` form; a name may hold ``:``, the last one separates) or a dict.
+    ``*`` applies to every layer not named. An empty spec is ``{}``."""
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    else:
+        items = [part.rpartition(":")[::2] for part in str(spec).split(",") if part.strip()]
+    out = {}
+    for name, precision in items:
+        name, precision = str(name).strip(), str(precision).strip().lower()
+        if not name or precision not in LAYER_DTYPES:
+            raise InputError(f"layer precision {name or '<no name>'}:{precision or '?'} is not "
+                             f"LAYER:PRECISION with PRECISION one of {', '.join(LAYER_DTYPES)} "
+                             "(e.g. '/classif/Gemm:fp32,*:fp16')")
+        out[name] = precision
+    return out
+
+
+def check_precision_constraints(constraints: Optional[str], layer_precisions: dict) -> None:
+    """Layer precisions and ``constraints`` come together: one without the other is an
+    :class:`InputError` saying what to add."""
+    if constraints is not None and constraints not in PRECISION_CONSTRAINTS:
+        raise InputError(f"precision_constraints must be one of "
+                         f"{', '.join(PRECISION_CONSTRAINTS)}, got {constraints!r}")
+    if layer_precisions and constraints is None:
+        raise InputError("layer precisions are given without precision constraints: add "
+                         "--precision-constraints obey (must hold) or prefer (may fall back)")
+    if constraints is not None and not layer_precisions:
+        raise InputError(f"--precision-constraints {constraints} needs layer precisions "
+                         "(--layer-precisions LAYER:PRECISION,...), else it constrains nothing")
+
+
+def assign_layer_precisions(layer_names: Sequence[str], spec: dict) -> dict:
+    """``{layer name: precision}`` for the network's layers from a parsed spec; a named layer
+    the network lacks is an :class:`InputError` listing a few it has."""
+    missing = [n for n in spec if n != "*" and n not in set(layer_names)]
+    if missing:
+        some = ", ".join(repr(n) for n in list(layer_names)[:5])
+        raise InputError(f"layer precisions name {len(missing)} layer(s) the parsed network "
+                         f"lacks (first: {missing[0]!r}); TensorRT's layer names are the ONNX "
+                         f"node names, e.g. {some}")
+    default = spec.get("*")
+    return {n: spec.get(n, default) for n in layer_names if spec.get(n, default) is not None}
+
+
 def rebuild_command(onnx, plan, precision: str, options: dict) -> str:
     """The ``inception-engine build`` command that rebuilds a plan with the same options."""
     cmd = ["inception-engine", "build", str(onnx), "--out", str(plan), "--precision", precision]
     for key, flag in (("min_batch", "--min-batch"), ("opt_batch", "--opt-batch"),
-                      ("max_batch", "--max-batch"), ("workspace", "--workspace")):
+                      ("max_batch", "--max-batch")):
         if options.get(key) is not None:
             cmd += [flag, str(options[key])]
+    if options.get("workspace") is not None:
+        cmd += ["--workspace", workspace_text(options["workspace"])]
     if options.get("timing_cache"):
         cmd += ["--timing-cache", str(options["timing_cache"])]
+    if options.get("builder_optimization_level") is not None:
+        cmd += ["--builder-optimization-level", str(options["builder_optimization_level"])]
     if options.get("hardware_compatible"):
         cmd.append("--hardware-compatible")
+    if options.get("precision_constraints"):
+        cmd += ["--precision-constraints", options["precision_constraints"],
+                "--layer-precisions", ",".join(f"{k}:{v}" for k, v in
+                                               options.get("layer_precisions", {}).items())]
     if options.get("keep_io_fp32") is False:
         cmd.append("--fp16-io")
     return " ".join(shlex.quote(c) for c in cmd)

@@ -108,7 +108,7 @@ class TensorRTRuntime(Runtime):
         if len(self._in_names) != 1:
             raise ArtifactError(f"{path}: expected one input tensor, the plan has "
                                 f"{self._in_names}")
-        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self._dtypes = {n: _numpy_dtype(trt, engine.get_tensor_dtype(n), n, path) for n in names}
 
     def _profile_batch_range(self):
         """(min, max) batch of the plan's optimization profile."""
@@ -317,6 +317,18 @@ def _sidecar_config(sidecar: Optional[dict]):
         return None
     from ...models.registry import ModelConfig
     return ModelConfig.from_dict(sidecar["model_config"])
+
+
+def _numpy_dtype(trt, trt_dtype, name, path) -> np.dtype:
+    """The numpy dtype of a plan tensor, or an :class:`ArtifactError` for a type numpy has no
+    equivalent of (BF16, FP8, INT4, FP4: TensorRT's ``nptype`` refuses them)."""
+    try:
+        return np.dtype(trt.nptype(trt_dtype))
+    except TypeError as e:
+        raise ArtifactError(f"{path}: tensor {name!r} is {getattr(trt_dtype, 'name', trt_dtype)}"
+                            f", which has no numpy equivalent ({e}); build the plan with "
+                            "float32 or float16 input and output (the default of "
+                            "`inception-engine build`)") from e
 
 
 def _torch_dtype(torch, np_dtype):

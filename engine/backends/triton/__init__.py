@@ -5,7 +5,10 @@ Pipeline (each a module of this package)::
     ONNX ──graph.read_graph──► layers (BN/scale/Q-DQ folded; conv+ReLU, residual, pools, head fused)
          ──planner.build_plan─► plan (storage per value, in-place concats, merged 1x1 heads,
                                        in-place residuals, one arena, printable)
-         ──ops.bind───────────► kernel launches on preallocated views (CUDA graph on a GPU)
+         ──planner.plan_streams► stream per launch from the dependency DAG, event joins
+         ──ops.bind───────────► prebound launches on preallocated views, checked once
+                                 (on a GPU: one CUDA graph per batch bucket, the branches of
+                                 each block on parallel streams inside it)
 
 Use::
 
@@ -24,8 +27,9 @@ from typing import Optional
 def explain(path, precision: Optional[str] = None, batch: int = 1, impl: str = "triton",
             float_dtype: Optional[str] = None) -> str:
     """The execution plan of an ONNX file as text: fusions (convs per launch, fused ReLUs,
-    residual epilogues, concats written in place, merged 1x1 heads), every launch with what
-    it reads and writes, and the buffers of the arena. Compiles only; runs nothing."""
+    residual epilogues, concats written in place, merged 1x1 heads), the stream of every
+    launch and the launches it waits for on other streams, what it reads and writes, and the
+    buffers of the arena. Compiles only; runs nothing."""
     from kernels.env import cuda_usable
 
     from . import ops

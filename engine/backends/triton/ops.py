@@ -6,6 +6,13 @@ weights, [K, N] linear weights, merged heads concatenated along N, int8 epilogue
 step on fixed tensor views (the runtime's preallocated buffers), so a whole plan is a list
 of closures, and on a GPU one CUDA graph.
 
+Binding does the host work once, so a call does no checks, no lookups and no allocation. A
+conv binds through :func:`kernels.conv.prepare_conv2d` (checks, tile and split-K choice,
+grid, workspace: once). The other launchers (pools, linear, quantize) run once at bind time
+with their kernel launches *recorded* instead of run (:func:`prebind`); the closure then
+replays those launches, ``kernel[grid](*args, **meta)`` with the very same arguments. The
+glue steps write into buffers allocated at bind time.
+
 Two implementations with the same semantics:
 
 - ``impl="triton"`` (default): the project's Triton kernels (``kernels.conv2d`` with its
@@ -21,7 +28,9 @@ place), and the final L2 normalisation of the face embedder ([N, 512]).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -41,6 +50,61 @@ def _torch_dtype(name: str):
 def _flat(t):
     """[N, 1, 1, C] NHWC view -> [N, C] view (feature stride 1)."""
     return t[:, 0, 0, :]
+
+
+# ---------------------------------------------------------------------------- prebinding
+# Launches are recorded per thread: only the thread inside prebind() records, every other
+# thread (another runtime, a test calling the kernels) launches as usual.
+_recording = threading.local()
+_hook_lock = threading.Lock()
+_launch_proxy = None          # Triton's own ``kernel[grid]`` (KernelInterface.__getitem__)
+
+
+def _install_launch_hook():
+    """Route ``kernel[grid]`` through :func:`_hooked_getitem` (once per process)."""
+    global _launch_proxy
+    with _hook_lock:
+        if _launch_proxy is not None:
+            return
+        from triton.runtime.jit import KernelInterface
+        _launch_proxy = KernelInterface.__getitem__
+        KernelInterface.__getitem__ = _hooked_getitem
+
+
+def _hooked_getitem(kernel, grid):
+    launches = getattr(_recording, "launches", None)
+    if launches is None:
+        return _launch_proxy(kernel, grid)
+
+    def record(*args, **kwargs):
+        launches.append(partial(_launch_proxy(kernel, grid), *args, **kwargs))
+    return record
+
+
+def prebind(launcher: Callable[[], object]) -> Callable[[], None]:
+    """Run ``launcher()`` (a call of a :mod:`kernels` launcher on fixed tensors) once, with
+    its kernel launches recorded, and return a closure that replays exactly those launches.
+
+    The launcher's checks, config choice and argument packing (and any scratch tensor it
+    allocates, kept alive by the recorded arguments) happen here, once; a bad view fails
+    here, at load, with the launcher's own error.
+    """
+    _install_launch_hook()
+    _recording.launches = launches = []
+    try:
+        launcher()
+    finally:
+        _recording.launches = None
+    if not launches:
+        raise RuntimeError("the kernel launcher launched nothing; cannot prebind it")
+    if len(launches) == 1:
+        return launches[0]
+    steps = tuple(launches)
+
+    def replay():
+        for launch in steps:
+            launch()
+    return replay
 
 
 def prepare(step: Step, plan: Plan, device) -> Dict:
@@ -68,8 +132,9 @@ def prepare(step: Step, plan: Plan, device) -> Dict:
             ss[j] = ss[j] * f
             bs[j] = bs[j] * f
     if step.op == "conv":
+        from kernels.conv import concat_packed
         packed = [kernels.pack_weight(w, None if step.int8 else fdt) for w in ws]
-        weight = torch.cat(packed, dim=3).contiguous() if len(packed) > 1 else packed[0]
+        weight = concat_packed(packed) if len(packed) > 1 else packed[0]
     else:
         packed = [kernels.pack_linear_weight(w, None if step.int8 else fdt) for w in ws]
         weight = torch.cat(packed, dim=1).contiguous() if len(packed) > 1 else packed[0]
@@ -82,7 +147,7 @@ def prepare(step: Step, plan: Plan, device) -> Dict:
 def conv_config(step: Step, plan: Plan, batch: int) -> Optional[dict]:
     """The tile a conv/linear step launches with: the kernels' one interpreter tile
     (:func:`kernels.conv.interpreter_config`) under the interpreter, ``None`` on a GPU (the
-    kernels autotune over their configs, keyed on the problem shape)."""
+    kernels take it from their shipped tuning table, keyed on the problem)."""
     from kernels.env import interpreting
     if step.op not in ("conv", "linear") or not interpreting():
         return None
@@ -93,33 +158,22 @@ def conv_config(step: Step, plan: Plan, batch: int) -> Optional[dict]:
     return interpreter_config(batch * out.h * out.w, n, c)
 
 
-def _tuned(step: Step, plan: Plan, batch: int) -> str:
-    """The config the autotuner chose for this conv (GPU, after a run at ``batch``)."""
-    from kernels.conv import _conv_kernel_tuned
-    lay = step.layers[0]
-    x = plan.values[step.inputs[0]]
-    out = plan.values[step.outputs[0]]
-    kh, kw = lay.attrs["kernel"]
-    n = sum(plan.values[o].channels for o in step.outputs)
-    want = (batch, x.h, x.w, x.channels, out.h, out.w, n, kh, kw, lay.attrs["stride"][0],
-            len(step.outputs), step.residual is not None)
-    # the autotuner's cache: key (its key arguments, then dtypes) -> chosen triton.Config
-    for key, cfg in getattr(_conv_kernel_tuned, "cache", {}).items():
-        if tuple(key[:len(want)]) == want:
-            k = cfg.kwargs
-            return (f"autotuned {k['BLOCK_M']}x{k['BLOCK_N']}x{k['BLOCK_K']} "
-                    f"w{cfg.num_warps} s{cfg.num_stages}")
-    return "autotuned on first run"
-
-
 def describe_config(step: Step, plan: Plan, batch: int) -> str:
-    """Tile of a conv/linear step: fixed under the interpreter, autotuned on a GPU."""
+    """Tile of a conv/linear step: the interpreter's, or on a GPU the shipped tuning table's
+    choice (:func:`kernels.conv.describe_choice`, for an sm_90 part when no GPU is here)."""
     if step.op not in ("conv", "linear"):
         return ""
     cfg = conv_config(step, plan, batch)
-    if cfg is None:
-        return _tuned(step, plan, batch) if step.op == "conv" else "autotuned"
-    return f"tile {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']}"
+    if cfg is not None:
+        return f"tile {cfg['BLOCK_M']}x{cfg['BLOCK_N']}x{cfg['BLOCK_K']}"
+    from kernels.conv import describe_choice
+    out = plan.values[step.outputs[0]]
+    n = sum(plan.values[o].channels for o in step.outputs)
+    c = plan.values[step.inputs[0]].channels
+    kh, kw = step.layers[0].attrs.get("kernel", (1, 1)) if step.op == "conv" else (1, 1)
+    stride = step.layers[0].attrs["stride"][0] if step.op == "conv" else 1
+    dtype = _torch_dtype("int8" if step.int8 else plan.float_dtype)
+    return describe_choice(batch * out.h * out.w, n, c, kh, kw, stride, dtype)
 
 
 @dataclass
@@ -160,13 +214,19 @@ class _StepViews:
 def _bind_input(sv: _StepViews):
     """NCHW float32 static input -> the NHWC input value (cast, or quantised)."""
     import torch
-    out, scale, x = sv.dest, sv.dest_scale, sv.io["x"]
+    out, scale = sv.dest, sv.dest_scale
+    x = sv.io["x"].permute(0, 2, 3, 1)             # the NHWC view, made once
     if scale is None:
-        return lambda: out.copy_(x.permute(0, 2, 3, 1))
+        return partial(out.copy_, x)
     scale_t = torch.tensor(scale, dtype=torch.float32, device=out.device)
+    tmp = torch.empty(x.shape, dtype=torch.float32, device=out.device)
 
     def run_input():
-        out.copy_(torch.clamp(torch.round(x.permute(0, 2, 3, 1) / scale_t), -128, 127))
+        # ONNX QuantizeLinear: saturate(round_half_even(x / scale)), in a buffer made at bind
+        torch.div(x, scale_t, out=tmp)
+        torch.round(tmp, out=tmp)
+        torch.clamp(tmp, -128, 127, out=tmp)
+        out.copy_(tmp)
     return run_input
 
 
@@ -192,9 +252,9 @@ def _bind_conv(sv: _StepViews):
             for o, y in zip(outs, ys):
                 o.copy_(y)
         return run_conv_reference
+    from kernels.conv import prepare_conv2d
     dest = outs[0] if len(outs) == 1 else outs
-    cfg = conv_config(step, sv.plan, x.shape[0])
-    return lambda: kernels.conv2d(x, weight, bias, out=dest, config=cfg, **kw)
+    return prepare_conv2d(x, weight, bias, out=dest, config=conv_config(step, sv.plan, x.shape[0]), **kw)
 
 
 def _bind_maxpool(sv: _StepViews):
@@ -202,7 +262,7 @@ def _bind_maxpool(sv: _StepViews):
     x, out = sv.src, sv.dest
     if sv.reference:
         return lambda: out.copy_(kernels.max_pool_reference(x))
-    return lambda: kernels.max_pool(x, out)
+    return prebind(partial(kernels.max_pool, x, out))
 
 
 def _bind_avgpool(sv: _StepViews):
@@ -211,7 +271,7 @@ def _bind_avgpool(sv: _StepViews):
     if sv.reference:
         return lambda: out.copy_(kernels.avg_pool_reference(x, x_scale=x_scale, out_scale=out_scale,
                                                             out_dtype=out.dtype))
-    return lambda: kernels.avg_pool(x, out, x_scale=x_scale, out_scale=out_scale)
+    return prebind(partial(kernels.avg_pool, x, out, x_scale=x_scale, out_scale=out_scale))
 
 
 def _bind_gap(sv: _StepViews):
@@ -219,7 +279,7 @@ def _bind_gap(sv: _StepViews):
     x, x_scale, out = sv.src, sv.src_scale, _flat(sv.dest)
     if sv.reference:
         return lambda: out.copy_(kernels.global_avg_pool_reference(x, x_scale=x_scale, out_dtype=out.dtype))
-    return lambda: kernels.global_avg_pool(x, out, x_scale=x_scale)
+    return prebind(partial(kernels.global_avg_pool, x, out, x_scale=x_scale))
 
 
 def _bind_linear(sv: _StepViews):
@@ -230,7 +290,7 @@ def _bind_linear(sv: _StepViews):
     if sv.reference:
         return lambda: out.copy_(linear_reference(x, weight, bias, out_dtype=out.dtype, **kw))
     cfg = conv_config(sv.step, sv.plan, sv.src.shape[0])
-    return lambda: linear(x, weight, bias, out=out, config=cfg, **kw)
+    return prebind(partial(linear, x, weight, bias, out=out, config=cfg, **kw))
 
 
 def _bind_quantize(sv: _StepViews):
@@ -241,7 +301,7 @@ def _bind_quantize(sv: _StepViews):
             v = x.float() * x_scale if x_scale is not None else x.float()
             out.copy_(kernels.quantize_reference(v, out_scale))
         return run_quantize_reference
-    return lambda: kernels.quantize(x, out_scale, out, x_scale=x_scale)
+    return prebind(partial(kernels.quantize, x, out_scale, out, x_scale=x_scale))
 
 
 def _bind_dequantize(sv: _StepViews):
@@ -249,23 +309,27 @@ def _bind_dequantize(sv: _StepViews):
     x, out, x_scale = sv.src, sv.dest, sv.src_scale
     if sv.reference:
         return lambda: out.copy_(kernels.dequantize_reference(x, x_scale, out_dtype=out.dtype))
-    return lambda: kernels.dequantize(x, x_scale, out, out_dtype=out.dtype)
+    return prebind(partial(kernels.dequantize, x, x_scale, out, out_dtype=out.dtype))
 
 
 def _bind_copy(sv: _StepViews):
-    x, out = sv.src, sv.dest
-    return lambda: out.copy_(x)
+    return partial(sv.dest.copy_, sv.src)
 
 
 def _bind_l2norm(sv: _StepViews):
     import torch
     x, out = _flat(sv.src), _flat(sv.dest)
     eps = float(sv.step.layers[0].attrs.get("eps", 0.0))
+    v = torch.empty(x.shape, dtype=torch.float32, device=x.device)        # made at bind
+    norm = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
 
     def run_l2norm():
-        v = x.float()
-        norm = torch.linalg.vector_norm(v, dim=1, keepdim=True)
-        out.copy_(v / (torch.clamp(norm, min=eps) if eps > 0 else norm))
+        v.copy_(x)
+        torch.linalg.vector_norm(v, dim=1, keepdim=True, out=norm)
+        if eps > 0:
+            torch.clamp(norm, min=eps, out=norm)
+        torch.div(v, norm, out=v)
+        out.copy_(v)
     return run_l2norm
 
 

@@ -557,12 +557,31 @@ class _Planner:
         self.lifetimes()
 
     def pack_arena(self):
-        """Byte offsets per image from the buffers' lifetimes: first fit, biggest first."""
+        """Byte offsets per image: first fit, biggest first. Two buffers share bytes only
+        when every step touching one is a dependency-ancestor of every step touching the
+        other, so the reuse never orders steps that could run on parallel streams."""
+        deps = _dependencies(self.steps, self.vals, self.bufs, arena=False)
+        ancestors = _ancestor_bits(deps)
+        touch = [0] * len(self.bufs)               # per buffer: the steps that access it
+        for idx, st in enumerate(self.steps):
+            for name in st.inputs + st.outputs + ([st.residual] if st.residual else []):
+                touch[self.vals[name].buf] |= 1 << idx
+        before_all = []                            # per buffer: ancestors of all its steps
+        for t in touch:
+            common, k = -1, 0
+            while t >> k:
+                if t >> k & 1:
+                    common &= ancestors[k]
+                k += 1
+            before_all.append(common)
+
+        def ordered(a: Buffer, b: Buffer) -> bool:
+            return touch[a.id] & ~before_all[b.id] == 0 or touch[b.id] & ~before_all[a.id] == 0
+
         placed: List[Buffer] = []
         for b in sorted(self.bufs, key=lambda b: (-b.nbytes, b.first)):
             off = 0
-            for p in sorted((p for p in placed if not (p.last < b.first or b.last < p.first)),
-                            key=lambda p: p.offset):
+            for p in sorted((p for p in placed if not ordered(p, b)), key=lambda p: p.offset):
                 if off + b.nbytes <= p.offset:
                     break
                 off = max(off, p.offset + p.nbytes)
@@ -634,6 +653,133 @@ def build_plan(lg: LayerGraph, precision: str, float_dtype: Optional[str] = None
                 precision, fdt, p.arena, p.stats, lg, names)
 
 
+# ---------------------------------------------------------------------------- streams
+MAX_STREAMS = 4        # an Inception block has at most four parallel branches
+
+
+@dataclass
+class Schedule:
+    """Which CUDA stream runs each step, and the event joins between streams.
+
+    ``stream[i]``: the stream of step ``i`` (0 is the caller's stream). ``waits[i]``: the
+    steps whose completion step ``i`` waits for on another stream (an event recorded after
+    each). ``deps[i]``: every step that must finish before step ``i`` (the dependency DAG,
+    from the values it reads and the arena bytes it reads and writes).
+    """
+
+    stream: List[int]
+    waits: List[List[int]]
+    deps: List[List[int]]
+
+    @property
+    def n_streams(self) -> int:
+        return max(self.stream, default=0) + 1
+
+    @property
+    def recorded(self) -> List[int]:
+        """The steps after which an event is recorded (someone waits for them)."""
+        return sorted({j for w in self.waits for j in w})
+
+
+def _accesses(vals: Dict[str, Value], st: Step):
+    """``(reads, writes)`` of a step as (buffer, first channel, last channel + 1)."""
+    def span(name):
+        v = vals[name]
+        return (v.buf, v.offset, v.offset + v.channels)
+    reads = [span(i) for i in st.inputs + ([st.residual] if st.residual else [])]
+    return reads, [span(o) for o in st.outputs]
+
+
+def _dependencies(steps: List[Step], vals: Dict[str, Value], bufs: List[Buffer],
+                  arena: bool) -> List[List[int]]:
+    """For each step, the earlier steps it must follow: it reads what they wrote, or writes
+    what they read or wrote. Two accesses conflict on one buffer when their channels
+    overlap; with ``arena``, also on two buffers whose arena bytes overlap."""
+    def conflict(a, b) -> bool:
+        if a[0] == b[0]:
+            return a[1] < b[2] and b[1] < a[2]
+        if not arena:
+            return False
+        ba, bb = bufs[a[0]], bufs[b[0]]
+        return ba.offset < bb.offset + bb.nbytes and bb.offset < ba.offset + ba.nbytes
+
+    acc = [_accesses(vals, st) for st in steps]
+    deps: List[List[int]] = []
+    for j, (rj, wj) in enumerate(acc):
+        mine = []
+        for i in range(j):
+            ri, wi = acc[i]
+            if any(conflict(w, r) for w in wi for r in rj) or \
+                    any(conflict(w, x) for w in wj for x in ri + wi):
+                mine.append(i)
+        deps.append(mine)
+    return deps
+
+
+def _ancestor_bits(deps: List[List[int]]) -> List[int]:
+    """Per step, the bit set of every step it transitively depends on."""
+    ancestors: List[int] = []
+    for d in deps:
+        bits = 0
+        for i in d:
+            bits |= ancestors[i] | (1 << i)
+        ancestors.append(bits)
+    return ancestors
+
+
+def step_dependencies(plan: Plan) -> List[List[int]]:
+    """The dependency DAG of a plan's steps, through values and the arena's shared bytes."""
+    return _dependencies(plan.steps, plan.values, plan.buffers, arena=True)
+
+
+def plan_streams(plan: Plan, max_streams: int = MAX_STREAMS) -> Schedule:
+    """Assign the steps to at most ``max_streams`` streams, in plan order.
+
+    A step continues the stream of a dependency that is the last step on its stream (a
+    chain stays on one stream); when every such stream has moved on (a fork: a sibling
+    branch took it), it takes a stream whose last step it depends on anyway, or a new one,
+    or else the least recently used. It then waits, per other stream, for the latest of its
+    dependencies there, unless that stream already told it (vector clocks), so each join
+    is one event.
+    """
+    deps = step_dependencies(plan)
+    ancestors = _ancestor_bits(deps)
+    tail: List[int] = []                      # per stream: its last step
+    clock: List[List[int]] = []               # per stream: the latest step of each stream it follows
+    after: List[List[int]] = []               # per step: its stream's clock once it is done
+    stream, waits = [], []
+    for j, d in enumerate(deps):
+        s = _pick_stream(d, ancestors[j], tail, max_streams)
+        if s == len(tail):
+            tail.append(-1)
+            clock.append([-1] * max_streams)
+        mine = []
+        for other in range(len(tail)):
+            latest = max((i for i in d if stream[i] == other), default=-1)
+            if other != s and latest > clock[s][other]:
+                mine.append(latest)
+                clock[s] = [max(a, b) for a, b in zip(clock[s], after[latest])]
+        tail[s] = j
+        clock[s][s] = j
+        after.append(list(clock[s]))
+        stream.append(s)
+        waits.append(mine)
+    return Schedule(stream, waits, deps)
+
+
+def _pick_stream(deps: List[int], ancestors: int, tail: List[int], max_streams: int) -> int:
+    for i in sorted(deps, reverse=True):      # continue the chain of the latest dependency
+        for s, t in enumerate(tail):
+            if t == i:
+                return s
+    for s, t in enumerate(tail):              # a stream whose work this step follows anyway
+        if t < 0 or ancestors >> t & 1:
+            return s
+    if len(tail) < max_streams:
+        return len(tail)
+    return min(range(len(tail)), key=lambda s: tail[s])
+
+
 # ---------------------------------------------------------------------------- printing
 def _mib(n: int) -> str:
     return f"{n / 2 ** 20:.2f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB"
@@ -647,7 +793,7 @@ def _where(plan: Plan, name: str) -> str:
     return f"B{b.id}{sl} {kind}"
 
 
-def _step_line(plan: Plan, n: int, st: Step, config: Optional[str]) -> str:
+def _step_line(plan: Plan, n: int, st: Step, config: Optional[str], stream: str) -> str:
     """Launch ``n`` of the plan as one line: op, layer, what it reads and writes, notes."""
     notes = []
     lay = st.layers[0] if st.layers else None
@@ -675,7 +821,27 @@ def _step_line(plan: Plan, n: int, st: Step, config: Optional[str]) -> str:
     if st.residual:
         reads += " + " + _where(plan, st.residual)
     writes = ", ".join(_where(plan, o) for o in st.outputs)
-    return f"{n:>4}  {op:<10} {name:<58} {reads:<24} {writes:<34} {' '.join(notes)}"
+    return f"{n:>4}  {stream:<10} {op:<10} {name:<58} {reads:<24} {writes:<34} {' '.join(notes)}"
+
+
+def _display_numbers(plan: Plan) -> List[str]:
+    """The number explain prints for each step (launches from 1; "in"/"out" for the ends)."""
+    out, n = [], 0
+    for st in plan.steps:
+        if st.op in ("input", "output"):
+            out.append("in" if st.op == "input" else "out")
+        else:
+            n += 1
+            out.append(str(n))
+    return out
+
+
+def _streams_line(plan: Plan, sched: Schedule) -> str:
+    """The stream summary: how many streams, how many steps on each, how many joins."""
+    per = [sched.stream.count(k) for k in range(sched.n_streams)]
+    return (f"streams (GPU, inside the CUDA graph): {sched.n_streams}, launches per stream "
+            f"{'/'.join(map(str, per))}; {sum(len(w) for w in sched.waits)} event joins; "
+            f"'s2 <5,7' = on stream 2, after launches 5 and 7 on other streams")
 
 
 def explain_plan(plan: Plan, batch: int = 1, configs: Optional[Dict[int, str]] = None,
@@ -697,17 +863,20 @@ def explain_plan(plan: Plan, batch: int = 1, configs: Optional[Dict[int, str]] =
     lines.append(f"buffers: {s['buffers']} in one arena of {_mib(s['arena_bytes_per_image'] * batch)}"
                  f" (without reuse {_mib(s['naive_bytes_per_image'] * batch)}), "
                  f"{s['steps']} launches")
+    sched = plan_streams(plan)
+    number = _display_numbers(plan)
+    lines.append(_streams_line(plan, sched))
     lines.append("")
-    lines.append(f"{'#':>4}  {'op':<10} {'layer':<58} {'reads':<24} {'writes':<34} notes")
-    n = 0
+    lines.append(f"{'#':>4}  {'stream':<10} {'op':<10} {'layer':<58} {'reads':<24} {'writes':<34} notes")
     for idx, st in enumerate(plan.steps):
+        joins = ",".join(number[i] for i in sched.waits[idx])
+        stream = f"s{sched.stream[idx]}" + (f" <{joins}" if joins else "")
         if st.op in ("input", "output"):
             what = (f"NCHW float32 -> {_where(plan, st.outputs[0])}" if st.op == "input"
                     else f"{_where(plan, st.inputs[0])} -> float32 [{plan.values[st.inputs[0]].channels}]")
-            lines.append(f"{'':>4}  {st.op:<10} {what}")
+            lines.append(f"{'':>4}  {stream:<10} {st.op:<10} {what}")
             continue
-        n += 1
-        lines.append(_step_line(plan, n, st, (configs or {}).get(idx)))
+        lines.append(_step_line(plan, int(number[idx]), st, (configs or {}).get(idx), stream))
     lines.append("")
     lines.append("buffers (per image; x batch at run time):")
     for b in plan.buffers:

@@ -29,7 +29,7 @@ from kernels.env import cuda_usable, interpreting
 from ...errors import BackendUnavailableError
 from ...runtime import Runtime, TensorSpec, count_option
 from . import ops
-from .planner import Plan, explain_plan
+from .planner import Plan, Schedule, explain_plan, plan_streams
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -89,33 +89,74 @@ def compile_onnx(path_or_proto, precision: Optional[str] = None,
 
 
 class _Bound:
-    """One batch size: arena, views, bound steps, static input and (GPU) CUDA graph."""
+    """One batch bucket: arena, views, bound steps, static input and (GPU) the streams, the
+    events between them and the CUDA graph. Everything a call needs is made here, once."""
 
-    def __init__(self, plan: Plan, batch: int, device, params, impl: str):
+    def __init__(self, plan: Plan, batch: int, device, params, impl: str, schedule: Schedule):
         import torch
         self.batch = batch
         self.arena = torch.empty(max(plan.arena_bytes * batch, 1), dtype=torch.uint8, device=device)
-        bufs = []
-        for b in plan.buffers:
-            dt = ops._torch_dtype(b.dtype)
-            n = batch * b.h * b.w * b.channels
-            raw = self.arena[batch * b.offset: batch * b.offset + n * torch.empty((), dtype=dt).element_size()]
-            bufs.append(raw.view(dt).view(batch, b.h, b.w, b.channels))
-        self.views = {}
-        for name, v in plan.values.items():
-            if v.buf >= 0:
-                self.views[name] = bufs[v.buf][..., v.offset:v.offset + v.channels]
+        self.views = _views(plan, self.arena, batch)
         c, h, w = plan.input_shape
         self.x = torch.zeros((batch, c, h, w), dtype=torch.float32, device=device)
         self.fns = [ops.bind(s, plan, self.views, params[i], impl, io={"x": self.x})
                     for i, s in enumerate(plan.steps)]
-        self.out = self.views[plan.output]
+        self.out = self.views[plan.output][:, 0, 0, :]
         self.graph = None
         self.runs = 0
+        self.program = None
+        if torch.device(device).type == "cuda":
+            self._make_streams(schedule, device)
+
+    def _make_streams(self, schedule: Schedule, device):
+        """The side streams, one event per step another stream waits for, and the events
+        that fork the side streams from the caller's stream and join them back."""
+        import torch
+        self.side = [torch.cuda.Stream(device) for _ in range(schedule.n_streams - 1)]
+        done = {i: torch.cuda.Event() for i in schedule.recorded}
+        self.fork = torch.cuda.Event()
+        self.joins = [torch.cuda.Event() for _ in self.side]
+        self.program = [(fn, schedule.stream[i], [done[j] for j in schedule.waits[i]], done.get(i))
+                        for i, fn in enumerate(self.fns)]
 
     def run(self):
-        for f in self.fns:
-            f()
+        if self.program is None:
+            for f in self.fns:
+                f()
+        else:
+            self._run_streams()
+
+    def _run_streams(self):
+        import torch
+        main = torch.cuda.current_stream()
+        streams = [main] + self.side
+        self.fork.record(main)
+        for side in self.side:
+            side.wait_event(self.fork)
+        for fn, k, waits, done in self.program:
+            stream = streams[k]
+            for event in waits:
+                stream.wait_event(event)
+            with torch.cuda.stream(stream):
+                fn()
+            if done is not None:
+                done.record(stream)
+        for side, join in zip(self.side, self.joins):
+            join.record(side)
+            main.wait_event(join)
+
+
+def _views(plan: Plan, arena, batch: int) -> Dict:
+    """Value name -> its NHWC view into the arena (a channel slice of its buffer)."""
+    import torch
+    bufs = []
+    for b in plan.buffers:
+        dt = ops._torch_dtype(b.dtype)
+        n = batch * b.h * b.w * b.channels * torch.empty((), dtype=dt).element_size()
+        raw = arena[batch * b.offset: batch * b.offset + n]
+        bufs.append(raw.view(dt).view(batch, b.h, b.w, b.channels))
+    return {name: bufs[v.buf][..., v.offset:v.offset + v.channels]
+            for name, v in plan.values.items() if v.buf >= 0}
 
 
 class TritonRuntime(Runtime):
@@ -123,15 +164,20 @@ class TritonRuntime(Runtime):
 
     impl: ``"triton"`` (the kernels) or ``"torch"`` (their PyTorch references; debugging).
     device: ``None`` (CUDA when there is a GPU, else the CPU interpreter), ``"cuda"``, ``"cpu"``.
-    cuda_graphs: record each batch size's plan as one CUDA graph after its first run (GPU).
+    cuda_graphs: record each batch bucket's plan as one CUDA graph after its first run (GPU),
+    with independent branches on parallel streams inside it (:func:`planner.plan_streams`).
     float_dtype: storage of the float values of an int8 plan (default fp32).
+    buckets: batch sizes to bind (arena, views, graph); a call of ``n`` images runs the
+    smallest bucket ``>= n`` (zero rows past ``n`` are computed and dropped), a batch above
+    every bucket gets its own. Default: each batch size is its own bucket.
     """
 
     backend = "triton"
 
     def __init__(self, path, precision: Optional[str] = None, threads: Optional[int] = None,
                  impl: str = "triton", device: Optional[str] = None, cuda_graphs: bool = True,
-                 float_dtype: Optional[str] = None, check_finite: bool = True):
+                 float_dtype: Optional[str] = None, check_finite: bool = True,
+                 buckets: Optional[Sequence[int]] = None):
         import torch
         if impl not in ops.IMPLS:
             raise ValueError(f"impl must be one of {ops.IMPLS}, got {impl!r}")
@@ -161,23 +207,37 @@ class TritonRuntime(Runtime):
                          check_finite=check_finite)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._params = [ops.prepare(s, self.plan, self.device) for s in self.plan.steps]
+        self.schedule = plan_streams(self.plan)
+        self.buckets = sorted({count_option("buckets", b, allow_none=False) for b in buckets or ()})
+        self._bucket_of = {n: next(b for b in self.buckets if b >= n)
+                           for n in range(1, self.buckets[-1] + 1)} if self.buckets else {}
         self._bound: Dict[int, _Bound] = {}
-        self._arena_free = None      # CUDA event: the last call's reads of the arena are done
+        # CUDA: recorded after each call; the next call waits for it before it writes the arena
+        self._arena_free = torch.cuda.Event() if self.device.type == "cuda" else None
 
     # ------------------------------------------------------------------ running
     def _get(self, batch: int) -> _Bound:
-        b = self._bound.get(batch)
+        """The bound bucket for ``batch`` images, made on first use."""
+        size = self._bucket_of.get(batch, batch)
+        b = self._bound.get(size)
         if b is None:
-            b = self._bound[batch] = _Bound(self.plan, batch, self.device, self._params, self.impl)
+            b = self._bound[size] = _Bound(self.plan, size, self.device, self._params, self.impl,
+                                           self.schedule)
         return b
 
     def _run(self, x):
         """x: NCHW float32 tensor (any device; copied into the static input on
-        ``self.device``) -> [N, C] float32 tensor on ``self.device`` (a fresh copy)."""
+        ``self.device``) -> [N, C] float32 tensor on ``self.device``, the caller's own: the one
+        tensor a call allocates."""
+        import torch
+        n = int(x.shape[0])
         with self._lock:
+            b = self._get(n)
             self._after_previous_call()
-            b = self._get(int(x.shape[0]))
-            b.x.copy_(x)
+            if n == b.batch:
+                b.x.copy_(x)
+            else:
+                b.x[:n].copy_(x)
             if b.graph is not None:
                 b.graph.replay()
             else:
@@ -185,8 +245,10 @@ class TritonRuntime(Runtime):
                 b.runs += 1
                 if self.cuda_graphs and b.runs == 1:
                     b.graph = self._capture(b)
-            out = b.out[:, 0, 0, :].float().clone()
-            self._mark_call_done()
+            out = torch.empty((n, b.out.shape[1]), dtype=torch.float32, device=self.device)
+            out.copy_(b.out if n == b.batch else b.out[:n])
+            if self._arena_free is not None:
+                self._arena_free.record(torch.cuda.current_stream(self.device))
             return out
 
     def _after_previous_call(self):
@@ -195,12 +257,6 @@ class TritonRuntime(Runtime):
         if self._arena_free is not None:
             import torch
             torch.cuda.current_stream(self.device).wait_event(self._arena_free)
-
-    def _mark_call_done(self):
-        if self.device.type == "cuda":
-            import torch
-            self._arena_free = torch.cuda.Event()
-            self._arena_free.record(torch.cuda.current_stream(self.device))
 
     @staticmethod
     def _capture(b: _Bound):
@@ -253,13 +309,14 @@ class TritonRuntime(Runtime):
         out: Dict[str, np.ndarray] = {}
         with self._lock:
             self._after_previous_call()
-            b = self._get(arr.shape[0])
-            b.x.copy_(torch.from_numpy(arr).to(self.device))
+            count = arr.shape[0]
+            b = self._get(count)
+            b.x[:count].copy_(torch.from_numpy(arr).to(self.device))
             for i, f in enumerate(b.fns):
                 f()
                 for v in at.get(i, []):
                     val = plan.values[v]
-                    t = b.views[v].float()
+                    t = b.views[v][:count].float()
                     if val.scale is not None:
                         t = t * val.scale
                     t = t[:, 0, 0, :] if val.flat else t.permute(0, 3, 1, 2)
@@ -273,7 +330,7 @@ class TritonRuntime(Runtime):
         title = self.config.name if self.config is not None else str(self.path)
         extra = f" | impl {self.impl} on {self.device.type}" + \
             (" (Triton interpreter)" if self.interpreted else "") + \
-            (", CUDA graphs" if self.cuda_graphs else "")
+            (f", CUDA graphs on {self.schedule.n_streams} streams" if self.cuda_graphs else "")
         return explain_plan(self.plan, batch, {k: v for k, v in configs.items() if v},
                             title + extra)
 

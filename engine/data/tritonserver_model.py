@@ -1,0 +1,88 @@
+"""Triton Inference Server Python-backend model that runs this project's runtime.
+
+``inception-engine serve-export --target python`` copies this file to
+``<repo>/<name>/<version>/model.py`` beside the model file. Each model instance is one stub
+process: it opens the file with ``engine.load`` (OpenVINO on a CPU by default; the
+``backend`` parameter picks another engine) and answers the server's dynamic batches with one
+runtime call each.
+
+Tensors cross between the server and this process as DLPack capsules (through torch), never
+through the stub's numpy bridge: that bridge is built for numpy 1.x and misreads the arrays of
+numpy 2 (their dtype layout changed), which shows as "output tensor shape does not match size
+of output". Inside, the batch is a numpy view of the same memory: the runtime's checks then
+run in numpy, not in torch, whose OpenMP threads (used from two images up) would keep
+spinning and take the cores from the engine.
+
+This file is run by the server's stub, not imported by the ``engine`` package.
+"""
+import json
+import os
+
+import triton_python_backend_utils as pb_utils
+
+
+def _parameters(model_config: dict) -> dict:
+    """The config's ``parameters`` block as plain strings."""
+    return {key: value.get("string_value", "")
+            for key, value in model_config.get("parameters", {}).items()}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import engine
+
+        config = json.loads(args["model_config"])
+        params = _parameters(config)
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        model_file = os.path.join(version_dir, params["model_file"])
+        threads = int(params.get("threads") or 0) or None
+        self.runtime = engine.load(model_file, backend=params.get("engine") or None,
+                                   threads=threads)
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        self.errors = (engine.EngineError, RuntimeError)
+        self.bad_input = engine.InputError
+
+    def _inputs(self, request):
+        import torch
+        tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
+        return torch.from_dlpack(tensor.to_dlpack()).numpy()
+
+    def _response(self, outputs):
+        import numpy as np
+        import torch
+        out = torch.from_numpy(np.ascontiguousarray(outputs))
+        tensor = pb_utils.Tensor.from_dlpack(self.output_name, torch.utils.dlpack.to_dlpack(out))
+        return pb_utils.InferenceResponse(output_tensors=[tensor])
+
+    def _error(self, error):
+        """The error as the server's: a bad input is the client's (HTTP 400), else ours."""
+        code = (pb_utils.TritonError.INVALID_ARG if isinstance(error, self.bad_input)
+                else pb_utils.TritonError.INTERNAL)
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), code))
+
+    def _run_each(self, batches):
+        """One runtime call per request, so a bad request fails alone."""
+        responses = []
+        for x in batches:
+            try:
+                responses.append(self._response(self.runtime(x)))
+            except self.errors as e:
+                responses.append(self._error(e))
+        return responses
+
+    def execute(self, requests):
+        """Run the server's batch of requests as one batch; split the outputs back."""
+        import numpy as np
+        batches = [self._inputs(r) for r in requests]
+        if len(batches) == 1:
+            return self._run_each(batches)
+        try:
+            outputs = self.runtime(np.concatenate(batches))
+        except self.errors:
+            return self._run_each(batches)
+        ends = np.cumsum([len(x) for x in batches])[:-1]
+        return [self._response(part) for part in np.split(outputs, ends)]
+
+    def finalize(self):
+        self.runtime.close()
