@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -140,7 +141,6 @@ def engine_evaluator(backend: str, x: np.ndarray, threads: Optional[int] = None,
         return None
 
     def evaluate(path):
-        import warnings
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")     # the FP32 reference has no target
             with load(path, backend=backend, threads=threads) as rt:
@@ -238,14 +238,21 @@ class Bench:
         self.log(f"  torch fp32: top1 {row.top1:.2f}%  {row.latency_ms:.2f} ms")
         return row
 
+    def open(self, path, backend, precision):
+        """``engine.load`` without its target-mismatch advice: the study runs every target's
+        file on every engine on purpose, and each row's ``target`` says which layout it is."""
+        from .loader import TargetMismatchWarning, load
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TargetMismatchWarning)
+            return load(path, backend=backend, precision=precision, threads=self.threads)
+
     def engine_row(self, backend, precision, method, path, big_path=None, calib_s=None,
                    excluded=()) -> Row:
         """One engine on one file: accuracy, latency, throughput (and latency at 299)."""
-        from .loader import load
         row = Row(backend, precision, method, calib_seconds=calib_s, excluded=list(excluded),
                   file_mb=Path(path).stat().st_size / 1e6)
         try:
-            with load(path, backend=backend, precision=precision, threads=self.threads) as rt:
+            with self.open(path, backend, precision) as rt:
                 row.top1, row.agreement = self.score(predict(rt, self.x_test, self.eval_batch))
                 row.latency_ms = latency_ms(rt, self.x1, self.iters)
                 row.throughput_b8 = self.batch8_throughput(rt)
@@ -253,8 +260,7 @@ class Bench:
                 rt(self.x_test[:self.eval_batch])
                 row.throughput = self.eval_batch / (time.perf_counter() - t0)
             if big_path is not None:
-                with load(big_path, backend=backend, precision=precision,
-                          threads=self.threads) as rt:
+                with self.open(big_path, backend, precision) as rt:
                     row.latency_ms_299 = latency_ms(rt, self.x299, self.iters_299)
         except Exception as e:  # one engine failing must not sink the study: record why
             row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
