@@ -190,7 +190,18 @@ def train(args):
     if args.limit:
         tr_x, tr_y = tr_x[:args.limit], tr_y[:args.limit]
 
-    model = engine.create_model(args.model).train().to(memory_format=torch.channels_last)
+    model = engine.create_model(args.model)
+    init = None
+    if args.init:
+        # a second stage: start from a checkpoint (recorded by hash, so the chain of runs
+        # that produced the shipped file stays reproducible)
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(str(args.init)))
+        init = {"checkpoint": args.init.name, "sha256": sha256_file(args.init)}
+        record = args.init.with_suffix(".json")
+        if record.is_file():
+            init["record"] = json.loads(record.read_text())
+    model = model.train().to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     steps_per_epoch = math.ceil(len(tr_x) / args.batch_size)
     total = math.ceil(args.epochs * steps_per_epoch)      # fractional epochs allowed
@@ -272,7 +283,7 @@ def train(args):
         "flip": args.flip, "val": args.val, "seed": args.seed, "threads": args.threads,
         "train_images": len(tr_x), "optimizer": "AdamW, OneCycleLR",
         "steps": step, "steps_planned": total, "steps_per_epoch": steps_per_epoch,
-        "train_wall_s": round(train_s, 1), "epoch_log": epoch_log,
+        "train_wall_s": round(train_s, 1), "epoch_log": epoch_log, "init": init,
         "torch": torch.__version__, "python": platform.python_version(),
         "machine": f"{platform.machine()} {cpu_model()}, {os.cpu_count()} CPUs (shared)",
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
@@ -308,6 +319,9 @@ def main(argv=None):
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--model", choices=SUBJECTS, default=SUBJECTS[0],
                    help="which subject to train (all share the recipe)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this checkpoint (a fine-tuning stage; its hash and record "
+                        "are kept in the new record)")
     p.add_argument("--out", type=Path, default=None,
                    help="checkpoint path (default: engine/data/<model>.safetensors)")
     args = p.parse_args(argv)

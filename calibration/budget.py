@@ -176,8 +176,10 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
     results = {}
 
     def drop_with(kept):
-        results["last"] = quantize(onnx_in, trial, statistics=statistics, method=method,
-                                   exclude=exclude + kept, threads=threads, **options)
+        # data: read again only by options that need it (bias_correction)
+        results["last"] = quantize(onnx_in, trial, data=data, statistics=statistics,
+                                   method=method, exclude=exclude + kept, threads=threads,
+                                   **options)
         return worst_drop(evaluators, references, trial, val_labels, metric)
 
     try:

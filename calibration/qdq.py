@@ -14,7 +14,7 @@ from .errors import CalibrationError
 from .graph import QuantPlan, load_fp32, plan_quantization
 from .methods import METHODS, QMAX, check_percentile, quantize_weight
 from .nodes import activation_qdq, qdq_names
-from .targets import TARGET_FIELD, resolve_target
+from .targets import TARGET_FIELD, resolve_target, wants_bias_correction
 
 
 def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: bool = False,
@@ -120,7 +120,18 @@ def _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, r
     return meta
 
 
-def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude):
+def rereadable(data) -> bool:
+    """Whether ``data`` can be read a second time (a path, an array, a list: not a one-shot
+    iterator or generator)."""
+    if data is None:
+        return False
+    try:
+        return iter(data) is not data
+    except TypeError:           # not iterable itself: a Path (or another path-like)
+        return True
+
+
+def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude, bias_correction):
     """Reject what :func:`quantize` cannot do before any work is done."""
     if method not in METHODS:
         raise CalibrationError(f"unknown calibration method {method!r}; choose one of "
@@ -128,16 +139,18 @@ def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude):
     if isinstance(onnx_in, (str, Path)) and Path(onnx_in).resolve() == Path(onnx_out).resolve():
         raise CalibrationError(f"the output {onnx_out} would overwrite the FP32 input; "
                                "choose another file name")
-    if auto_exclude and data is None:
-        raise CalibrationError("auto_exclude needs calibration data to measure sensitivity")
-    if auto_exclude and iter(data) is data:
-        raise CalibrationError("auto_exclude reads the calibration data twice (statistics, then "
-                               "sensitivity); pass a list, an array or a path, not a one-shot "
-                               "iterator")
+    for name, wanted in (("auto_exclude", auto_exclude), ("bias_correction", bias_correction)):
+        if wanted and data is None:
+            raise CalibrationError(f"{name} needs calibration data (data=...): it runs the "
+                                   "FP32 model over the images")
+        if wanted and not rereadable(data):
+            raise CalibrationError(f"{name} reads the calibration data again after the "
+                                   "statistics; pass a list, an array or a path, not a "
+                                   "one-shot iterator")
 
 
 def _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity_images,
-                   threads):
+                   threads, bias_images):
     """Each number :func:`quantize` takes, in its range, or an InputError naming it."""
     check_percentile(percentile)
     count_option("num_images", num_images)
@@ -145,6 +158,7 @@ def _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity
     count_option("auto_exclude", auto_exclude, minimum=0, allow_none=False)
     count_option("sensitivity_images", sensitivity_images, allow_none=False)
     count_option("threads", threads)
+    count_option("bias_images", bias_images, allow_none=False)
 
 
 def _ranges_from_scales(plan, scales):
@@ -200,6 +214,16 @@ def _auto_exclude(proto, plan, amax, stats, data, count, method, percentile, exc
     return plan, amax, ranking
 
 
+def _correct_biases(proto, out, plan, amax, data, target, num_images, batch_size, threads):
+    """Bias correction (``calibration/bias.py``) applied to ``out``; returns its record."""
+    from .bias import apply_bias_shifts, bias_shifts
+    shifts, seen = bias_shifts(proto, plan, amax, data, target.unsigned_relu,
+                               target.input_weight_qmax, num_images, batch_size, threads)
+    changed = apply_bias_shifts(out, shifts)
+    largest = max((float(np.abs(s).max()) for s in shifts.values()), default=0.0)
+    return {"images": seen, "convs": changed, "largest_shift": round(largest, 6)}
+
+
 def _save(out, onnx_out, check, cache, cache_version, from_cache, amax):
     """Check ``out`` and write it (and the TensorRT cache, if asked) atomically."""
     import onnx
@@ -218,7 +242,8 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
              percentile: float = 99.99, num_images: Optional[int] = None, batch_size: int = 32,
              statistics=None, scales=None, auto_exclude: int = 0, sensitivity_images: int = 64,
              quantize_gemm: bool = False, target: Optional[str] = None,
-             unsigned_relu: Optional[bool] = None, cache=None,
+             unsigned_relu: Optional[bool] = None, bias_correction: Optional[bool] = None,
+             bias_images: int = 128, cache=None,
              cache_version: Optional[str] = None,
              threads: Optional[int] = None, progress: bool = False, check: bool = True):
     """Calibrate the FP32 ONNX ``onnx_in`` and write the symmetric Q/DQ ONNX ``onnx_out``.
@@ -233,7 +258,11 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     uint8 (zero point 0) on non-negative tensors (ReLU outputs and their concats/pools);
     "tensorrt" (the default), "triton" and "onnxruntime" get signed int8 everywhere. The
     target is recorded in the metadata. unsigned_relu: deprecated, True means target="openvino",
-    False target="tensorrt". cache: also write a TensorRT
+    False target="tensorrt". bias_correction: shift each conv's bias by the mean error
+    quantization adds to its output, measured on the first ``bias_images`` images of ``data``
+    (``calibration/bias.py``); None (default): where it was measured to help this target and
+    method (:func:`calibration.targets.wants_bias_correction`) and ``data`` can be read
+    again. cache: also write a TensorRT
     calibration cache there (scales amax/127 either way). The output (and the cache) are
     written atomically. Returns a :class:`QuantizeResult`.
     """
@@ -242,8 +271,8 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     t0 = time.perf_counter()
     chosen = resolve_target(target, unsigned_relu)
     _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity_images,
-                   threads)
-    _check_arguments(onnx_in, onnx_out, data, method, auto_exclude)
+                   threads, bias_images)
+    _check_arguments(onnx_in, onnx_out, data, method, auto_exclude, bias_correction)
     proto = load_fp32(onnx_in)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
     plan = plan_quantization(proto, exclude, quantize_gemm=quantize_gemm)
@@ -267,13 +296,21 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     final = plan.group_amax(amax)
     out = write_qdq(proto, plan, final, unsigned_relu=chosen.unsigned_relu,
                     input_weight_qmax=chosen.input_weight_qmax)
+    corrected = None
+    if bias_correction or (bias_correction is None and rereadable(data)
+                           and wants_bias_correction(chosen, method)):
+        corrected = _correct_biases(proto, out, plan, final, data, chosen, bias_images,
+                                    batch_size, threads)
+        corrected["chosen"] = "asked" if bias_correction else "auto (target default)"
     meta = _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, ranking,
                              from_cache, chosen, time.perf_counter() - t0)
+    meta["bias_correction"] = corrected
     set_metadata(out, {META_PRECISION: "int8", META_CALIBRATION: json.dumps(meta)})
     _save(out, onnx_out, check, cache, cache_version, from_cache, final)
     return QuantizeResult(Path(onnx_out), method, final, plan, stats, auto_excluded, ranking,
                           calib_seconds, time.perf_counter() - t0,
-                          Path(cache) if cache is not None else None, chosen.name)
+                          Path(cache) if cache is not None else None, chosen.name,
+                          bias_correction=corrected)
 
 
 def quantize_targets(onnx_in, outputs: Dict[str, object], data=None, statistics=None,
@@ -298,8 +335,9 @@ def quantize_targets(onnx_in, outputs: Dict[str, object], data=None, statistics=
         statistics = collect_statistics(onnx_in, data, num_images=num_images,
                                         batch_size=batch_size, threads=threads,
                                         progress=progress)
-    # auto_exclude reads the data again for the sensitivity ranking only
-    again = data if options.get("auto_exclude") else None
+    # auto_exclude (sensitivity) and bias correction (asked, or the target's default) read
+    # the data again; a one-shot iterator is spent by now
+    again = data if rereadable(data) else None
     return {name: quantize(onnx_in, path, data=again, statistics=statistics, target=name,
                            num_images=num_images, batch_size=batch_size, threads=threads,
                            progress=progress, **options)
@@ -311,14 +349,16 @@ class QuantizeResult:
     ``plan``, ``statistics``, ``auto_excluded`` node names, ``sensitivity`` ranking (or None),
     ``calibration_seconds`` (statistics and ranges), ``seconds`` (all), ``cache`` path,
     ``target`` (the engine the layout is for), ``budget`` (a :class:`calibration.budget.Budget`
-    when :func:`calibration.quantize_to_budget` chose the layers kept in float)."""
+    when :func:`calibration.quantize_to_budget` chose the layers kept in float),
+    ``bias_correction`` (its record when biases were corrected, else None)."""
 
     def __init__(self, path, method, amax, plan, statistics, auto_excluded, sensitivity,
-                 calibration_seconds, seconds, cache, target=None, budget=None):
+                 calibration_seconds, seconds, cache, target=None, budget=None,
+                 bias_correction=None):
         self.path, self.method, self.amax, self.plan = path, method, amax, plan
         self.statistics, self.auto_excluded, self.sensitivity = statistics, auto_excluded, sensitivity
         self.calibration_seconds, self.seconds, self.cache = calibration_seconds, seconds, cache
-        self.target, self.budget = target, budget
+        self.target, self.budget, self.bias_correction = target, budget, bias_correction
 
     def __fspath__(self):
         return str(self.path)

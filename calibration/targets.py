@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, FrozenSet, Optional
 
 from .errors import CalibrationArgumentError
 from .methods import QMAX
@@ -50,6 +50,9 @@ class Target:
     fallback: str           # the float precision the engine gives layers left unquantized
     reason: str             # why this layout, in one line (shown in warnings and --help)
     input_weight_qmax: int = QMAX   # weight range of the layers that read the (signed) image
+    # calibration methods whose files bias correction improved on this target's engines
+    # (validation split of the three shipped subjects; ``calibration/bias.py``)
+    bias_correction: FrozenSet[str] = frozenset()
 
 
 TARGETS: Dict[str, Target] = {t.name: t for t in (
@@ -96,6 +99,11 @@ def resolve_target(target: Optional[str], unsigned_relu: Optional[bool]) -> Targ
             f"unsigned_relu={unsigned_relu} contradicts target={target!r} (whose layout is "
             f"{'uint8' if chosen.unsigned_relu else 'int8'} after ReLU); pass only target")
     return chosen
+
+
+def wants_bias_correction(target: Target, method: str) -> bool:
+    """Whether ``quantize`` corrects biases by default for this target and method."""
+    return method in target.bias_correction
 
 
 def file_target(calibration_record: Optional[dict]) -> Optional[str]:

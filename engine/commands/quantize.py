@@ -8,6 +8,9 @@ from calibration.targets import TARGETS
 
 from . import add_command, in_range, non_negative_int, percentile, positive_int
 
+# --bias-correction -> calibration.quantize(bias_correction=...)
+BIAS_CORRECTION = {"auto": None, "on": True, "off": False}
+
 
 def register(sub):
     p = add_command(
@@ -46,6 +49,10 @@ def register(sub):
                         "(openvino: uint8 after ReLU; onnxruntime, tensorrt, triton: signed "
                         "int8). Default: openvino, the CPU default engine of `inception-engine "
                         "run/bench`")
+    p.add_argument("--bias-correction", choices=tuple(BIAS_CORRECTION), default="auto",
+                   help="shift each conv's bias by the mean error quantization adds to its "
+                        "output (measured on the --calib images); auto (default): where it "
+                        "was measured to help this --target and --method")
     p.add_argument("--unsigned-relu", action="store_true",
                    help="deprecated: the same as --target openvino")
     p.add_argument("--max-drop", type=in_range(0, 100, low_open=False), default=None,
@@ -119,6 +126,7 @@ def run(args):
                    batch_size=args.batch_size, sensitivity_images=args.sensitivity_images,
                    quantize_gemm=args.quantize_gemm, target=_target(args), cache=args.cache,
                    cache_version=args.cache_version, threads=args.threads,
+                   bias_correction=BIAS_CORRECTION[args.bias_correction],
                    progress=not args.json)
     if args.max_drop is not None:
         res = _quantize_to_budget(args, options)
@@ -133,7 +141,8 @@ def run(args):
         "excluded": res.plan.excluded, "auto_excluded": res.auto_excluded,
         "calibration_s": round(res.calibration_seconds, 2), "total_s": round(res.seconds, 2),
         "cache": str(res.cache) if res.cache else None,
-        "budget": res.budget.record() if res.budget else None}
+        "budget": res.budget.record() if res.budget else None,
+        "bias_correction": res.bias_correction}
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -154,6 +163,10 @@ def run(args):
               f"{b.drop:.3f} pt with {len(b.excluded)} layers kept in float "
               f"({calibration.TARGETS[res.target].fallback} on {res.target})"
               + "".join(f"\n  {n}" for n in b.excluded))
+    if res.bias_correction:
+        bc = res.bias_correction
+        print(f"bias correction ({bc['chosen']}): {bc['convs']} convs, {bc['images']} images, "
+              f"largest shift {bc['largest_shift']:.3g}")
     if res.cache:
         print(f"calibration cache: {res.cache}")
     return 0
