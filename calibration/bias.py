@@ -18,9 +18,10 @@ target openvino, the 7-bit weights of the layers reading the image, scale groups
 the shift is the one the target engine's arithmetic produces, up to the engine's own rounding.
 Only convolutions are corrected; a quantized Gemm (``quantize_gemm``) keeps its bias.
 
-Whether it pays depends on the method and the layout: measured per method and target on the
-shipped subjects in benchmarks/RESULTS.md ("Bias correction"); ``calibration.targets`` keeps
-it on only where it helped on the validation split.
+Whether it pays depends on the method: measured per method and target on the shipped
+subjects (benchmarks/RESULTS.md, "Bias correction"), it recovers much of what entropy's hard
+clipping loses and does nothing reliable for the other methods; ``calibration.targets`` turns
+it on by default only where it helped on the validation split.
 """
 from __future__ import annotations
 

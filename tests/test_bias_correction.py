@@ -127,3 +127,21 @@ def test_bad_requests_are_refused(tmp_path):
         calibration.quantize(src, tmp_path / "o.onnx", data=images(8), bias_correction=True,
                              bias_images=0)
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("method, expected", [("entropy", True), ("minmax", False)])
+def test_default_follows_the_targets_table(tmp_path, method, expected):
+    """bias_correction=None: on where ``calibration.targets`` says it helped, given data that
+    can be read again; a one-shot iterator turns it off rather than failing."""
+    from calibration.targets import TARGETS, wants_bias_correction
+    assert wants_bias_correction(TARGETS["tensorrt"], method) is expected
+    src = tmp_path / "m.onnx"
+    onnx.save(relu_conv_model(), str(src))
+    res = calibration.quantize(src, tmp_path / "a.onnx", data=images(), method=method,
+                               target="tensorrt")
+    assert (res.bias_correction is not None) is expected
+    if expected:
+        assert res.bias_correction["chosen"].startswith("auto")
+    once = calibration.quantize(src, tmp_path / "b.onnx", data=iter([images()]),
+                                method=method, target="tensorrt")
+    assert once.bias_correction is None
