@@ -33,8 +33,12 @@ Public API (stable; extend, don't rename):
 
 - ``quantize(onnx_in, onnx_out, data=None, method="entropy", exclude=(), percentile=99.99,
   num_images=None, batch_size=32, statistics=None, scales=None, auto_exclude=0,
-  sensitivity_images=64, quantize_gemm=False, target=None, unsigned_relu=None, cache=None,
-  cache_version=None, threads=None, progress=False) -> QuantizeResult``. ``target``:
+  sensitivity_images=64, quantize_gemm=False, target=None, unsigned_relu=None,
+  bias_correction=None, bias_images=128, cache=None, cache_version=None, threads=None,
+  progress=False) -> QuantizeResult``. ``bias_correction``: shift each conv's bias by the
+  mean error quantization adds to its output (``calibration/bias.py``); None applies it
+  where it was measured to help (``Target.bias_correction``: entropy), when ``data`` can be
+  read again. ``target``:
   openvino | onnxruntime | tensorrt (default) | triton (``TARGETS``), recorded in the
   metadata; ``unsigned_relu`` is deprecated (True is target openvino, False tensorrt). ``scales`` takes a dict tensor -> amax, a
   ``CalibrationCache`` or a cache file path instead of data. Writes atomically; metadata
@@ -77,7 +81,8 @@ entropy --calib DIR|FILE.npz [--target openvino] [--max-drop 0.1]``.
 
 Measured on the study subject (benchmarks/RESULTS.md, "INT8 calibration"): minmax, percentile
 and mse stay within 0.3 pt of FP32; entropy (faithful to TensorRT) clips the first layer's
-spiky output and loses 4 pt unless ``auto_exclude`` keeps the layer reading it in float.
+spiky output and loses 4 pt unless ``auto_exclude`` keeps the layer reading it in float; bias
+correction (on by default for entropy) takes back part of that.
 """
 from __future__ import annotations
 
@@ -92,6 +97,8 @@ _LAZY = {
     "greedy_exclusion": "calibration.budget",
     "Budget": "calibration.budget",
     "write_qdq": "calibration.qdq",
+    "bias_shifts": "calibration.bias",
+    "apply_bias_shifts": "calibration.bias",
     "quantize_weight": "calibration.methods",
     "collect_statistics": "calibration.stats",
     "Statistics": "calibration.stats",

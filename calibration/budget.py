@@ -1,11 +1,12 @@
 """Mixed precision to an accuracy budget: keep the most sensitive layers in float until the
 INT8 file is within ``max_drop`` of FP32 on a validation split.
 
-The rule is greedy in sensitivity order (:func:`calibration.sensitivity`, worst first): write
-the fully quantized file, measure its drop on the validation images; while the drop exceeds
-the budget, keep the next layer of the ranking in float and measure again. The first file
-within budget is the result; if keeping ``max_excluded`` layers in float is not enough, it is
-an error (the budget is unreachable at that price). The drop is in top-1 points against the
+The rule is greedy in sensitivity order (:func:`calibration.sensitivity`, worst first): the
+result keeps the first ``k`` layers of the ranking in float, for the smallest ``k`` whose file
+is within budget on the validation images. ``k`` is found by trying 0, 1, 2, ... or, by
+default, by galloping and bisection over ``k`` (:func:`greedy_exclusion`), which needs a few
+evaluations where the linear search needs one per layer. If keeping ``max_excluded`` layers
+in float is not enough, it is an error (the budget is unreachable at that price). The drop is in top-1 points against the
 FP32 model's top-1 on the labelled validation images (``metric="top1"``), or in points of
 disagreement with the FP32 model's top-1 (``metric="agreement"``, labels not needed).
 
@@ -55,24 +56,68 @@ class Budget:
                 "steps": [[s.excluded, round(s.drop, 4)] for s in self.steps]}
 
 
+SEARCHES = ("linear", "bisect")
+
+
 def greedy_exclusion(ranked: Sequence[str], drop_with: Callable[[List[str]], float],
                      max_drop: float, metric: str = "top1",
-                     max_excluded: Optional[int] = None) -> Budget:
-    """Keep layers of ``ranked`` (worst first) in float, one more at a time, until
-    ``drop_with(kept_float) <= max_drop``; the first such list is the answer."""
+                     max_excluded: Optional[int] = None, search: str = "linear") -> Budget:
+    """Keep the first ``count`` layers of ``ranked`` (worst first) in float, for the smallest
+    ``count`` with ``drop_with(kept) <= max_drop``.
+
+    search: ``"linear"`` tries 0, 1, 2, ... and stops at the first count within budget (one
+    evaluation per layer kept). ``"bisect"`` tries 0, 1, 2, 4, 8, ... up to the first count
+    within budget, then halves the interval between it and the last count over budget: the
+    same answer when the drop only falls as layers go back to float, in O(log n) evaluations
+    (a noisy drop can make it settle on a count the linear search would pass over). Every
+    evaluation is a step of the returned :class:`Budget`, in the order made.
+    """
+    if search not in SEARCHES:
+        raise CalibrationArgumentError(f"search must be one of {', '.join(SEARCHES)}, "
+                                       f"got {search!r}")
     limit = len(ranked) if max_excluded is None else min(max_excluded, len(ranked))
     budget = Budget(max_drop, metric)
-    for count in range(limit + 1):
+    drops = {}
+
+    def fits(count):
         kept = list(ranked[:count])
-        drop = float(drop_with(kept))
-        budget.steps.append(BudgetStep(count, drop))
-        if drop <= max_drop:
-            budget.excluded, budget.drop = kept, drop
-            return budget
-    raise CalibrationError(
-        f"the accuracy budget {max_drop} pt ({metric}) is not met with {limit} layers kept in "
-        f"float (drop then: {budget.steps[-1].drop:.3f} pt); raise the budget or max_excluded, "
-        "try another method, or calibrate on more images")
+        drops[count] = float(drop_with(kept))
+        budget.steps.append(BudgetStep(count, drops[count]))
+        return drops[count] <= max_drop
+
+    found = _linear(fits, limit) if search == "linear" else _bisect(fits, limit)
+    if found is None:
+        raise CalibrationError(
+            f"the accuracy budget {max_drop} pt ({metric}) is not met with {limit} layers "
+            f"kept in float (drop then: {drops[limit]:.3f} pt); raise the budget or "
+            "max_excluded, try another method, or calibrate on more images")
+    budget.excluded, budget.drop = list(ranked[:found]), drops[found]
+    return budget
+
+
+def _linear(fits: Callable[[int], bool], limit: int) -> Optional[int]:
+    return next((count for count in range(limit + 1) if fits(count)), None)
+
+
+def _bisect(fits: Callable[[int], bool], limit: int) -> Optional[int]:
+    """The smallest count in [0, limit] that fits, assuming fitting is monotone."""
+    if fits(0):
+        return 0
+    if limit == 0:
+        return None
+    over, count = 0, 1
+    while not fits(min(count, limit)):           # gallop: 1, 2, 4, ... limit
+        if count >= limit:
+            return None
+        over, count = min(count, limit), count * 2
+    within = min(count, limit)
+    while within - over > 1:                     # invariant: over fails, within fits
+        middle = (over + within) // 2
+        if fits(middle):
+            within = middle
+        else:
+            over = middle
+    return within
 
 
 def drop_points(logits: np.ndarray, reference: np.ndarray, labels: Optional[np.ndarray],
@@ -115,7 +160,10 @@ def worst_drop(evaluators: Sequence[Callable], references: Sequence[np.ndarray],
                for e, ref in zip(evaluators, references))
 
 
-def _check(max_drop, metric, labels, images, max_excluded):
+def _check(max_drop, metric, labels, images, max_excluded, search):
+    if search not in SEARCHES:
+        raise CalibrationArgumentError(f"search must be one of {', '.join(SEARCHES)}, "
+                                       f"got {search!r}")
     if metric not in METRICS:
         raise CalibrationArgumentError(f"metric must be one of {', '.join(METRICS)}, "
                                        f"got {metric!r}")
@@ -137,13 +185,14 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
                        method: str = "percentile", sensitivity_images: int = 64,
                        max_excluded: Optional[int] = None,
                        evaluate: Optional[Callable] = None, threads: Optional[int] = None,
-                       **options):
+                       search: str = "bisect", **options):
     """Write ``onnx_out`` with the fewest sensitive layers kept in float that holds the drop
     on ``val_images`` within ``max_drop`` points (see the module docstring).
 
     data / statistics: the calibration source or its statistics (the ranking reads ``data``,
-    so give it either way); options: the rest of :func:`calibration.quantize` (target,
-    exclude, percentile, ...). Returns the last :class:`QuantizeResult`, with ``budget`` (a
+    so give it either way); search: how the count of layers kept in float is found
+    (:func:`greedy_exclusion`; bisect by default: a few evaluations instead of one per layer);
+    options: the rest of :func:`calibration.quantize` (target, exclude, percentile, ...). Returns the last :class:`QuantizeResult`, with ``budget`` (a
     :class:`Budget`) set; the budget is also recorded in the file's calibration metadata.
     """
     from .graph import load_fp32, plan_quantization
@@ -152,7 +201,7 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
     from .stats import collect_statistics
 
     val_images = np.ascontiguousarray(val_images, np.float32)
-    _check(max_drop, metric, val_labels, val_images, max_excluded)
+    _check(max_drop, metric, val_labels, val_images, max_excluded, search)
     if data is None:
         raise CalibrationError("quantize_to_budget ranks layers on the calibration images: "
                                "pass data=... (and statistics=... to reuse a pass)")
@@ -184,7 +233,7 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
 
     try:
         budget = greedy_exclusion([r.node for r in ranking], drop_with, max_drop, metric,
-                                  max_excluded)
+                                  max_excluded, search)
         _publish_with_budget(trial, out, budget)
     finally:
         trial.unlink(missing_ok=True)

@@ -47,6 +47,37 @@ def test_unreachable_budget_is_an_error_naming_the_drop():
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("bad_at", [0, 1, 2, 5, 6, 30, 99])
+def test_bisection_finds_the_linear_answer_in_few_steps(bad_at):
+    """With a drop that only falls as layers go back to float, bisection keeps exactly the
+    layers the linear search keeps, with O(log n) evaluations."""
+    ranked = [f"l{i}" for i in range(100)]
+    answers = []
+    for search in ("linear", "bisect"):
+        drop_with, calls = _planted(bad={ranked[bad_at]})
+        budget = greedy_exclusion(ranked, drop_with, max_drop=0.1, search=search)
+        answers.append(budget.excluded)
+        assert budget.drop == pytest.approx(0.02)
+        assert [s.excluded for s in budget.steps] == [len(c) for c in calls]
+        if search == "bisect":
+            assert len(calls) <= 2 * 7 + 2                 # log2(100) ~ 7: gallop + halving
+    assert answers[0] == answers[1] == ranked[:bad_at + 1]
+
+
+def test_bisection_reports_an_unreachable_budget():
+    drop_with, calls = _planted(bad={"d"})
+    with pytest.raises(CalibrationError, match=r"not met with 2 layers kept in float.*0\.520"):
+        greedy_exclusion(["a", "b", "c", "d"], drop_with, max_drop=0.1, max_excluded=2,
+                         search="bisect")
+    assert sorted(len(c) for c in calls) == [0, 1, 2]
+    drop_with, calls = _planted(bad={"a"})
+    with pytest.raises(CalibrationError, match="not met with 0 layers"):
+        greedy_exclusion(["a"], drop_with, max_drop=0.1, max_excluded=0, search="bisect")
+    assert calls == [[]]
+    with pytest.raises(CalibrationError, match="search must be one of linear, bisect"):
+        greedy_exclusion(["a"], drop_with, max_drop=0.1, search="binary")
+
+
 def test_drop_points_by_hand():
     ref = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]        # predicts 0, 1, 2, 3
     got = np.eye(4, dtype=np.float32)[[0, 1, 2, 0]]        # the last one changes
