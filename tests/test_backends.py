@@ -157,6 +157,19 @@ def test_openvino_properties(exported_onnx):
             rt(_inputs(2))
 
 
+@pytest.mark.parametrize("caps, hint", [(["FP32", "INT8", "BF16"], "bf16"),
+                                        (["FP32", "INT8"], "f32")])
+def test_openvino_int8_float_layers_fall_back_to_bf16_where_native(monkeypatch, caps, hint):
+    """The float layers of an INT8 file (kept in float by a budget, the classifier) run at the
+    target's fallback: bf16 where the CPU has it, else f32; FP32 files stay f32 always."""
+    if not _installed("openvino"):
+        pytest.skip("openvino not installed")
+    from engine.backends import openvino as ov_backend
+    monkeypatch.setattr(ov_backend, "capabilities", lambda device="CPU": caps)
+    assert ov_backend._precision_hint("int8", "CPU") == hint
+    assert ov_backend._precision_hint("fp32", "CPU") == "f32"
+
+
 def test_onnxruntime_threads(exported_onnx):
     if not _installed("onnxruntime"):
         pytest.skip("onnxruntime not installed")

@@ -9,7 +9,9 @@ default on CPUs with AMX or AVX512-BF16 is BF16 even for an FP32 model:
   OpenVINO would silently run FP32;
 - ``int8``: the file is a Q/DQ ONNX (its metadata says ``inception.precision=int8``, or it
   holds QuantizeLinear nodes); OpenVINO's low-precision transformations run the quantized
-  convs in INT8, the rest in f32.
+  convs in INT8, the rest (layers kept in float, the classifier) in bf16 where the CPU has
+  it, else f32: the fallback ``calibration.targets`` promises for the openvino target
+  (``config={"INFERENCE_PRECISION_HINT": "f32"}`` keeps it f32).
 
 The model is compiled once, with a dynamic batch axis, so one compiled model serves any batch
 size; ``static_batch=N`` reshapes it to a fixed batch first. Threads: ``INFERENCE_NUM_THREADS``;
@@ -38,7 +40,14 @@ from ..onnxmeta import read_metadata, resolve_precision
 from ..runtime import Runtime, TensorSpec, count_option, engine_failure
 from . import require
 
-_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+_PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def _precision_hint(precision: str, device: str) -> str:
+    """The inference-precision hint; an INT8 file's float layers get bf16 where it is native."""
+    if precision == "int8":
+        return "bf16" if supports("bf16", device) else "f32"
+    return _PRECISION_HINT[precision]
 _HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT",
           "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
 
@@ -103,7 +112,7 @@ class OpenVINORuntime(Runtime):
             shape[0] = static_batch
             model.reshape({model.inputs[0].get_any_name(): shape})
         self._model = model
-        props = {"INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision],
+        props = {"INFERENCE_PRECISION_HINT": _precision_hint(precision, device),
                  "PERFORMANCE_HINT": _HINTS[hint]}
         if threads is not None:
             props["INFERENCE_NUM_THREADS"] = threads
