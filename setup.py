@@ -30,8 +30,10 @@ setup(
         # installed WITHOUT its dependencies (it pins numpy<2 for a Python API we never import):
         #   pip install --no-deps nvidia-pytriton==0.7.0
         "serve": ["tritonclient[http,grpc]"],
-        # the study's anchors: OpenVINO's own quantizer beside ours
-        "anchors": ["nncf>=3.4"],
+        # the study's anchors: the INT8 quantizers users would otherwise pick, beside ours
+        # (NVIDIA ModelOpt is not here: its [onnx] extra installs onnxruntime-gpu, which would
+        # replace the CPU onnxruntime; put it in its own venv and set INCEPTION_MODELOPT_PYTHON)
+        "anchors": ["nncf>=3.4", "openvino>=2024.0", "onnxruntime>=1.18"],
         # GPU: TensorRT wheels come from NVIDIA's index (pip install --extra-index-url
         # https://pypi.nvidia.com tensorrt), not from PyPI
         "gpu": ["cuda-python"],

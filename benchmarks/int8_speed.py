@@ -11,11 +11,11 @@ Rows:
 - ``openvino int8 (ours, <method>, target tensorrt|openvino)``: ``calibration.quantize_targets``
   output from one calibration: the signed file (TensorRT's layout) and OpenVINO's (uint8,
   zero point 0 on non-negative tensors, which lets OpenVINO keep every concat in int8);
-- ``openvino int8 (nncf)``: NNCF's ``nncf.quantize`` (its default preset) on the same FP32
-  export and the same calibration images, when nncf is installed (``--skip-nncf`` to leave it
-  out);
-- ``openvino int8 (ort quantize_static)``: ONNX Runtime's symmetric QDQ (QInt8/QInt8,
-  per-channel, ``ActivationSymmetric``/``WeightSymmetric``) of the same FP32 export;
+- ``openvino int8 (nncf)``: NNCF's ``nncf.quantize`` (its default preset: the ``nncf``
+  anchor of ``engine.anchors``) on the same FP32 export and the same calibration images, when
+  nncf is installed (``--skip-nncf`` to leave it out);
+- ``openvino int8 (ort quantize_static)``: ONNX Runtime's symmetric QDQ (the
+  ``ort-qdq-symmetric`` anchor of ``engine.anchors``) of the same FP32 export;
 - ``onnxruntime int8 (ours)``: our file on ONNX Runtime's CPU provider, for the record.
 
 Each row also has the batch-8 throughput (img/s, median call), timed in the same rounds.
@@ -60,30 +60,6 @@ def runtime_precisions(compiled) -> dict:
     return dict(sorted(out.items()))
 
 
-def ort_quantize_static(fp32, out, calib):
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
-
-
-def nncf_quantize(core, fp32, calib):
-    """NNCF's post-training INT8 (default preset) of the FP32 export, as an ``ov.Model``."""
-    import nncf
-    dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
-    return nncf.quantize(core.read_model(str(fp32)), dataset, subset_size=len(calib))
-
-
 def interleaved(runners, rounds, warmup):
     """``{name: percentiles}`` of one timed call per runner per round, rounds interleaved so a
     busy machine slows every runner alike."""
@@ -120,6 +96,7 @@ def main(argv=None):
     import torch
     import engine
     import calibration
+    from engine.anchors import ANCHORS
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="int8_speed_"))
@@ -139,14 +116,14 @@ def main(argv=None):
     files = {"openvino fp32": fp32}
     files.update({f"openvino int8 (ours, {args.method}, target {t})": r.path
                   for t, r in targets.items()})
+    # the anchors: the same FP32 export and calibration images (engine.anchors)
     if not args.skip_ort_baseline:
-        theirs = work / "int8.ort_quantize_static.onnx"
-        ort_quantize_static(fp32, theirs, calib)
-        files["openvino int8 (ort quantize_static)"] = theirs
-
-    core = ov.Core()
+        files["openvino int8 (ort quantize_static)"] = ANCHORS["ort-qdq-symmetric"].quantize(
+            fp32, calib, work, args.threads)[0]
     if not args.skip_nncf:
-        files["openvino int8 (nncf)"] = nncf_quantize(core, fp32, calib)
+        files["openvino int8 (nncf)"] = ANCHORS["nncf"].quantize(fp32, calib, work,
+                                                                  args.threads)[0]
+    core = ov.Core()
     cfg = {"INFERENCE_NUM_THREADS": args.threads, "NUM_STREAMS": 1,
            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     x = calib[:1].copy()
@@ -157,8 +134,7 @@ def main(argv=None):
     runners8["torch eager fp32"] = lambda: model(xt8)
     for name, path in files.items():
         try:
-            compiled = core.compile_model(path if isinstance(path, ov.Model) else str(path),
-                                          "CPU", cfg)
+            compiled = core.compile_model(str(path), "CPU", cfg)
             precisions[name] = runtime_precisions(compiled)
             req = compiled.create_infer_request()
             runners[name] = (lambda r: (lambda: r.infer({0: x})))(req)

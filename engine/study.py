@@ -19,6 +19,16 @@ Each INT8 method gets one file per Q/DQ layout from one calibration pass
 and ONNX Runtime run) and OpenVINO's uint8-after-ReLU file (target openvino, CPU engines only);
 the ``target`` column names it.
 
+Beside ours, each third-party quantizer installed here (:mod:`engine.anchors`: NNCF, ONNX
+Runtime's ``quantize_static``, NVIDIA ModelOpt; ``anchors=`` / ``--anchors`` chooses,
+``--no-anchors`` skips) quantizes the same FP32 export from the same calibration images, and
+its file is measured like ours on the engines it names (the 299 figure too); the
+``quantizer`` column says whose file a row is ("ours", the anchor's name, "-" for float).
+``max_drop`` (``--max-drop PT``) adds the accuracy-budget rows: per target,
+``calibration.quantize_to_budget`` (percentile) with the layers kept float chosen on the
+validation split (the worst drop over the CPU engines that run the layout counts), and NNCF's
+``quantize_with_accuracy_control`` to the same budget on the same split.
+
 Defaults study the shipped subject: Inception-ResNet-v2 at width 0.25 trained on Fashion-MNIST
 (75x75), its bundled checkpoint, the shipped 10k test set and the 2k calibration split drawn
 from the train set. ``--model inception_v4_fmnist`` / ``inception_resnet_v1_fmnist`` study the
@@ -40,6 +50,7 @@ import numpy as np
 
 from calibration.methods import METHODS
 
+from .anchors import ANCHORS, available_anchors
 from .errors import InputError
 from .runtime import count_option
 
@@ -63,6 +74,8 @@ class Row:
     target: str = "-"                 # the engine the Q/DQ file was written for (its layout)
     throughput_b8: Optional[float] = None  # img/s at batch 8, model's own size (median)
     file_mb: Optional[float] = None   # size of the model file, MB
+    quantizer: str = "-"              # who wrote the INT8 file: "ours" or an anchor's name
+                                      # (engine.anchors); "-" for float rows
 
 
 # ----------------------------------------------------------------------------- data
@@ -239,20 +252,27 @@ class Bench:
         return row
 
     def open(self, path, backend, precision):
-        """``engine.load`` without its target-mismatch advice: the study runs every target's
-        file on every engine on purpose, and each row's ``target`` says which layout it is."""
-        from .loader import TargetMismatchWarning, load
+        """``engine.load`` without its target-mismatch advice (the study runs every target's
+        file on every engine on purpose, and each row's ``target`` says which layout it is),
+        nor its unknown-config notice (an anchor's file carries no config of ours; the study
+        knows its model)."""
+        from .loader import ConfigUnknownWarning, TargetMismatchWarning, load
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TargetMismatchWarning)
+            warnings.simplefilter("ignore", ConfigUnknownWarning)
             return load(path, backend=backend, precision=precision, threads=self.threads)
 
     def engine_row(self, backend, precision, method, path, big_path=None, calib_s=None,
-                   excluded=()) -> Row:
-        """One engine on one file: accuracy, latency, throughput (and latency at 299)."""
+                   excluded=(), as_file: bool = False) -> Row:
+        """One engine on one file: accuracy, latency, throughput (and latency at 299).
+
+        as_file: open the file at its own precision (an anchor's OpenVINO IR carries no
+        precision record: OpenVINO runs its FakeQuantize layers in INT8 by itself)."""
         row = Row(backend, precision, method, calib_seconds=calib_s, excluded=list(excluded),
-                  file_mb=Path(path).stat().st_size / 1e6)
+                  file_mb=_file_mb(path))
+        opened = None if as_file else precision
         try:
-            with self.open(path, backend, precision) as rt:
+            with self.open(path, backend, opened) as rt:
                 row.top1, row.agreement = self.score(predict(rt, self.x_test, self.eval_batch))
                 row.latency_ms = latency_ms(rt, self.x1, self.iters)
                 row.throughput_b8 = self.batch8_throughput(rt)
@@ -260,7 +280,7 @@ class Bench:
                 rt(self.x_test[:self.eval_batch])
                 row.throughput = self.eval_batch / (time.perf_counter() - t0)
             if big_path is not None:
-                with self.open(big_path, backend, precision) as rt:
+                with self.open(big_path, backend, opened) as rt:
                     row.latency_ms_299 = latency_ms(rt, self.x299, self.iters_299)
         except Exception as e:  # one engine failing must not sink the study: record why
             row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
@@ -268,6 +288,14 @@ class Bench:
                  f"{_rounded(row.latency_ms, 2)} ms  @299 {_rounded(row.latency_ms_299, 1)} ms "
                  f"{row.note}")
         return row
+
+
+def _file_mb(path) -> float:
+    """Size of a model file in MB, with an OpenVINO IR's weights (.bin) counted."""
+    path = Path(path)
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file()
+                                   else 0)) / 1e6
 
 
 def _rounded(value, digits):
@@ -307,6 +335,20 @@ class Int8File:
     calib_seconds: float
     excluded: List[str] = field(default_factory=list)
     target: str = "tensorrt"
+    note: str = ""
+
+
+@dataclass
+class AnchorFile:
+    """A file written by a third-party quantizer (:mod:`engine.anchors`) and the engines it
+    is run on."""
+
+    anchor: str
+    method: str
+    path: Path
+    calib_seconds: float
+    engines: Sequence[str]
+    note: str = ""
 
 
 def study_targets(cpu_uint8: bool = True) -> List[str]:
@@ -321,18 +363,22 @@ def file_key(method: str, target: str, suffix: str = "") -> str:
 
 
 def quantize_methods(fp32_path, stats, stats_seconds, methods, folder, name, cpu_uint8=True,
-                     log: Callable[[str], None] = print) -> Dict[str, Int8File]:
-    """One INT8 file per method and target layout, all from one statistics pass."""
+                     log: Callable[[str], None] = print, calib_data=None,
+                     threads: Optional[int] = None) -> Dict[str, Int8File]:
+    """One INT8 file per method and target layout, all from one statistics pass; each file
+    gets calibration's defaults, bias correction included where the target wants it for the
+    method (it reads ``calib_data`` again)."""
     import calibration
     files: Dict[str, Int8File] = {}
     targets = study_targets(cpu_uint8)
     for m in methods:
         res = calibration.quantize_targets(
             fp32_path, {t: folder / f"{name}.{t}.{m}.onnx" for t in targets},
-            statistics=stats, method=m)
+            data=calib_data, statistics=stats, method=m, threads=threads)
         for t, r in res.items():
-            files[file_key(m, t)] = Int8File(r.path, stats_seconds + r.calibration_seconds,
-                                             target=t)
+            note = "bias-corrected" if r.bias_correction else ""
+            files[file_key(m, t)] = Int8File(r.path, stats_seconds + r.seconds, target=t,
+                                             note=note)
         log(f"  calibrated {m} in {files[file_key(m, targets[0])].calib_seconds:.1f} s")
     return files
 
@@ -354,10 +400,12 @@ def quantize_auto_excluded(fp32_path, stats, stats_seconds, calib_data, methods,
             for t, r in res.items()}
 
 
-def big_model_files(int8: Dict[str, Int8File], folder, threads, arch: str = "inception_resnet_v2"):
+def big_model_files(int8: Dict[str, Int8File], folder, threads, arch: str = "inception_resnet_v2",
+                    anchors: Optional[Dict[str, AnchorFile]] = None,
+                    log: Callable[[str], None] = print):
     """The canonical 299 shape: the subject's architecture at full size with random weights,
-    exported FP32 and quantized like each study file. Returns ``(model, {"fp32" or file key:
-    path})``."""
+    exported FP32 and quantized like each study file (the same layers kept float), and by
+    each anchor that wrote one. Returns ``(model, {"fp32", file key or anchor key: path})``."""
     import torch
     import calibration
     from .export import export_onnx
@@ -374,14 +422,100 @@ def big_model_files(int8: Dict[str, Int8File], folder, threads, arch: str = "inc
         method = key.split("@")[0].split("+")[0]
         files[key] = calibration.quantize(
             big_fp32, folder / f"{arch}_299.{f.target}.{key.split('@')[0]}.onnx",
-            statistics=big_stats, method=method, target=f.target).path
+            statistics=big_stats, method=method, target=f.target, exclude=f.excluded).path
+    for key, a in (anchors or {}).items():
+        if a.anchor in ANCHORS:     # not NNCF's accuracy control: it needs trained weights
+            files[key] = _anchor_quantize(a.anchor, big_fp32, big_calib, folder, threads,
+                                          f"{arch}_299.{a.anchor}", log)[0]
     return big_model, files
 
 
+def _anchor_quantize(name, fp32_path, calib, folder, threads, stem, log):
+    """``(path, seconds)`` of anchor ``name`` on ``fp32_path``, or ``(None, None)`` when it
+    fails (logged: one quantizer failing must not sink the study)."""
+    try:
+        return ANCHORS[name].quantize(fp32_path, calib, folder, threads, name=stem)
+    except Exception as e:  # noqa: BLE001 - a third-party tool's failure, recorded
+        log(f"  anchor {name} failed on {Path(fp32_path).name}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}")
+        return None, None
+
+
+def anchor_files(names: Sequence[str], fp32_path, calib: np.ndarray, folder, name: str,
+                 threads: int, log: Callable[[str], None] = print) -> Dict[str, AnchorFile]:
+    """One file per anchor (:mod:`engine.anchors`) from the study's calibration images."""
+    files = {}
+    for anchor in names:
+        path, seconds = _anchor_quantize(anchor, fp32_path, calib, folder, threads,
+                                         f"{name}.{anchor}", log)
+        if path is not None:
+            a = ANCHORS[anchor]
+            files[f"anchor:{anchor}"] = AnchorFile(anchor, a.method, Path(path), seconds,
+                                                   a.engines)
+            log(f"  anchor {anchor}: {seconds:.1f} s")
+    return files
+
+
+def budget_evaluators(target, x, threads, log: Callable[[str], None] = print):
+    """Where a budget must hold: the target's engine; for the signed layout, which every
+    engine runs, each CPU engine here as well (the worst drop counts)."""
+    names = [target] if target == "openvino" else [target, "onnxruntime", "openvino"]
+    found = [engine_evaluator(n, x, threads, log=log) for n in dict.fromkeys(names)]
+    return [e for e in found if e is not None] or None
+
+
+def budget_files(fp32_path, stats, stats_seconds, calib_data, val, max_drop: float, folder,
+                 name: str, threads: int, cpu_uint8: bool = True,
+                 log: Callable[[str], None] = print) -> Dict[str, Int8File]:
+    """The ``--max-drop`` files: per target, ``calibration.quantize_to_budget`` (percentile),
+    the layers kept float chosen on the validation split ``val = (x, labels)``."""
+    import calibration
+    from calibration.errors import CalibrationError
+    xv, yv = val
+    files = {}
+    for target in study_targets(cpu_uint8):
+        t0 = time.perf_counter()
+        try:
+            res = calibration.quantize_to_budget(
+                fp32_path, folder / f"{name}.{target}.percentile.drop{max_drop:g}.onnx", xv, yv,
+                max_drop=max_drop, data=calib_data, statistics=stats, method="percentile",
+                target=target, threads=threads,
+                evaluate=budget_evaluators(target, xv, threads, log))
+        except CalibrationError as e:
+            log(f"  --max-drop {max_drop:g} @{target}: {e}")
+            continue
+        files[file_key("percentile", target, f"+drop{max_drop:g}")] = Int8File(
+            res.path, stats_seconds + time.perf_counter() - t0, list(res.budget.excluded),
+            target, note=f"val drop {res.budget.drop:.2f} pt (budget {max_drop:g} pt, "
+                         f"{len(xv)} val images)")
+        log(f"  --max-drop {max_drop:g} @{target}: {len(res.budget.excluded)} layers float, "
+            f"val drop {res.budget.drop:.2f} pt")
+    return files
+
+
+def nncf_budget_file(fp32_path, calib: np.ndarray, val, max_drop: float, folder, name: str,
+                     threads: int, log: Callable[[str], None] = print) -> Dict[str, AnchorFile]:
+    """NNCF's accuracy-controlled quantization to the same budget on the same validation
+    split (:func:`engine.anchors.nncf_accuracy_control`), run on OpenVINO."""
+    from .anchors import nncf_accuracy_control
+    try:
+        path, seconds = nncf_accuracy_control(fp32_path, calib, val[0], val[1], max_drop,
+                                              folder, threads, name=f"{name}.nncf-ac")
+    except Exception as e:  # noqa: BLE001 - a third-party tool's failure, recorded
+        log(f"  nncf accuracy control failed: {type(e).__name__}: {str(e)[:200]}")
+        return {}
+    log(f"  nncf accuracy control ({max_drop:g} pt): {seconds:.1f} s")
+    return {"anchor:nncf-ac": AnchorFile(
+        "nncf-ac", f"nncf-ac{max_drop:g}", Path(path), seconds, ("openvino",),
+        note=f"budget {max_drop:g} pt on {len(val[0])} val images; @299 not measured")}
+
+
 def engine_rows(bench: Bench, fp32_path, int8: Dict[str, Int8File], big_files,
-                engines: Optional[Sequence[str]] = None) -> List[Row]:
+                engines: Optional[Sequence[str]] = None,
+                anchors: Optional[Dict[str, AnchorFile]] = None) -> List[Row]:
     """Every available engine on the FP32 file, and on each INT8 file it can run: GPU engines
-    on the signed files only; CPU engines on every layout, to show what the target costs."""
+    on the signed files only; CPU engines on every layout, to show what the target costs;
+    each anchor's file on the engines it names."""
     from calibration.targets import TARGETS
     rows = []
     for backend, precision in engines_available(engines):
@@ -393,8 +527,15 @@ def engine_rows(bench: Bench, fp32_path, int8: Dict[str, Int8File], big_files,
                 continue
             row = bench.engine_row(backend, "int8", key.split("@")[0], f.path,
                                    big_files.get(key), f.calib_seconds, f.excluded)
-            row.target = f.target
+            row.target, row.quantizer = f.target, "ours"
+            row.note = row.note or f.note
             rows.append(row)
+        for key, a in (anchors or {}).items():
+            if backend in a.engines:
+                row = bench.engine_row(backend, "int8", a.method, a.path, big_files.get(key),
+                                       a.calib_seconds, as_file=True)
+                row.quantizer, row.note = a.anchor, row.note or a.note
+                rows.append(row)
     return rows
 
 
@@ -486,13 +627,26 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
               out="study", num_test: Optional[int] = None, num_calib: int = 1000,
               threads: int = 2, iters: int = 20, big: bool = True, auto_exclude: int = 0,
               cpu_uint8: bool = True, eval_batch: int = 64,
+              anchors: Optional[Sequence[str]] = None, max_drop: Optional[float] = None,
+              val=None, num_val: Optional[int] = None,
               log: Callable[[str], None] = print) -> List[dict]:
-    """The study of one model (see :func:`run_study`)."""
+    """The study of one model (see :func:`run_study`).
+
+    anchors: the third-party quantizers to run beside ours (:mod:`engine.anchors`; None:
+    every installed one, ``()``: none). max_drop: add the accuracy-budget rows (points of
+    top-1), chosen on the validation split ``val`` (default: the shipped one; needed with a
+    user's ``data``), its first ``num_val`` images.
+    """
     import torch
-    import calibration
     from .export import export_onnx
 
     _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch)
+    count_option("num_val", num_val)
+    anchors = available_anchors(anchors)
+    if max_drop is not None and data is not None and val is None:
+        raise InputError("--max-drop chooses the layers kept float on a validation split; "
+                         "with your --data pass --val FILE.npz (or a folder of class "
+                         "folders), disjoint from the test set")
     torch.set_num_threads(threads)
     out = Path(out)
     folder = out / "models"
@@ -503,6 +657,7 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
         raise InputError(f"{model} was not trained on the shipped Fashion-MNIST data; pass "
                          "--data with your labelled test set (and --calib)")
     x_test, y_test = load_eval_data(data, cfg, num_test)
+    val_set = validation_data(val, cfg, num_val) if max_drop is not None else None
     calib_data = calib if calib is not None else default_calib(cfg, num_calib)
     log(f"study: {cfg.name}, {len(x_test)} test images, calibration from "
         f"{'the shipped train split' if calib is None else calib}, {threads} threads")
@@ -510,30 +665,93 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     bench = Bench(x_test, y_test, threads=threads, iters=iters, eval_batch=eval_batch, log=log)
     base = bench.torch_row(ref)
 
-    t = time.perf_counter()
-    stats = calibration.collect_statistics(fp32_path, calib_data, num_images=num_calib,
-                                           threads=threads, progress=False)
-    stats_seconds = time.perf_counter() - t
-    int8 = quantize_methods(fp32_path, stats, stats_seconds, methods, folder, cfg.name,
-                            cpu_uint8, log)
-    if auto_exclude:
-        int8.update(quantize_auto_excluded(fp32_path, stats, stats_seconds, calib_data, methods,
-                                           auto_exclude, folder, cfg.name, num_calib, threads,
-                                           cpu_uint8))
+    q = Quantized(fp32_path, calib_data, num_calib, folder, cfg.name, threads, cpu_uint8, log)
+    int8 = q.ours(methods, auto_exclude)
+    theirs = q.anchors(anchors)
+    if max_drop is not None:
+        int8.update(q.budget(val_set, max_drop))
+        if "nncf" in anchors:
+            theirs.update(nncf_budget_file(fp32_path, q.calib_array(), val_set, max_drop,
+                                           folder, cfg.name, threads, log))
     big_files = {}
     if big:
-        big_model, big_files = big_model_files(int8, folder, threads, cfg.arch)
+        big_model, big_files = big_model_files(int8, folder, threads, cfg.arch, theirs, log)
         bench.x299 = np.random.default_rng(0).standard_normal((1, 3, 299, 299)).astype(np.float32)
         base.latency_ms_299 = latency_ms(_torch_fn(big_model), bench.x299, bench.iters_299)
         log(f"  torch fp32 @299: {base.latency_ms_299:.1f} ms")
 
-    rows = [base] + engine_rows(bench, fp32_path, int8, big_files, engines)
+    rows = [base] + engine_rows(bench, fp32_path, int8, big_files, engines, theirs)
     result = result_rows(rows, cfg.name, weights is None)
     meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
             "test_images": int(len(x_test)), "threads": threads, "iters": iters,
-            "calibration_images": num_calib, "statistics_seconds": stats_seconds}
+            "calibration_images": num_calib, "statistics_seconds": q.stats_seconds,
+            "anchors": list(anchors), "max_drop": max_drop,
+            "validation_images": None if val_set is None else int(len(val_set[0]))}
     write_outputs(out, result, meta, log)
     return result
+
+
+@dataclass
+class Quantized:
+    """The study's INT8 files of one FP32 export, all from one statistics pass and one set
+    of calibration images."""
+
+    fp32_path: Path
+    calib_data: object            # what --calib gave (or the shipped split's array)
+    num_calib: int
+    folder: Path
+    name: str
+    threads: int
+    cpu_uint8: bool = True
+    log: Callable[[str], None] = print
+    stats: object = None
+    stats_seconds: float = 0.0
+
+    def __post_init__(self):
+        import calibration
+        t = time.perf_counter()
+        self.stats = calibration.collect_statistics(self.fp32_path, self.calib_data,
+                                                    num_images=self.num_calib,
+                                                    threads=self.threads, progress=False)
+        self.stats_seconds = time.perf_counter() - t
+
+    def calib_array(self) -> np.ndarray:
+        """The calibration images the statistics saw, as one float32 NCHW array (what the
+        anchors are given)."""
+        import calibration
+        if isinstance(self.calib_data, np.ndarray):
+            return self.calib_data[:self.num_calib]
+        return np.concatenate(list(calibration.batches(self.calib_data, self.fp32_path,
+                                                       limit=self.num_calib)))
+
+    def ours(self, methods, auto_exclude: int = 0) -> Dict[str, Int8File]:
+        files = quantize_methods(self.fp32_path, self.stats, self.stats_seconds, methods,
+                                 self.folder, self.name, self.cpu_uint8, self.log,
+                                 self.calib_data, self.threads)
+        if auto_exclude:
+            files.update(quantize_auto_excluded(
+                self.fp32_path, self.stats, self.stats_seconds, self.calib_data, methods,
+                auto_exclude, self.folder, self.name, self.num_calib, self.threads,
+                self.cpu_uint8))
+        return files
+
+    def anchors(self, names) -> Dict[str, AnchorFile]:
+        if not names:
+            return {}
+        return anchor_files(names, self.fp32_path, self.calib_array(), self.folder, self.name,
+                            self.threads, self.log)
+
+    def budget(self, val, max_drop: float) -> Dict[str, Int8File]:
+        return budget_files(self.fp32_path, self.stats, self.stats_seconds, self.calib_data,
+                            val, max_drop, self.folder, self.name, self.threads,
+                            self.cpu_uint8, self.log)
+
+
+def _int8_name(row) -> str:
+    """``method@target`` for our rows, ``anchor method`` for a third-party quantizer's."""
+    if row.get("quantizer", "ours") in ("ours", "-"):
+        return f"{row['method']}@{row['target']}"
+    return f"{row['quantizer']} ({row['method']})"
 
 
 def _best_int8(rows, engine):
@@ -548,7 +766,8 @@ def comparison_markdown(rows: List[dict]) -> str:
     lines = ["# INT8 study: the three networks", "",
              "Each network's baseline is its own PyTorch eager FP32 row; full tables in "
              "`<model>/report.md`.", "",
-             "| network | engine | FP32 top-1 % | best INT8 (method@target) | INT8 top-1 % "
+             "| network | engine | FP32 top-1 % | best INT8 (method@target, or anchor) "
+             "| INT8 top-1 % "
              "| Δ pt | latency × torch | @299 × torch | batch-8 img/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -558,7 +777,7 @@ def comparison_markdown(rows: List[dict]) -> str:
             if best is None:
                 continue
             lines.append("| " + " | ".join([
-                model, engine, _fmt(mine[0]["top1"]), f"{best['method']}@{best['target']}",
+                model, engine, _fmt(mine[0]["top1"]), _int8_name(best),
                 _fmt(best["top1"]), _fmt(best.get("top1_delta_vs_fp32")),
                 _fmt(best.get("latency_vs_torch"), 3), _fmt(best.get("latency_299_vs_torch"), 3),
                 _fmt(best.get("throughput_b8"), 1)]) + " |")
@@ -579,14 +798,19 @@ def write_comparison(out: Path, rows: List[dict], log: Callable[[str], None] = p
 
 def comparison_plot(rows, path):
     """Accuracy drop vs latency ratio to each network's own eager FP32, one colour per
-    network, one marker per engine."""
+    network, one marker per engine; each network's best INT8 row per engine is labelled."""
+    _save_figure(comparison_figure(rows), path)
+
+
+def comparison_figure(rows):
+    """The figure of :func:`comparison_plot` (labels placed, not saved)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .fileio import atomic_path
     markers = {"openvino": "o", "onnxruntime": "s", "tensorrt": "^", "triton": "D"}
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     models = list(dict.fromkeys(r["model"] for r in rows))
+    labels = []
     for i, model in enumerate(models):
         pts = [r for r in rows if r["model"] == model and r["precision"] == "int8"
                and r.get("latency_vs_torch") and r.get("top1_delta_vs_fp32") is not None]
@@ -595,19 +819,136 @@ def comparison_plot(rows, path):
             ax.scatter([r["latency_vs_torch"] for r in mine],
                        [r["top1_delta_vs_fp32"] for r in mine], color=f"C{i}",
                        marker=markers.get(engine, "x"), s=40, label=f"{model} {engine}")
+            best = _best_int8(mine, engine)
+            labels.append((best["latency_vs_torch"], best["top1_delta_vs_fp32"],
+                           f"{engine}: {_int8_name(best)}"))
     ax.axhline(0.0, color="k", lw=0.6)
     ax.set_xlabel("batch-1 latency × the network's PyTorch eager FP32 (own input size)")
     ax.set_ylabel("top-1 change vs FP32 (pt)")
     ax.set_title("INT8 rows of the three networks")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    label_panels(fig, [(ax, labels)])
+    return fig
+
+
+def _save_figure(fig, path):
+    import matplotlib.pyplot as plt
+    from .fileio import atomic_path
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        # "tight" crops to what was drawn (the legend outside the axes) without moving the
+        # axes, so the label placement measured on the canvas still holds
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
 
 
-COLUMNS = ["engine", "precision", "method", "target", "top1", "top1_delta_vs_fp32", "agreement",
+# ----------------------------------------------------------------------------- labels
+# Offsets tried for a label, nearest first: rings of 8 directions (points)
+_LABEL_RADII = (6, 14, 24, 36, 50, 66, 84)
+_LABEL_DIRECTIONS = ((1, -1), (1, 1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+LABEL_GID = "study-label"   # marks the annotations place_labels made, to redo them
+MARKER_PX = 4.0     # half the size of a plotted marker, in pixels, as an obstacle for labels
+
+
+def _points_of(ax) -> List:
+    """The display coordinates of every scattered point of ``ax``."""
+    pts = []
+    for coll in ax.collections:
+        offsets = coll.get_offsets()
+        if len(offsets):
+            pts += list(ax.transData.transform(np.asarray(offsets, float)))
+    return pts
+
+
+def _label_box(ann, renderer):
+    """The text box of an annotation, without its leader line, in display pixels."""
+    from matplotlib.text import Text
+    ann.update_positions(renderer)
+    return Text.get_window_extent(ann, renderer)
+
+
+def _label_fits(box, frame, placed, obstacles) -> bool:
+    from matplotlib.transforms import Bbox
+    if not (frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+            and box.y1 <= frame.y1):
+        return False
+    if any(box.overlaps(p) for p in placed):
+        return False
+    return not any(box.overlaps(Bbox.from_extents(x - MARKER_PX, y - MARKER_PX, x + MARKER_PX,
+                                                  y + MARKER_PX)) for x, y in obstacles)
+
+
+def place_labels(ax, labels, fontsize: int = 7, obstacles=()) -> List[tuple]:
+    """Annotate ``ax`` with each ``(x, y, text)`` of ``labels`` (data coordinates), in order:
+    each goes to the nearest of the candidate offsets whose text box (measured with the
+    renderer) stays inside the axes and overlaps no label placed before it nor any point of
+    ``obstacles`` (display coordinates); a leader line joins a label set off from its point.
+    Returns the labels for which no offset fits (for a key beside the plot)."""
+    fig = ax.figure
+    fig.canvas.draw()             # fixes the limits and the layout the boxes are measured in
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed, left = [], []
+    for x, y, text in labels:
+        for radius in _LABEL_RADII:
+            fitted = None
+            for ux, uy in _LABEL_DIRECTIONS:
+                ann = ax.annotate(
+                    text, (x, y), xytext=(radius * ux, radius * uy), textcoords="offset points",
+                    fontsize=fontsize, ha={1: "left", -1: "right", 0: "center"}[ux],
+                    va={1: "bottom", -1: "top", 0: "center"}[uy],
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="0.45", shrinkA=1,
+                                    shrinkB=2) if radius > _LABEL_RADII[0] else None)
+                ann.set_gid(LABEL_GID)
+                box = _label_box(ann, renderer).padded(1.5)
+                if _label_fits(box, frame, placed, obstacles):
+                    fitted = box
+                    break
+                ann.remove()
+            if fitted is not None:
+                placed.append(fitted)
+                break
+        else:
+            left.append((x, y, text))
+    return left
+
+
+def label_panels(fig, panels, rounds: int = 3) -> None:
+    """Lay out ``fig`` and label each ``(ax, labels)`` of ``panels`` (:func:`place_labels`),
+    the labels that find no place listed in the axes' legend, outside the axes. The legend's
+    size moves the layout, so layout and placement repeat until the listed labels are the
+    ones that did not fit (at most ``rounds`` times)."""
+    unplaced = {id(ax): [] for ax, _ in panels}
+    for _ in range(rounds):
+        for ax, _ in panels:
+            _legend_outside(ax, unplaced[id(ax)])
+        fig.tight_layout()
+        for ax, _ in panels:
+            for text in [t for t in ax.texts if t.get_gid() == LABEL_GID]:
+                text.remove()
+        found = {id(ax): place_labels(ax, labels, obstacles=_points_of(ax))
+                 for ax, labels in panels}
+        if found == unplaced:
+            return
+        unplaced = found
+    for ax, _ in panels:        # the last placement stands; list what it left out
+        _legend_outside(ax, unplaced[id(ax)])
+
+
+def _legend_outside(ax, unplaced=()):
+    """The legend right of the axes, where it covers no point; labels that found no place
+    on the plot are listed in it with their coordinates."""
+    from matplotlib.lines import Line2D
+    handles, names = ax.get_legend_handles_labels()
+    for x, y, text in unplaced:
+        handles.append(Line2D([], [], linestyle="none"))
+        names.append(f"{text}: ({x:.3g}, {y:.3g})")
+    if handles:
+        ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  borderaxespad=0.0)
+
+
+COLUMNS = ["engine", "precision", "quantizer", "method", "target", "top1", "top1_delta_vs_fp32",
+           "agreement",
            "latency_ms", "latency_vs_torch", "latency_ms_299", "latency_299_vs_torch",
            "throughput", "throughput_b8", "file_mb", "calib_seconds", "excluded", "note"]
 
@@ -637,13 +978,14 @@ def report_markdown(rows, meta) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, {meta['threads']} threads; torch "
              f"{m['torch']}. Test images: {meta['test_images']}; calibration images: "
              f"{meta['calibration_images']}. Latency: batch 1, median of {meta['iters']}.", "",
-             "| engine | precision | method | target | top-1 % | Δ vs FP32 (pt) | agreement % "
-             "| latency ms | × torch | latency @299 ms | × torch @299 | batch-8 img/s | file MB "
-             "| calib s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| engine | precision | quantizer | method | target | top-1 % | Δ vs FP32 (pt) "
+             "| agreement % | latency ms | × torch | latency @299 ms | × torch @299 "
+             "| batch-8 img/s | file MB | calib s | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["engine"], r["precision"], r["method"], r.get("target", "-"), _fmt(r["top1"]),
+            r["engine"], r["precision"], r.get("quantizer", "-"), r["method"],
+            r.get("target", "-"), _fmt(r["top1"]),
             _fmt(r.get("top1_delta_vs_fp32")), _fmt(r["agreement"]), _fmt(r["latency_ms"]),
             _fmt(r.get("latency_vs_torch"), 3), _fmt(r["latency_ms_299"], 1),
             _fmt(r.get("latency_299_vs_torch"), 3), _fmt(r.get("throughput_b8"), 1),
@@ -653,55 +995,75 @@ def report_markdown(rows, meta) -> str:
     int8 = [r for r in rows if r["precision"] == "int8" and r["top1"] is not None]
     if int8:
         best = max(int8, key=lambda r: (r["top1"], -(r["latency_ms"] or 1e9)))
-        lines += ["", f"Best INT8: {best['engine']} / {best['method']} @{best['target']}: top-1 {best['top1']:.2f}% "
-                  f"({_fmt(best.get('top1_delta_vs_fp32'))} pt vs PyTorch FP32)."]
+        lines += ["", f"Best INT8: {best['engine']} / {_int8_name(best)}: top-1 "
+                  f"{best['top1']:.2f}% ({_fmt(best.get('top1_delta_vs_fp32'))} pt vs PyTorch "
+                  "FP32)."]
     if rows and rows[0].get("random_weights"):
         lines += ["", "**Weights are random: accuracy columns are meaningless.**"]
     return "\n".join(lines) + "\n"
 
 
 def pareto_plot(rows, path):
-    """Accuracy vs batch-1 latency, at the model's own size and at 299; the Pareto front is
-    dashed and only its points are labelled (the rest are told apart by colour and marker)."""
+    """Accuracy vs batch-1 latency (:func:`pareto_figure`), saved as a PNG at ``path``."""
+    _save_figure(pareto_figure(rows), path)
+
+
+_ANCHOR_MARKERS = ("v", "<", ">", "P", "X", "*", "h", "p")
+
+
+def _pareto_front(pts, key):
+    """The points no other point beats: at least as fast and at least as accurate."""
+    return sorted((p for p in pts if not any(
+        q is not p and q[key] <= p[key] and q["top1"] >= p["top1"] and
+        (q[key] < p[key] or q["top1"] > p["top1"]) for q in pts)), key=lambda p: p[key])
+
+
+def _row_label(r) -> str:
+    if r["method"] == "-":
+        return f"{r['engine']}/{r['precision']}"
+    return f"{r['engine']}/{_int8_name(r)}"
+
+
+def pareto_figure(rows):
+    """Accuracy vs batch-1 latency, at the model's own size and at 299. Colour: the engine;
+    marker: the precision, and for INT8 the quantizer (hollow: OpenVINO's uint8 layout). The
+    Pareto front is dashed; its points, the baseline and each quantizer's most accurate row
+    are labelled where a label fits without overlap, the rest listed in the legend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .fileio import atomic_path
     colours = {"torch": "tab:gray", "openvino": "tab:blue", "onnxruntime": "tab:orange",
                "tensorrt": "tab:green", "triton": "tab:red"}
-    markers = {"fp32": "o", "bf16": "s", "fp16": "s", "int8": "^"}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    quantizers = [q for q in dict.fromkeys(r.get("quantizer", "-") for r in rows)
+                  if q not in ("-", "ours")]
+    markers = {"ours": "^", **dict(zip(quantizers, _ANCHOR_MARKERS))}
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
+    panels = []
     for ax, key, title in ((axes[0], "latency_ms", "own input size"),
                            (axes[1], "latency_ms_299", "full size at 299")):
         pts = [r for r in rows if r[key] is not None and r["top1"] is not None]
         seen = set()
         for r in pts:
             u8 = r.get("target") == "openvino"
-            label = f"{r['engine']} {r['precision']}" + (" u8" if u8 else "")
-            ax.scatter(r[key], r["top1"], marker=markers.get(r["precision"], "x"),
+            quantizer = r.get("quantizer", "-")
+            label = f"{r['engine']} {r['precision']}" + (
+                f" {quantizer}" if r["precision"] == "int8" else "") + (" u8" if u8 else "")
+            ax.scatter(r[key], r["top1"], marker=markers.get(quantizer, "o"),
                        facecolors="none" if u8 else colours.get(r["engine"], "k"),
                        edgecolors=colours.get(r["engine"], "k"), s=45,
                        label=None if label in seen else label)
             seen.add(label)
-        # Pareto front: no other point is both at least as fast and at least as accurate
-        front = sorted((p for p in pts if not any(
-            q is not p and q[key] <= p[key] and q["top1"] >= p["top1"] and
-            (q[key] < p[key] or q["top1"] > p["top1"]) for q in pts)), key=lambda p: p[key])
+        front = _pareto_front(pts, key)
         if front:
             ax.plot([p[key] for p in front], [p["top1"] for p in front], "k--", lw=0.8)
-            for p in front:
-                name = f"{p['engine']}/{p['precision']}" + (
-                    f"/{p['method']}@{p['target']}" if p["method"] != "-" else "")
-                ax.annotate(name, (p[key], p["top1"]), fontsize=7, xytext=(4, -10),
-                            textcoords="offset points")
+        best = [max((r for r in pts if r.get("quantizer") == q), key=lambda r: r["top1"])
+                for q in dict.fromkeys(r.get("quantizer") for r in pts)]
+        chosen = list({id(r): r for r in front + pts[:1] + best}.values())
+        panels.append((ax, [(r[key], r["top1"], _row_label(r)) for r in chosen]))
         ax.set_xscale("log")
         ax.set_xlabel(f"batch-1 latency (ms, {title}; log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"accuracy vs latency: {title}")
         ax.grid(alpha=0.3)
-        if seen:
-            ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    label_panels(fig, panels)
+    return fig

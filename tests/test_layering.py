@@ -25,8 +25,8 @@ import pytest
 
 LAYERS = [
     ("api", ["engine$"]),
-    ("apps", ["engine.__main__", "engine.cli", "engine.commands", "engine.study", "engine.parity",
-              "engine.tritonserver"]),
+    ("apps", ["engine.__main__", "engine.cli", "engine.commands", "engine.study", "engine.anchors",
+              "engine.parity", "engine.tritonserver"]),
     ("loader", ["engine.loader"]),
     ("engines", ["engine.backends", "calibration"]),
     ("core", ["engine.*"]),

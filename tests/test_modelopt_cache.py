@@ -13,10 +13,6 @@ replace the CPU ``onnxruntime`` this project runs on), or with this interpreter 
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,48 +21,22 @@ import pytest
 import calibration
 from calibration.cache import cache_from_qdq, qdq_activation_scales, read_cache, write_cache
 from calibration.errors import CacheError
+from engine.anchors import modelopt_python, run_modelopt
 
 NUM_CALIB = 8
 
-# Runs under ModelOpt's interpreter: argv = model, output, cache or "-", calibration .npy
-MODELOPT_SCRIPT = r'''
-import sys
-import numpy as np
-from modelopt.onnx.quantization import quantize
-model, output, cache, data = sys.argv[1:5]
-options = dict(quantize_mode="int8", calibration_eps=["cpu"], high_precision_dtype="fp32",
-               output_path=output, calibration_data=np.load(data), calibration_method="max")
-if cache != "-":
-    options["calibration_cache_path"] = cache
-quantize(model, **options)
-'''
-
-
-def modelopt_python():
-    """The interpreter that has ModelOpt, or ``None``."""
-    given = os.environ.get("INCEPTION_MODELOPT_PYTHON")
-    if given:
-        return given
-    return sys.executable if importlib.util.find_spec("modelopt") is not None else None
-
 
 @pytest.fixture(scope="module")
-def modelopt(tmp_path_factory):
-    """``modelopt(model, output, cache=None)``: ModelOpt's INT8 quantization of ``model``."""
-    python = modelopt_python()
-    if python is None:
+def modelopt():
+    """``modelopt(model, output, data, cache=None)``: ModelOpt's INT8 quantization of
+    ``model`` (:func:`engine.anchors.run_modelopt`, in a child process)."""
+    if modelopt_python() is None:
         pytest.skip("ModelOpt is not installed: set INCEPTION_MODELOPT_PYTHON to the python of "
                     "an environment with `pip install nvidia-modelopt[onnx]` (keep it apart: "
                     "the extra installs onnxruntime-gpu)")
-    script = tmp_path_factory.mktemp("modelopt") / "run_modelopt.py"
-    script.write_text(MODELOPT_SCRIPT)
 
     def run(model, output, data, cache=None):
-        proc = subprocess.run([python, str(script), str(model), str(output),
-                               str(cache) if cache else "-", str(data)],
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"ModelOpt failed:\n{proc.stderr[-3000:]}"
-        return Path(output)
+        return Path(run_modelopt(model, output, data, cache=cache))
     return run
 
 

@@ -16,7 +16,8 @@ def _quiet(*a):
 def test_study_writes_rows_csv_report_and_plot(tmp_path):
     rows = run_study(weights=None, out=tmp_path, num_test=48, num_calib=32, methods=("minmax",),
                      cpu_uint8=False,
-                     engines=("onnxruntime",), big=False, iters=2, eval_batch=16, log=_quiet)
+                     engines=("onnxruntime",), big=False, iters=2, eval_batch=16, anchors=(),
+                     log=_quiet)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(rows))
     keys = {"engine", "precision", "method", "top1", "agreement", "latency_ms", "latency_ms_299"}
@@ -43,7 +44,7 @@ def test_study_writes_rows_csv_report_and_plot(tmp_path):
 def test_model_all_compares_the_three_networks(tmp_path):
     rows = run_study(model="all", out=tmp_path, num_test=32, num_calib=16, methods=("minmax",),
                      cpu_uint8=False, engines=("onnxruntime",), big=False, iters=2,
-                     eval_batch=16, log=_quiet)
+                     eval_batch=16, anchors=(), log=_quiet)
     assert {r["model"] for r in rows} == set(subjects()) and len(subjects()) == 3
     for name in subjects():
         assert (tmp_path / name / "results.json").is_file()
@@ -74,7 +75,7 @@ def test_eval_data_from_npz_and_folder(tmp_path):
 
 def test_int8_accuracy_on_trained_subject_openvino(tmp_path):
     rows = run_study(out=tmp_path, num_test=1000, num_calib=500, methods=METHODS,
-                     engines=("openvino",), big=False, iters=2, log=_quiet)
+                     engines=("openvino",), big=False, iters=2, anchors=(), log=_quiet)
     base = rows[0]
     assert base["top1"] >= 88.0                       # the subject is really trained
     int8 = [r for r in rows if r["precision"] == "int8"]

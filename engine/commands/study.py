@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from calibration.methods import METHODS
 
-from . import add_command, non_negative_int, positive_int
+from ..anchors import ANCHORS
+from . import add_command, in_range, non_negative_int, positive_int
 
 
 def register(sub):
@@ -37,6 +38,21 @@ def register(sub):
     p.add_argument("--no-cpu-uint8", dest="cpu_uint8", action="store_false",
                    help="skip OpenVINO's uint8-after-ReLU files (target openvino rows); only "
                         "the signed files (target tensorrt) are studied")
+    p.add_argument("--anchors", help="comma list of third-party quantizers to run beside ours, "
+                                     f"from: {', '.join(ANCHORS)} (default: every one "
+                                     "installed, once the 'anchors' extra is: "
+                                     "pip install -e .[anchors])")
+    p.add_argument("--no-anchors", dest="anchors", action="store_const", const="",
+                   help="run no third-party quantizer")
+    p.add_argument("--max-drop", type=in_range(0.0, 100.0, low_open=False), metavar="PT",
+                   help="add rows quantized to an accuracy budget: at most PT points of top-1 "
+                        "lost on the validation split (ours per target, and NNCF's accuracy "
+                        "control when the nncf anchor runs)")
+    p.add_argument("--val", help="labelled validation split for --max-drop (.npz or a folder "
+                                 "of class folders, disjoint from --data); needed with --data "
+                                 "(default: the shipped Fashion-MNIST validation split)")
+    p.add_argument("--num-val", type=positive_int,
+                   help="use only the first N validation images for --max-drop")
     p.add_argument("--out", default="study", help="output folder")
     p.set_defaults(func=run)
 
@@ -46,8 +62,10 @@ def run(args):
     methods = [m for m in args.methods.split(",") if m]
     engines = [e for e in args.engines.split(",") if e] if args.engines else None
     weights = None if args.weights == "random" else args.weights
+    anchors = None if args.anchors is None else [a for a in args.anchors.split(",") if a]
     run_study(model=args.model, weights=weights, data=args.data, calib=args.calib,
               methods=methods, engines=engines, out=args.out, num_test=args.num_test,
               num_calib=args.num_calib, threads=args.threads, iters=args.iters, big=args.big,
-              auto_exclude=args.auto_exclude, cpu_uint8=args.cpu_uint8)
+              auto_exclude=args.auto_exclude, cpu_uint8=args.cpu_uint8, anchors=anchors,
+              max_drop=args.max_drop, val=args.val, num_val=args.num_val)
     return 0
