@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from engine.runtime import count_option
 
 from .errors import CalibrationArgumentError, CalibrationError
+from .methods import METHODS
 
 METRICS = ("top1", "agreement")
 
@@ -49,14 +50,30 @@ class Budget:
     excluded: List[str] = field(default_factory=list)
     drop: Optional[float] = None
     steps: List[BudgetStep] = field(default_factory=list)
+    method: Optional[str] = None      # the calibration method of the file
+    methods_tried: Dict[str, List[float]] = field(default_factory=dict)  # method="auto":
+                                      # each method's [drop, disagreement] fully INT8
 
     def record(self) -> dict:
         return {"max_drop": self.max_drop, "metric": self.metric, "drop": self.drop,
-                "kept_float": list(self.excluded),
+                "kept_float": list(self.excluded), "method": self.method,
+                "methods_tried": self.methods_tried,
                 "steps": [[s.excluded, round(s.drop, 4)] for s in self.steps]}
 
 
 SEARCHES = ("linear", "bisect")
+AUTO = "auto"        # quantize_to_budget(method=AUTO): the method chosen on the validation split
+
+
+def choose_method(drops_of: Callable[[str], Tuple[float, float]],
+                  methods: Sequence[str] = METHODS) -> Tuple[str, Dict[str, List[float]]]:
+    """The method whose fully INT8 file loses least on the validation split: smallest drop,
+    then least disagreement with FP32 (a finer count where top-1 ties), then the order of
+    ``methods``. ``drops_of(method) -> (drop, disagreement)`` in points. Returns the method
+    and every method's pair."""
+    tried = {m: [round(float(v), 4) for v in drops_of(m)] for m in methods}
+    best = min(methods, key=lambda m: (tried[m][0], tried[m][1], methods.index(m)))
+    return best, tried
 
 
 def greedy_exclusion(ranked: Sequence[str], drop_with: Callable[[List[str]], float],
@@ -160,7 +177,10 @@ def worst_drop(evaluators: Sequence[Callable], references: Sequence[np.ndarray],
                for e, ref in zip(evaluators, references))
 
 
-def _check(max_drop, metric, labels, images, max_excluded, search):
+def _check(max_drop, metric, labels, images, max_excluded, search, method):
+    if method != AUTO and method not in METHODS:
+        raise CalibrationArgumentError(f"method must be one of {', '.join(METHODS)} or "
+                                       f"{AUTO!r}, got {method!r}")
     if search not in SEARCHES:
         raise CalibrationArgumentError(f"search must be one of {', '.join(SEARCHES)}, "
                                        f"got {search!r}")
@@ -190,10 +210,12 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
     on ``val_images`` within ``max_drop`` points (see the module docstring).
 
     data / statistics: the calibration source or its statistics (the ranking reads ``data``,
-    so give it either way); search: how the count of layers kept in float is found
+    so give it either way); method: a calibration method, or ``"auto"``: the one whose fully
+    INT8 file loses least on the validation split (:func:`choose_method`); search: how the count of layers kept in float is found
     (:func:`greedy_exclusion`; bisect by default: a few evaluations instead of one per layer);
-    options: the rest of :func:`calibration.quantize` (target, exclude, percentile, ...). Returns the last :class:`QuantizeResult`, with ``budget`` (a
-    :class:`Budget`) set; the budget is also recorded in the file's calibration metadata.
+    options: the rest of :func:`calibration.quantize` (target, exclude, percentile, ...).
+    Returns the chosen file's :class:`QuantizeResult`, with ``budget`` (a :class:`Budget`)
+    set; the budget is also recorded in the file's calibration metadata.
     """
     from .graph import load_fp32, plan_quantization
     from .qdq import quantize
@@ -201,7 +223,7 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
     from .stats import collect_statistics
 
     val_images = np.ascontiguousarray(val_images, np.float32)
-    _check(max_drop, metric, val_labels, val_images, max_excluded, search)
+    _check(max_drop, metric, val_labels, val_images, max_excluded, search, method)
     if data is None:
         raise CalibrationError("quantize_to_budget ranks layers on the calibration images: "
                                "pass data=... (and statistics=... to reuse a pass)")
@@ -215,29 +237,47 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
                                         batch_size=batch_size, threads=threads)
     plan = plan_quantization(proto, options.get("exclude", ()),
                              quantize_gemm=options.get("quantize_gemm", False))
+    exclude = list(options.pop("exclude", ()))
+    out = Path(onnx_out)
+    trial = out.with_name(f".{out.name}.budget-trial.onnx")   # each step's file, until one fits
+    tried = {}
+    if method == AUTO:
+        def drops_of(name):
+            quantize(onnx_in, trial, data=data, statistics=statistics, method=name,
+                     exclude=exclude, threads=threads, **options)
+            return (worst_drop(evaluators, references, trial, val_labels, metric),
+                    worst_drop(evaluators, references, trial, val_labels, "agreement"))
+        try:
+            method, tried = choose_method(drops_of)
+        finally:
+            trial.unlink(missing_ok=True)
     amax = statistics.amax(method, options.get("percentile", 99.99), names=plan.tensors)
     ranking = sensitivity(proto, data, amax=plan.group_amax(amax), plan=plan,
                           num_images=sensitivity_images, batch_size=batch_size,
                           threads=threads)
-    exclude = list(options.pop("exclude", ()))
-    out = Path(onnx_out)
-    trial = out.with_name(f".{out.name}.budget-trial.onnx")   # each step's file, until one fits
-    results = {}
+    written = {}
+
+    def write_trial(kept):
+        # data: read again only by options that need it (bias_correction)
+        written["kept"] = list(kept)
+        written["result"] = quantize(onnx_in, trial, data=data, statistics=statistics,
+                                     method=method, exclude=exclude + list(kept),
+                                     threads=threads, **options)
 
     def drop_with(kept):
-        # data: read again only by options that need it (bias_correction)
-        results["last"] = quantize(onnx_in, trial, data=data, statistics=statistics,
-                                   method=method, exclude=exclude + kept, threads=threads,
-                                   **options)
+        write_trial(kept)
         return worst_drop(evaluators, references, trial, val_labels, metric)
 
     try:
         budget = greedy_exclusion([r.node for r in ranking], drop_with, max_drop, metric,
                                   max_excluded, search)
+        if written["kept"] != budget.excluded:   # bisection's last trial was over budget
+            write_trial(budget.excluded)
+        budget.method, budget.methods_tried = method, tried
         _publish_with_budget(trial, out, budget)
     finally:
         trial.unlink(missing_ok=True)
-    res = results["last"]
+    res = written["result"]
     res.path, res.budget = out, budget
     return res
 

@@ -25,7 +25,8 @@ Runtime's ``quantize_static``, NVIDIA ModelOpt; ``anchors=`` / ``--anchors`` cho
 its file is measured like ours on the engines it names (the 299 figure too); the
 ``quantizer`` column says whose file a row is ("ours", the anchor's name, "-" for float).
 ``max_drop`` (``--max-drop PT``) adds the accuracy-budget rows: per target,
-``calibration.quantize_to_budget`` (percentile) with the layers kept float chosen on the
+``calibration.quantize_to_budget`` (``method="auto"``) with the method and the layers kept
+float chosen on the
 validation split (the worst drop over the CPU engines that run the layout counts), and NNCF's
 ``quantize_with_accuracy_control`` to the same budget on the same split.
 
@@ -467,8 +468,8 @@ def budget_evaluators(target, x, threads, log: Callable[[str], None] = print):
 def budget_files(fp32_path, stats, stats_seconds, calib_data, val, max_drop: float, folder,
                  name: str, threads: int, cpu_uint8: bool = True,
                  log: Callable[[str], None] = print) -> Dict[str, Int8File]:
-    """The ``--max-drop`` files: per target, ``calibration.quantize_to_budget`` (percentile),
-    the layers kept float chosen on the validation split ``val = (x, labels)``."""
+    """The ``--max-drop`` files: per target, ``calibration.quantize_to_budget``, the method
+    and the layers kept float chosen on the validation split ``val = (x, labels)``."""
     import calibration
     from calibration.errors import CalibrationError
     xv, yv = val
@@ -477,19 +478,19 @@ def budget_files(fp32_path, stats, stats_seconds, calib_data, val, max_drop: flo
         t0 = time.perf_counter()
         try:
             res = calibration.quantize_to_budget(
-                fp32_path, folder / f"{name}.{target}.percentile.drop{max_drop:g}.onnx", xv, yv,
-                max_drop=max_drop, data=calib_data, statistics=stats, method="percentile",
+                fp32_path, folder / f"{name}.{target}.auto.drop{max_drop:g}.onnx", xv, yv,
+                max_drop=max_drop, data=calib_data, statistics=stats, method="auto",
                 target=target, threads=threads,
                 evaluate=budget_evaluators(target, xv, threads, log))
         except CalibrationError as e:
             log(f"  --max-drop {max_drop:g} @{target}: {e}")
             continue
-        files[file_key("percentile", target, f"+drop{max_drop:g}")] = Int8File(
+        files[file_key(res.budget.method, target, f"+drop{max_drop:g}")] = Int8File(
             res.path, stats_seconds + time.perf_counter() - t0, list(res.budget.excluded),
             target, note=f"val drop {res.budget.drop:.2f} pt (budget {max_drop:g} pt, "
                          f"{len(xv)} val images)")
-        log(f"  --max-drop {max_drop:g} @{target}: {len(res.budget.excluded)} layers float, "
-            f"val drop {res.budget.drop:.2f} pt")
+        log(f"  --max-drop {max_drop:g} @{target}: {res.budget.method}, "
+            f"{len(res.budget.excluded)} layers float, val drop {res.budget.drop:.2f} pt")
     return files
 
 

@@ -163,3 +163,98 @@ def test_bad_budget_arguments(subject, tmp_path, kw, match):
     args.update(kw)
     with pytest.raises(CalibrationArgumentError, match=match):
         calibration.quantize_to_budget(path, tmp_path / "x.onnx", val, **args)
+
+
+# ------------------------------------------------------------------ the file written is the one chosen
+def conv_chain(path, depth=10):
+    """X -> (Conv 4->4 3x3, Relu) x depth: a model with ``depth`` layers to keep float."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    nodes, inits, t = [], [], "x"
+    for i in range(depth):
+        inits += [numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32),
+                                          f"w{i}"),
+                  numpy_helper.from_array(np.zeros(4, np.float32), f"b{i}")]
+        nodes += [helper.make_node("Conv", [t, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}",
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        t = f"r{i}"
+    g = helper.make_graph(nodes, "chain",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])],
+                          [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["N", 4, 6, 6])],
+                          inits)
+    import onnx
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_bisection_publishes_the_chosen_file_not_the_last_trial(tmp_path):
+    """Bisection's last trial can be over budget (here: 0, 1, 2, 4 over, 8 and 6 within, then
+    5 over); the published file must keep the chosen 6 layers float, as its record says."""
+    import onnx
+    need = 6
+    val = np.random.default_rng(1).normal(size=(100, 4, 6, 6)).astype(np.float32)
+    ref = np.tile(np.eye(4, dtype=np.float32), (25, 1))
+
+    def fake_engine(path):
+        """Logits whose agreement with ``ref`` loses one image per layer short of ``need``."""
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        record = json.loads(props.get("inception.calibration", "{}"))
+        short = max(0, need - len(record.get("excluded_nodes", need * [None])))
+        out = ref.copy()
+        out[:short] = np.roll(out[:short], 1, axis=1)
+        return out
+
+    src = conv_chain(tmp_path / "chain.onnx")
+    out = tmp_path / "budget.onnx"
+    res = calibration.quantize_to_budget(src, out, val, max_drop=0.0, metric="agreement",
+                                         data=val[:16], method="minmax", sensitivity_images=4,
+                                         evaluate=fake_engine, search="bisect")
+    assert [s.excluded for s in res.budget.steps] == [0, 1, 2, 4, 8, 6, 5]
+    assert len(res.budget.excluded) == need
+    record = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}
+                        ["inception.calibration"])
+    assert sorted(record["excluded_nodes"]) == sorted(res.budget.excluded)
+    assert sorted(res.plan.excluded) == sorted(res.budget.excluded)
+    assert fake_engine(out).argmax(1).tolist() == ref.argmax(1).tolist()
+
+
+def test_choose_method_least_drop_then_least_disagreement():
+    from calibration.budget import choose_method
+    pairs = {"minmax": (0.2, 0.6), "percentile": (0.0, 0.5), "entropy": (3.0, 4.0),
+             "mse": (0.0, 0.3)}
+    best, tried = choose_method(lambda m: pairs[m], ["minmax", "percentile", "entropy", "mse"])
+    assert best == "mse" and tried["entropy"] == [3.0, 4.0]
+    pairs["mse"] = (0.0, 0.5)                                  # a full tie: the list's order
+    assert choose_method(lambda m: pairs[m], ["minmax", "mse", "percentile"])[0] == "mse"
+
+
+def test_auto_method_is_chosen_on_validation_and_recorded(tmp_path):
+    """method="auto": every method's fully INT8 file is scored on the validation split and
+    the least lossy one is used (here the fake engine penalises all but mse)."""
+    import onnx
+    val = np.random.default_rng(1).normal(size=(40, 4, 6, 6)).astype(np.float32)
+    ref = np.tile(np.eye(4, dtype=np.float32), (10, 1))
+
+    def fake_engine(path):
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        record = json.loads(props.get("inception.calibration", "{}"))
+        out = ref.copy()
+        if record.get("method", "mse") != "mse":
+            out[:2] = np.roll(out[:2], 1, axis=1)              # 5 pt worse
+        return out
+
+    src = conv_chain(tmp_path / "chain.onnx", depth=4)
+    res = calibration.quantize_to_budget(src, tmp_path / "b.onnx", val, max_drop=0.0,
+                                         metric="agreement", data=val[:8], method="auto",
+                                         sensitivity_images=4, evaluate=fake_engine)
+    assert res.method == "mse" and res.budget.method == "mse" and res.budget.excluded == []
+    assert set(res.budget.methods_tried) == set(calibration.METHODS)
+    assert res.budget.methods_tried["minmax"] == [5.0, 5.0]
+    record = json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "b.onnx"))
+                         .metadata_props}["inception.calibration"])
+    assert record["budget"]["method"] == "mse" and record["method"] == "mse"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.onnx", "chain.onnx"]
+    with pytest.raises(CalibrationArgumentError, match="method must be one of"):
+        calibration.quantize_to_budget(src, tmp_path / "c.onnx", val, max_drop=0.0,
+                                       metric="agreement", data=val[:8], method="best")

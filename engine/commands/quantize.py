@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from calibration.budget import AUTO
 from calibration.methods import METHODS
 from calibration.targets import TARGETS
 
@@ -23,9 +24,10 @@ def register(sub):
     p.add_argument("input", metavar="IN.onnx", help="FP32 ONNX from `inception-engine export`")
     p.add_argument("output", metavar="OUT.onnx", help="where to write the Q/DQ ONNX")
     p.add_argument("--method", default="entropy",
-                   choices=METHODS,
+                   choices=(*METHODS, AUTO),
                    help="activation range method (default: entropy, TensorRT's "
-                        "EntropyCalibration2)")
+                        "EntropyCalibration2); auto, with --max-drop: the method that loses "
+                        "least on the validation split")
     p.add_argument("--percentile", type=percentile, default=99.99,
                    help="percentile of |x| in (0, 100] for --method percentile (default 99.99)")
     p.add_argument("--calib", metavar="DIR|FILE",
@@ -119,6 +121,9 @@ def _quantize_to_budget(args, options):
 def run(args):
     import calibration
     from ..errors import InputError
+    if args.method == AUTO and args.max_drop is None:
+        raise InputError("--method auto chooses the method on the validation split of "
+                         "--max-drop; add --max-drop PT, or name a method")
     if args.calib is None and args.from_cache is None:
         raise InputError("give calibration images with --calib DIR|FILE.npz, or scales with "
                          "--from-cache FILE")
