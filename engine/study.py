@@ -1026,7 +1026,8 @@ def _row_label(r) -> str:
 
 
 def pareto_figure(rows):
-    """Accuracy vs batch-1 latency, at the model's own size and at 299. Colour: the engine;
+    """Accuracy vs batch-1 latency, at the model's own size and at 299 (a panel each, when
+    measured). Colour: the engine;
     marker: the precision, and for INT8 the quantizer (hollow: OpenVINO's uint8 layout). The
     Pareto front is dashed; its points, the baseline and each quantizer's most accurate row
     are labelled where a label fits without overlap, the rest listed in the legend."""
@@ -1038,10 +1039,12 @@ def pareto_figure(rows):
     quantizers = [q for q in dict.fromkeys(r.get("quantizer", "-") for r in rows)
                   if q not in ("-", "ours")]
     markers = {"ours": "^", **dict(zip(quantizers, _ANCHOR_MARKERS))}
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
+    views = [(key, title) for key, title in (("latency_ms", "own input size"),
+                                             ("latency_ms_299", "full size at 299"))
+             if any(r.get(key) is not None for r in rows)] or [("latency_ms", "own input size")]
+    fig, axes = plt.subplots(1, len(views), figsize=(7.5 * len(views) + 2, 6), squeeze=False)
     panels = []
-    for ax, key, title in ((axes[0], "latency_ms", "own input size"),
-                           (axes[1], "latency_ms_299", "full size at 299")):
+    for ax, (key, title) in zip(axes[0], views):
         pts = [r for r in rows if r[key] is not None and r["top1"] is not None]
         seen = set()
         for r in pts:
