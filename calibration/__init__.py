@@ -47,9 +47,11 @@ Public API (stable; extend, don't rename):
 - ``quantize_targets(onnx_in, {target: path}, data=None, statistics=None, ...) -> {target:
   QuantizeResult}``: the statistics collected once for every file.
 - ``quantize_to_budget(onnx_in, onnx_out, val_images, val_labels=None, max_drop=0.1,
-  metric="top1"|"agreement", data=..., statistics=None, method="percentile",
-  max_excluded=None, evaluate=None, **quantize_options) -> QuantizeResult`` (``.budget``:
-  ``excluded``, ``drop``, ``steps``); ``greedy_exclusion(ranked, drop_with, max_drop)``.
+  metric="top1"|"agreement", data=..., statistics=None, method="percentile" (or "auto":
+  chosen on the validation split), max_excluded=None, evaluate=None, search="bisect",
+  **quantize_options) -> QuantizeResult`` (``.budget``: ``excluded``, ``drop``, ``steps``,
+  ``method``, ``methods_tried``); ``greedy_exclusion(ranked, drop_with, max_drop,
+  search="linear"|"bisect")``, ``choose_method``.
 - ``collect_statistics(model, data, tensors=None, bins=2048, num_images=None, batch_size=32,
   threads=None, progress=False) -> Statistics`` (``.histograms``, ``.amax(method,
   percentile)``, ``.num_images``, ``.seconds``, ``.save(path)`` / ``Statistics.load(path)``).
@@ -95,6 +97,7 @@ _LAZY = {
     "TARGETS": "calibration.targets",
     "quantize_to_budget": "calibration.budget",
     "greedy_exclusion": "calibration.budget",
+    "choose_method": "calibration.budget",
     "Budget": "calibration.budget",
     "write_qdq": "calibration.qdq",
     "bias_shifts": "calibration.bias",
