@@ -92,9 +92,9 @@ val.npz
     calib.npz with numpy.random.default_rng({val_seed}) (sorted indices), same arrays as
     calib.npz. The validation split on which an INT8 accuracy budget (--max-drop) is chosen,
     so the test set only reports the result; disjoint from calib.npz and from the test set.
-    The shipped subjects were trained on all 60,000 train images, these included, so their
-    accuracy here is above their test accuracy; the budget compares INT8 with FP32 on the
-    same images, which that does not bias. Written by
+    The shipped subjects were trained on the other {train_n} train images (calib.npz
+    included, val.npz never): each subject's record (engine/data/<model>.json) holds the
+    SHA-256 of its training index, of this split's index and of its checkpoint. Written by
     `python benchmarks/train_subject.py --prepare-data` (or --prepare-val alone).
 """
 
@@ -128,7 +128,8 @@ def prepare_val(source: Path, out_dir: Path):
         np.savez_compressed(tmp, images=images[index], labels=labels[index], train_index=index)
     atomic_write_text(out_dir / "README.txt",
                       README.format(n=datasets.CALIB_SIZE, seed=datasets.CALIB_SEED,
-                                    val_n=datasets.VAL_SIZE, val_seed=datasets.VAL_SEED))
+                                    val_n=datasets.VAL_SIZE, val_seed=datasets.VAL_SEED,
+                                    train_n=len(images) - datasets.VAL_SIZE))
     publish(out_dir / datasets.VAL_FILE, out_dir / "README.txt")
     print(f"wrote {out_dir}: validation split ({len(index)} train images, "
           f"classes {np.bincount(labels[index], minlength=10).tolist()})")
@@ -138,6 +139,12 @@ def publish(*paths):
     """Make written files world-readable (atomic_path's temporary files are created 0600)."""
     for path in paths:
         os.chmod(path, 0o644)
+
+
+def index_sha256(index) -> str:
+    """SHA-256 of a sorted train index as little-endian int32: names a split by its images."""
+    import hashlib
+    return hashlib.sha256(np.sort(np.asarray(index)).astype("<i4").tobytes()).hexdigest()
 
 
 def param_groups(model, weight_decay):
@@ -181,12 +188,12 @@ def train(args):
 
     tr_x, tr_y = (torch.from_numpy(a.copy()) for a in datasets.read_source(args.source, "train"))
     te_x, te_y = (torch.from_numpy(a.copy()) for a in datasets.fashion_mnist("test"))
-    va_x = va_y = None
-    if args.val:
-        # a validation slice carved from train, for monitoring only (never the test set)
-        perm = torch.randperm(len(tr_x), generator=torch.Generator().manual_seed(args.seed + 1))
-        va, tr = perm[:args.val], perm[args.val:]
-        va_x, va_y, tr_x, tr_y = tr_x[va], tr_y[va], tr_x[tr], tr_y[tr]
+    # the shipped validation split is held out of training, so the budget's split is unseen
+    with np.load(datasets.DATA_DIR / datasets.VAL_FILE) as z:
+        val_index = np.asarray(z["train_index"], dtype=np.int64)
+    train_index = np.setdiff1d(np.arange(len(tr_x)), val_index)
+    va_x, va_y = tr_x[val_index], tr_y[val_index]
+    tr_x, tr_y = tr_x[train_index], tr_y[train_index]
     if args.limit:
         tr_x, tr_y = tr_x[:args.limit], tr_y[:args.limit]
 
@@ -251,9 +258,6 @@ def train(args):
                       flush=True)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
                "train_acc": 100 * correct / seen, "minutes": (time.time() - te) / 60}
-        if va_x is not None:
-            row["val_acc"] = 100 * evaluate(model, va_x, va_y, cfg) / len(va_x)
-            print(f"epoch {epoch + 1}: val acc {row['val_acc']:.2f}%", flush=True)
         epoch_log.append(row)
         if stop:
             print(f"SIGUSR1: stopped at step {step} of {total}", flush=True)
@@ -261,8 +265,10 @@ def train(args):
     train_s = time.time() - t0
 
     te_correct = evaluate(model, te_x, te_y, cfg)
+    va_correct = evaluate(model, va_x, va_y, cfg)
     acc = 100 * te_correct / len(te_x)
     print(f"test top-1 (FP32, eval, {len(te_x)} images): {acc:.2f}% ({te_correct} correct); "
+          f"held-out validation {100 * va_correct / len(va_x):.2f}%; "
           f"training {train_s / 60:.1f} min", flush=True)
 
     from safetensors.torch import save_file
@@ -276,11 +282,16 @@ def train(args):
                                              "test_top1": f"{acc:.2f}"})
     report = {
         "model": args.model, "checkpoint": out.name, "sha256": sha256_file(out),
-        "dataset": "Fashion-MNIST (train 60k from dataset-fashion-mnist; test: the shipped 10k)",
+        "dataset": (f"Fashion-MNIST (train: the {len(train_index)} train images of "
+                    f"dataset-fashion-mnist outside val.npz; test: the shipped 10k)"),
         "test_top1": round(acc, 2), "test_correct": te_correct, "test_images": len(te_x),
+        "val_top1": round(100 * va_correct / len(va_x), 2), "val_correct": va_correct,
+        "val_images": len(va_x),
+        "train_index_sha256": index_sha256(train_index[:args.limit or None]),
+        "val_index_sha256": index_sha256(val_index),
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
         "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-        "flip": args.flip, "val": args.val, "seed": args.seed, "threads": args.threads,
+        "flip": args.flip, "seed": args.seed, "threads": args.threads,
         "train_images": len(tr_x), "optimizer": "AdamW, OneCycleLR",
         "steps": step, "steps_planned": total, "steps_per_epoch": steps_per_epoch,
         "train_wall_s": round(train_s, 1), "epoch_log": epoch_log, "init": init,
@@ -310,8 +321,6 @@ def main(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument("--val", type=int, default=0,
-                   help="carve this many train images out as a validation slice (monitoring)")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images (smoke test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,

@@ -1,32 +1,51 @@
-"""Mixed precision to an accuracy budget: keep the most sensitive layers in float until the
-INT8 file is within ``max_drop`` of FP32 on a validation split.
+"""Mixed precision to an accuracy budget with a stated confidence: keep the most sensitive
+layers in float until the INT8 file's loss on a validation split is, at ``confidence``, at
+most ``max_drop`` points.
 
-The rule is greedy in sensitivity order (:func:`calibration.sensitivity`, worst first): the
-result keeps the first ``k`` layers of the ranking in float, for the smallest ``k`` whose file
-is within budget on the validation images. ``k`` is found by trying 0, 1, 2, ... or, by
-default, by galloping and bisection over ``k`` (:func:`greedy_exclusion`), which needs a few
-evaluations where the linear search needs one per layer. If keeping ``max_excluded`` layers
-in float is not enough, it is an error (the budget is unreachable at that price). The drop is in top-1 points against the
-FP32 model's top-1 on the labelled validation images (``metric="top1"``), or in points of
-disagreement with the FP32 model's top-1 (``metric="agreement"``, labels not needed).
+**What is counted.** A loss is an image the FP32 model gets right and the INT8 file gets wrong
+(``metric="top1"``), or, without labels, an image whose INT8 top-1 differs from FP32's
+(``metric="agreement"``). Gains (FP32 wrong, INT8 right) are not netted against losses: a file
+that flips 60 images each way has lost 60 images its users relied on, and a budget on net
+top-1 would read it as 0.00.
+
+**What is held to the budget.** Not the observed loss rate but its one-sided Clopper-Pearson
+upper bound at ``confidence`` (default 0.95; :mod:`engine.intervals`): with ``n`` validation
+images and ``L`` losses, the rate ``p`` for which ``P(X <= L | n, p) = 1 - confidence``.
+The published file is one whose loss is at most ``max_drop`` points with that confidence on
+the images the split stands for, not merely on the split. A split too small to show the
+budget even with no loss at all (``n < ln(1 - confidence) / ln(1 - max_drop / 100)``, e.g.
+2,995 images for 0.1 pt at 95 %) is refused before anything runs, with the size it would
+need; a budget not met with ``max_excluded`` layers in float is an error too. Neither ever
+publishes a file. (The search tries several counts on the same split and keeps the first that
+passes, so the guarantee is per count; ``benchmarks/RESULTS.md`` measures its coverage out of
+sample.)
+
+**The search.** Greedy in sensitivity order (:func:`calibration.sensitivity`, worst first):
+the result keeps the first ``k`` layers of the ranking in float, for the smallest ``k`` whose
+file is within budget. ``k`` is found by trying 0, 1, 2, ... or, by default, by galloping and
+bisection over ``k`` (:func:`greedy_exclusion`), a few evaluations where the linear search
+needs one per layer.
 
 The validation split chooses the layers; a test set then only reports the result (the
-shipped one: ``engine.datasets.fashion_mnist("val")``, disjoint from the calibration images
-and from the test set). Layers kept in float run at the engine's float precision
+shipped one: ``engine.datasets.fashion_mnist("val")``, 5,000 train images no shipped subject
+was trained on, disjoint from the calibration images and from the test set). A user's split
+must likewise hold no test image and no image the model was trained on, or the bound is
+optimistic. Layers kept in float run at the engine's float precision
 (:attr:`calibration.targets.Target.fallback`).
 
-The drop is measured with ONNX Runtime's CPU provider unless ``evaluate`` is given: a
+The loss is measured with ONNX Runtime's CPU provider unless ``evaluate`` is given: a
 callable ``path -> logits`` of the validation images on the engine that will run the file, or
-a list of them, one per engine, when the drop must hold on each (the largest one counts).
+a list of them, one per engine, when the budget must hold on each (the largest bound counts).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from engine.intervals import CONFIDENCE, METHOD_BOUND, Paired, needed_images
 from engine.runtime import count_option
 
 from .errors import CalibrationArgumentError, CalibrationError
@@ -37,28 +56,52 @@ METRICS = ("top1", "agreement")
 
 @dataclass
 class BudgetStep:
-    excluded: int           # layers kept in float at this step
-    drop: float             # points lost against FP32 on the validation split
+    excluded: int                   # layers kept in float at this step
+    bound: float                    # the figure held to the budget (points): the loss's upper
+                                    # bound at the budget's confidence
+    loss: Optional[float] = None    # observed loss rate (points)
+    losses: Optional[int] = None    # images lost (worst engine)
 
 
 @dataclass
 class Budget:
-    """What the greedy search found: the layers kept in float and each step's drop."""
+    """What the greedy search found: the layers kept in float, the chosen file's loss and
+    its bound, and each step's."""
 
     max_drop: float
     metric: str
+    confidence: float = CONFIDENCE
+    images: Optional[int] = None      # validation images
     excluded: List[str] = field(default_factory=list)
-    drop: Optional[float] = None
+    bound: Optional[float] = None     # upper bound of the loss (points) at ``confidence``
+    loss: Optional[float] = None      # observed loss rate (points)
+    losses: Optional[int] = None
     steps: List[BudgetStep] = field(default_factory=list)
     method: Optional[str] = None      # the calibration method of the file
     methods_tried: Dict[str, List[float]] = field(default_factory=dict)  # method="auto":
-                                      # each method's [drop, disagreement] fully INT8
+                                      # each method's [bound, disagreement] fully INT8
 
     def record(self) -> dict:
-        return {"max_drop": self.max_drop, "metric": self.metric, "drop": self.drop,
+        return {"max_drop": self.max_drop, "metric": self.metric,
+                "confidence": self.confidence, "images": self.images,
+                "loss_pt": _r4(self.loss), "loss_bound_pt": _r4(self.bound),
+                "losses": self.losses, "bound_method": METHOD_BOUND,
                 "kept_float": list(self.excluded), "method": self.method,
                 "methods_tried": self.methods_tried,
-                "steps": [[s.excluded, round(s.drop, 4)] for s in self.steps]}
+                "steps": [[s.excluded, _r4(s.bound), _r4(s.loss), s.losses]
+                          for s in self.steps]}
+
+    def summary(self) -> str:
+        """One line: the file's loss, its bound and what it was held to."""
+        what = "images lost (FP32 right, INT8 wrong)" if self.metric == "top1" else \
+            "images whose top-1 changed"
+        return (f"{self.losses} of {self.images} validation {what}: loss {self.loss:.3f} pt, "
+                f"{100 * self.confidence:g}% upper bound {self.bound:.3f} pt <= budget "
+                f"{self.max_drop:g} pt, with {len(self.excluded)} layers kept in float")
+
+
+def _r4(v):
+    return None if v is None else round(float(v), 4)
 
 
 SEARCHES = ("linear", "bisect")
@@ -67,48 +110,66 @@ AUTO = "auto"        # quantize_to_budget(method=AUTO): the method chosen on the
 
 def choose_method(drops_of: Callable[[str], Tuple[float, float]],
                   methods: Sequence[str] = METHODS) -> Tuple[str, Dict[str, List[float]]]:
-    """The method whose fully INT8 file loses least on the validation split: smallest drop,
-    then least disagreement with FP32 (a finer count where top-1 ties), then the order of
-    ``methods``. ``drops_of(method) -> (drop, disagreement)`` in points. Returns the method
-    and every method's pair."""
+    """The method whose fully INT8 file loses least on the validation split: smallest loss
+    bound, then least disagreement with FP32 (a finer count where the bound ties), then the
+    order of ``methods``. ``drops_of(method) -> (bound, disagreement)`` in points. Returns
+    the method and every method's pair."""
     tried = {m: [round(float(v), 4) for v in drops_of(m)] for m in methods}
     best = min(methods, key=lambda m: (tried[m][0], tried[m][1], methods.index(m)))
     return best, tried
 
 
-def greedy_exclusion(ranked: Sequence[str], drop_with: Callable[[List[str]], float],
+Measured = Union[float, Paired]
+
+
+def as_step(count: int, value: Measured, confidence: float) -> BudgetStep:
+    """A search step from what ``drop_with`` returned: a :class:`engine.intervals.Paired`
+    (its loss bound at ``confidence`` is held to the budget) or a number of points (held
+    as it is)."""
+    if isinstance(value, Paired):
+        return BudgetStep(count, value.loss_bound(confidence), value.loss_pt, value.losses)
+    return BudgetStep(count, float(value))
+
+
+def greedy_exclusion(ranked: Sequence[str], drop_with: Callable[[List[str]], Measured],
                      max_drop: float, metric: str = "top1",
-                     max_excluded: Optional[int] = None, search: str = "linear") -> Budget:
+                     max_excluded: Optional[int] = None, search: str = "linear",
+                     confidence: float = CONFIDENCE) -> Budget:
     """Keep the first ``count`` layers of ``ranked`` (worst first) in float, for the smallest
-    ``count`` with ``drop_with(kept) <= max_drop``.
+    ``count`` whose ``drop_with(kept)`` is within ``max_drop``: a :class:`Paired` (its loss's
+    upper bound at ``confidence`` is compared) or a number of points.
 
     search: ``"linear"`` tries 0, 1, 2, ... and stops at the first count within budget (one
     evaluation per layer kept). ``"bisect"`` tries 0, 1, 2, 4, 8, ... up to the first count
     within budget, then halves the interval between it and the last count over budget: the
-    same answer when the drop only falls as layers go back to float, in O(log n) evaluations
-    (a noisy drop can make it settle on a count the linear search would pass over). Every
+    same answer when the loss only falls as layers go back to float, in O(log n) evaluations
+    (a noisy loss can make it settle on a count the linear search would pass over). Every
     evaluation is a step of the returned :class:`Budget`, in the order made.
     """
     if search not in SEARCHES:
         raise CalibrationArgumentError(f"search must be one of {', '.join(SEARCHES)}, "
                                        f"got {search!r}")
     limit = len(ranked) if max_excluded is None else min(max_excluded, len(ranked))
-    budget = Budget(max_drop, metric)
-    drops = {}
+    budget = Budget(max_drop, metric, confidence)
+    steps: Dict[int, BudgetStep] = {}
 
     def fits(count):
-        kept = list(ranked[:count])
-        drops[count] = float(drop_with(kept))
-        budget.steps.append(BudgetStep(count, drops[count]))
-        return drops[count] <= max_drop
+        steps[count] = as_step(count, drop_with(list(ranked[:count])), confidence)
+        budget.steps.append(steps[count])
+        return steps[count].bound <= max_drop
 
     found = _linear(fits, limit) if search == "linear" else _bisect(fits, limit)
     if found is None:
+        last = steps[limit]
+        seen = "" if last.losses is None else f"{last.losses} images lost, "
         raise CalibrationError(
-            f"the accuracy budget {max_drop} pt ({metric}) is not met with {limit} layers "
-            f"kept in float (drop then: {drops[limit]:.3f} pt); raise the budget or "
-            "max_excluded, try another method, or calibrate on more images")
-    budget.excluded, budget.drop = list(ranked[:found]), drops[found]
+            f"the accuracy budget {max_drop} pt ({metric}, {100 * confidence:g}% upper bound) "
+            f"is not met with {limit} layers kept in float ({seen}bound {last.bound:.3f} pt); "
+            "no file was written. Raise the budget or max_excluded, try another method, "
+            "calibrate on more images, or give a larger validation split")
+    chosen = steps[found]
+    budget.excluded, budget.bound = list(ranked[:found]), chosen.bound
+    budget.loss, budget.losses = chosen.loss, chosen.losses
     return budget
 
 
@@ -137,13 +198,16 @@ def _bisect(fits: Callable[[int], bool], limit: int) -> Optional[int]:
     return within
 
 
-def drop_points(logits: np.ndarray, reference: np.ndarray, labels: Optional[np.ndarray],
-                metric: str) -> float:
-    """Points lost by ``logits`` against the FP32 ``reference`` logits on the same images."""
+def paired_outcome(logits: np.ndarray, reference: np.ndarray, labels: Optional[np.ndarray],
+                   metric: str) -> Paired:
+    """The images ``logits`` loses against the FP32 ``reference`` logits on the same images:
+    for ``"top1"`` the reference right and this wrong; for ``"agreement"`` (no labels) a
+    different top-1. Returned as :class:`engine.intervals.Paired` (its ``losses`` field)."""
     pred, ref = logits.argmax(1), reference.argmax(1)
     if metric == "agreement":
-        return 100.0 - 100.0 * float((pred == ref).mean())
-    return 100.0 * float((ref == labels).mean() - (pred == labels).mean())
+        disagree = int((pred != ref).sum())
+        return Paired(len(ref), disagree, 0, disagree)
+    return Paired.from_predictions(ref, pred, labels)
 
 
 def onnxruntime_logits(images: np.ndarray, threads: Optional[int] = None,
@@ -169,15 +233,16 @@ def _evaluators(evaluate, images, threads) -> List[Callable]:
     return list(evaluate) if isinstance(evaluate, (list, tuple)) else [evaluate]
 
 
-def worst_drop(evaluators: Sequence[Callable], references: Sequence[np.ndarray], path,
-               labels: Optional[np.ndarray], metric: str) -> float:
-    """The largest drop of ``path`` over the engines, each against its own FP32 logits: a file
-    that will run on several engines must hold the budget on each."""
-    return max(drop_points(e(path), ref, labels, metric)
-               for e, ref in zip(evaluators, references))
+def worst_outcome(evaluators: Sequence[Callable], references: Sequence[np.ndarray], path,
+                  labels: Optional[np.ndarray], metric: str) -> Paired:
+    """The outcome of ``path`` on the engine where it loses most, each engine against its
+    own FP32 logits: a file that will run on several engines must hold the budget on each."""
+    return max((paired_outcome(e(path), ref, labels, metric)
+                for e, ref in zip(evaluators, references)),
+               key=lambda p: (p.losses, p.disagreements))
 
 
-def _check(max_drop, metric, labels, images, max_excluded, search, method):
+def _check(max_drop, metric, labels, images, max_excluded, search, method, confidence):
     if method != AUTO and method not in METHODS:
         raise CalibrationArgumentError(f"method must be one of {', '.join(METHODS)} or "
                                        f"{AUTO!r}, got {method!r}")
@@ -187,9 +252,15 @@ def _check(max_drop, metric, labels, images, max_excluded, search, method):
     if metric not in METRICS:
         raise CalibrationArgumentError(f"metric must be one of {', '.join(METRICS)}, "
                                        f"got {metric!r}")
-    if not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100:
-        raise CalibrationArgumentError(f"max_drop must be a number of points in [0, 100], got "
-                                       f"{max_drop!r}")
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) \
+            or not 0 < max_drop < 100:
+        raise CalibrationArgumentError(f"max_drop must be a number of points in (0, 100), got "
+                                       f"{max_drop!r} (no finite split can show a loss of "
+                                       "exactly 0 with a confidence; give e.g. 0.1)")
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) \
+            or not 0.5 <= confidence < 1:
+        raise CalibrationArgumentError(f"confidence must be a number in [0.5, 1), e.g. 0.95; "
+                                       f"got {confidence!r}")
     if metric == "top1" and labels is None:
         raise CalibrationArgumentError("metric='top1' needs the validation labels; pass "
                                        "val_labels, or use metric='agreement'")
@@ -197,6 +268,20 @@ def _check(max_drop, metric, labels, images, max_excluded, search, method):
         raise CalibrationArgumentError(f"{len(images)} validation images and {len(labels)} "
                                        "labels")
     count_option("max_excluded", max_excluded, minimum=0)
+    check_reachable(max_drop, confidence, len(images))
+
+
+def check_reachable(max_drop: float, confidence: float, images: int) -> None:
+    """Refuse a budget that no file can be shown to meet on ``images`` validation images:
+    even with no loss at all the upper bound would be over ``max_drop``."""
+    need = needed_images(max_drop, confidence)
+    if images < need:
+        best = Paired(max(images, 1), 0, 0, 0).loss_bound(confidence) if images else 100.0
+        raise CalibrationArgumentError(
+            f"a budget of {max_drop:g} pt at {100 * confidence:g}% confidence cannot be met on "
+            f"{images} validation images: even a file that loses no image has an upper bound "
+            f"of {best:.3f} pt there. It needs at least {need} validation images; give a "
+            "larger split (--val), a larger --max-drop, or a lower --confidence")
 
 
 def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
@@ -205,9 +290,11 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
                        method: str = "percentile", sensitivity_images: int = 64,
                        max_excluded: Optional[int] = None,
                        evaluate: Optional[Callable] = None, threads: Optional[int] = None,
-                       search: str = "bisect", **options):
-    """Write ``onnx_out`` with the fewest sensitive layers kept in float that holds the drop
-    on ``val_images`` within ``max_drop`` points (see the module docstring).
+                       search: str = "bisect", confidence: float = CONFIDENCE,
+                       **options):
+    """Write ``onnx_out`` with the fewest sensitive layers kept in float whose loss on
+    ``val_images`` is at most ``max_drop`` points at ``confidence`` (one-sided upper bound;
+    see the module docstring).
 
     data / statistics: the calibration source or its statistics (the ranking reads ``data``,
     so give it either way); method: a calibration method, or ``"auto"``: the one whose fully
@@ -223,7 +310,7 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
     from .stats import collect_statistics
 
     val_images = np.ascontiguousarray(val_images, np.float32)
-    _check(max_drop, metric, val_labels, val_images, max_excluded, search, method)
+    _check(max_drop, metric, val_labels, val_images, max_excluded, search, method, confidence)
     if data is None:
         raise CalibrationError("quantize_to_budget ranks layers on the calibration images: "
                                "pass data=... (and statistics=... to reuse a pass)")
@@ -245,8 +332,8 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
         def drops_of(name):
             quantize(onnx_in, trial, data=data, statistics=statistics, method=name,
                      exclude=exclude, threads=threads, **options)
-            return (worst_drop(evaluators, references, trial, val_labels, metric),
-                    worst_drop(evaluators, references, trial, val_labels, "agreement"))
+            worst = worst_outcome(evaluators, references, trial, val_labels, metric)
+            return worst.loss_bound(confidence), 100.0 - worst.agreement_pt
         try:
             method, tried = choose_method(drops_of)
         finally:
@@ -266,11 +353,12 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
 
     def drop_with(kept):
         write_trial(kept)
-        return worst_drop(evaluators, references, trial, val_labels, metric)
+        return worst_outcome(evaluators, references, trial, val_labels, metric)
 
     try:
         budget = greedy_exclusion([r.node for r in ranking], drop_with, max_drop, metric,
-                                  max_excluded, search)
+                                  max_excluded, search, confidence)
+        budget.images = len(val_images)
         if written["kept"] != budget.excluded:   # bisection's last trial was over budget
             write_trial(budget.excluded)
         budget.method, budget.methods_tried = method, tried

@@ -8,9 +8,10 @@ package ships, under ``engine/data/fashion_mnist/``:
 - ``calib.npz``: 2,000 images drawn with a fixed seed from the *train* set (``images`` uint8
   Nx28x28, ``labels`` uint8, ``train_index`` int32), for INT8 calibration. Calibration never
   sees a test image.
-- ``val.npz``: 1,000 other train images (same layout), disjoint from ``calib.npz`` and from the
-  test set: the validation split on which an accuracy budget (``--max-drop``) is chosen, so
-  the test set only reports the result.
+- ``val.npz``: 5,000 other train images (same layout), disjoint from ``calib.npz`` and from the
+  test set, and held out of the subjects' training (``benchmarks/train_subject.py`` trains on
+  the other 55,000): the validation split on which an accuracy budget (``--max-drop``) is
+  chosen, so the test set only reports the result.
 
 Only numpy is needed to read the data. :func:`to_model_input` is the one path from uint8 image
 arrays to model input (the study's sets, ``--data``/``--calib`` arrays, and
@@ -39,7 +40,7 @@ CALIB_FILE = "calib.npz"
 CALIB_SIZE = 2000
 CALIB_SEED = 20240              # seed of the draw of the calibration split from the train set
 VAL_FILE = "val.npz"
-VAL_SIZE = 1000
+VAL_SIZE = 5000
 VAL_SEED = 20241                # seed of the draw of the validation split from the rest
 
 # IDX: magic (0, 0, dtype 0x08 = uint8, ndim), then ndim big-endian uint32 sizes, then the data.
@@ -132,8 +133,8 @@ def fashion_mnist(split: str = "test", data_dir=None, limit=None):
     """Shipped Fashion-MNIST data: ``(images uint8 (N, 28, 28), labels uint8 (N,))``.
 
     split: ``"test"`` (the 10,000 held-out test images), ``"calib"`` (2,000 images from the
-    train set, for calibration) or ``"val"`` (1,000 other train images, for choosing an
-    accuracy budget). ``limit`` keeps the first ``limit`` images (a fixed slice).
+    train set, for calibration) or ``"val"`` (5,000 other train images that no subject was
+    trained on, for choosing an accuracy budget). ``limit`` keeps the first ``limit`` images (a fixed slice).
     The arrays are read-only views of the file data; copy them to modify.
     """
     data_dir = Path(data_dir) if data_dir is not None else DATA_DIR

@@ -53,6 +53,7 @@ from calibration.methods import METHODS
 
 from .anchors import ANCHORS, available_anchors
 from .errors import InputError
+from .intervals import CONFIDENCE, METHOD_BOUND, METHOD_DELTA, METHOD_PROPORTION
 from .runtime import count_option
 
 SUBJECT = "inception_resnet_v2_fmnist"
@@ -77,6 +78,8 @@ class Row:
     file_mb: Optional[float] = None   # size of the model file, MB
     quantizer: str = "-"              # who wrote the INT8 file: "ours" or an anchor's name
                                       # (engine.anchors); "-" for float rows
+    pred: Optional[np.ndarray] = field(default=None, repr=False)  # top-1 per test image;
+                                      # written to predictions.npz, not to results.json
 
 
 # ----------------------------------------------------------------------------- data
@@ -232,18 +235,20 @@ class Bench:
         return len(x8) / latency_ms(fn, x8, max(3, self.iters // 4), warmup=1) * 1000.0
 
     def score(self, logits):
-        """(top-1 %, agreement % with the reference's top-1)."""
+        """(top-1 %, agreement % with the reference's top-1, the top-1 per image)."""
         pred = logits.argmax(1)
         return (100.0 * float((pred == self.y_test).mean()),
-                100.0 * float((pred == self.ref_pred).mean()))
+                100.0 * float((pred == self.ref_pred).mean()), pred)
 
     def torch_row(self, model) -> Row:
         """The PyTorch eager FP32 baseline; its predictions become the reference."""
         fn = _torch_fn(model)
         logits = predict(fn, self.x_test, self.eval_batch)
         self.ref_pred = logits.argmax(1)
-        row = Row("torch", "fp32", "-", *self.score(logits), latency_ms(fn, self.x1, self.iters),
+        top1, agreement, pred = self.score(logits)
+        row = Row("torch", "fp32", "-", top1, agreement, latency_ms(fn, self.x1, self.iters),
                   note="PyTorch eager: the baseline", throughput_b8=self.batch8_throughput(fn),
+                  pred=pred,
                   file_mb=sum(t.numel() * t.element_size() for t in model.state_dict().values())
                   / 1e6)
         t = time.perf_counter()
@@ -251,6 +256,15 @@ class Bench:
         row.throughput = min(len(self.x_test), self.eval_batch * 2) / (time.perf_counter() - t)
         self.log(f"  torch fp32: top1 {row.top1:.2f}%  {row.latency_ms:.2f} ms")
         return row
+
+    def delta_text(self, pred) -> str:
+        """`` (Δ -0.12 pt, 95% CI [-0.25, 0.01])`` against the reference, for the log."""
+        if pred is None or self.ref_pred is None:
+            return ""
+        from .intervals import Paired
+        paired = Paired.from_predictions(self.ref_pred, pred, self.y_test)
+        lo, hi = paired.delta_interval()
+        return f" (Δ {paired.delta_pt:+.2f} pt, 95% CI [{lo:+.2f}, {hi:+.2f}])"
 
     def open(self, path, backend, precision):
         """``engine.load`` without its target-mismatch advice (the study runs every target's
@@ -274,7 +288,8 @@ class Bench:
         opened = None if as_file else precision
         try:
             with self.open(path, backend, opened) as rt:
-                row.top1, row.agreement = self.score(predict(rt, self.x_test, self.eval_batch))
+                row.top1, row.agreement, row.pred = self.score(
+                    predict(rt, self.x_test, self.eval_batch))
                 row.latency_ms = latency_ms(rt, self.x1, self.iters)
                 row.throughput_b8 = self.batch8_throughput(rt)
                 t0 = time.perf_counter()
@@ -285,9 +300,9 @@ class Bench:
                     row.latency_ms_299 = latency_ms(rt, self.x299, self.iters_299)
         except Exception as e:  # one engine failing must not sink the study: record why
             row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        self.log(f"  {backend} {precision} {method}: top1 {_rounded(row.top1, 2)}  "
-                 f"{_rounded(row.latency_ms, 2)} ms  @299 {_rounded(row.latency_ms_299, 1)} ms "
-                 f"{row.note}")
+        self.log(f"  {backend} {precision} {method}: top1 {_rounded(row.top1, 2)}"
+                 f"{self.delta_text(row.pred)}  {_rounded(row.latency_ms, 2)} ms  "
+                 f"@299 {_rounded(row.latency_ms_299, 1)} ms {row.note}")
         return row
 
 
@@ -467,9 +482,12 @@ def budget_evaluators(target, x, threads, log: Callable[[str], None] = print):
 
 def budget_files(fp32_path, stats, stats_seconds, calib_data, val, max_drop: float, folder,
                  name: str, threads: int, cpu_uint8: bool = True,
-                 log: Callable[[str], None] = print) -> Dict[str, Int8File]:
+                 log: Callable[[str], None] = print,
+                 confidence: float = CONFIDENCE) -> Dict[str, Int8File]:
     """The ``--max-drop`` files: per target, ``calibration.quantize_to_budget``, the method
-    and the layers kept float chosen on the validation split ``val = (x, labels)``."""
+    and the layers kept float chosen on the validation split ``val = (x, labels)``, the loss
+    held to ``max_drop`` at ``confidence``. A target whose budget cannot be shown is logged
+    and gets no row."""
     import calibration
     from calibration.errors import CalibrationError
     xv, yv = val
@@ -480,17 +498,17 @@ def budget_files(fp32_path, stats, stats_seconds, calib_data, val, max_drop: flo
             res = calibration.quantize_to_budget(
                 fp32_path, folder / f"{name}.{target}.auto.drop{max_drop:g}.onnx", xv, yv,
                 max_drop=max_drop, data=calib_data, statistics=stats, method="auto",
-                target=target, threads=threads,
+                target=target, threads=threads, confidence=confidence,
                 evaluate=budget_evaluators(target, xv, threads, log))
         except CalibrationError as e:
-            log(f"  --max-drop {max_drop:g} @{target}: {e}")
+            log(f"  --max-drop {max_drop:g} @{target}: no file: {e}")
             continue
-        files[file_key(res.budget.method, target, f"+drop{max_drop:g}")] = Int8File(
-            res.path, stats_seconds + time.perf_counter() - t0, list(res.budget.excluded),
-            target, note=f"val drop {res.budget.drop:.2f} pt (budget {max_drop:g} pt, "
-                         f"{len(xv)} val images)")
-        log(f"  --max-drop {max_drop:g} @{target}: {res.budget.method}, "
-            f"{len(res.budget.excluded)} layers float, val drop {res.budget.drop:.2f} pt")
+        b = res.budget
+        files[file_key(b.method, target, f"+drop{max_drop:g}")] = Int8File(
+            res.path, stats_seconds + time.perf_counter() - t0, list(b.excluded), target,
+            note=f"val: {b.losses}/{b.images} lost, {b.loss:.2f} pt, "
+                 f"{100 * b.confidence:g}% bound {b.bound:.2f} pt <= {max_drop:g}")
+        log(f"  --max-drop {max_drop:g} @{target}: {b.method}, {b.summary()}")
     return files
 
 
@@ -540,11 +558,26 @@ def engine_rows(bench: Bench, fp32_path, int8: Dict[str, Int8File], big_files,
     return rows
 
 
-def result_rows(rows: List[Row], model: str, random_weights: bool) -> List[dict]:
-    """The rows as dicts, with the ratios to the baseline (the first row)."""
+BEST_RULE = ("Best INT8: among the INT8 rows, the fastest at batch 1 whose top-1 is not "
+             "distinguishable from the most accurate one's (their own paired exact McNemar "
+             "test on the test images, 95%); a row is within noise of FP32 when its Δ "
+             "interval contains 0.")
+
+
+def result_rows(rows: List[Row], model: str, random_weights: bool,
+                labels: Optional[np.ndarray] = None) -> List[dict]:
+    """The rows as dicts, with the ratios to the baseline (the first row) and, where the
+    test labels and the baseline's predictions are known, each row's paired comparison with
+    it (:mod:`engine.intervals`: losses, gains, Δ top-1 and agreement with their 95%
+    intervals, "within noise"), and the best INT8 rows flagged (:data:`BEST_RULE`). Each
+    row's predictions stay out of the dict: :func:`write_outputs` puts them in
+    ``predictions.npz`` (``predictions`` names the row's array there)."""
+    from .intervals import Paired
     base = rows[0]
-    result = [asdict(r) for r in rows]
-    for r in result:
+    result = []
+    for i, row in enumerate(rows):
+        r = asdict(row)
+        r.pop("pred")
         r["model"] = model
         r["random_weights"] = random_weights
         if base.latency_ms and r["latency_ms"]:
@@ -553,13 +586,57 @@ def result_rows(rows: List[Row], model: str, random_weights: bool) -> List[dict]
             r["latency_299_vs_torch"] = r["latency_ms_299"] / base.latency_ms_299
         if base.top1 is not None and r["top1"] is not None:
             r["top1_delta_vs_fp32"] = r["top1"] - base.top1
+        if row.pred is not None:
+            r["predictions"] = f"row_{i}"
+            if i and labels is not None and base.pred is not None:
+                paired = Paired.from_predictions(base.pred, row.pred, labels).record()
+                r.update({k: paired[k] for k in ("losses", "gains", "top1_delta_ci",
+                                                 "agreement_ci", "p_value", "within_noise")})
+        result.append(r)
+    if labels is not None:
+        flag_best(result, {f"row_{i}": r.pred for i, r in enumerate(rows)}, labels)
     return result
 
 
+def _indistinguishable(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> bool:
+    from .intervals import Paired
+    return Paired.from_predictions(a, b, labels).within_noise()
+
+
+def choose_best(rows: List[dict], predictions: Dict[str, np.ndarray], labels: np.ndarray):
+    """The row :data:`BEST_RULE` picks among ``rows`` (INT8 rows with a top-1 and a latency),
+    or None."""
+    pool = [r for r in rows if r["precision"] == "int8" and r["top1"] is not None
+            and r.get("latency_ms") and predictions.get(r.get("predictions")) is not None]
+    if not pool:
+        return None
+    top = max(pool, key=lambda r: (r["top1"], -r["latency_ms"]))
+    same = [r for r in pool if r is top or _indistinguishable(
+        predictions[top["predictions"]], predictions[r["predictions"]], labels)]
+    return min(same, key=lambda r: (r["latency_ms"], -r["top1"]))
+
+
+def flag_best(rows: List[dict], predictions: Dict[str, np.ndarray], labels: np.ndarray) -> None:
+    """Mark ``best_int8`` (over every engine) and ``best_on_engine`` (per engine)."""
+    for r in rows:
+        r["best_int8"] = r["best_on_engine"] = False
+    best = choose_best(rows, predictions, labels)
+    if best is not None:
+        best["best_int8"] = True
+    for engine in dict.fromkeys(r["engine"] for r in rows):
+        best = choose_best([r for r in rows if r["engine"] == engine], predictions, labels)
+        if best is not None:
+            best["best_on_engine"] = True
+
+
 def write_outputs(out: Path, result: List[dict], meta: dict,
-                  log: Callable[[str], None] = print) -> None:
-    """results.json, meta.json, results.csv, report.md and pareto.png in ``out``."""
-    from .fileio import atomic_write_text
+                  log: Callable[[str], None] = print, predictions=None) -> None:
+    """results.json, meta.json, results.csv, report.md, pareto.png and (with
+    ``predictions``, a ``{name: array}`` dict) predictions.npz in ``out``."""
+    from .fileio import atomic_path, atomic_write_text
+    if predictions:
+        with atomic_path(out / "predictions.npz", suffix=".npz") as tmp:
+            np.savez_compressed(tmp, **predictions)
     atomic_write_text(out / "results.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     write_csv(out / "results.csv", result)
@@ -568,7 +645,30 @@ def write_outputs(out: Path, result: List[dict], meta: dict,
         pareto_plot(result, out / "pareto.png")
     except ImportError:
         log("  (matplotlib not installed: no pareto.png; pip install matplotlib)")
-    log(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
+    log(f"wrote {out}/results.json, results.csv, report.md, pareto.png"
+        + (", predictions.npz" if predictions else ""))
+
+
+def prediction_arrays(rows: List[Row], labels: np.ndarray) -> Dict[str, np.ndarray]:
+    """What predictions.npz holds: ``labels`` and each row's top-1 per test image as
+    ``row_<i>`` (i: the row's index in results.json), int16."""
+    arrays = {"labels": np.asarray(labels, np.int16)}
+    arrays.update({f"row_{i}": np.asarray(r.pred, np.int16) for i, r in enumerate(rows)
+                   if r.pred is not None})
+    return arrays
+
+
+def best_line(rows: List[dict]) -> Optional[str]:
+    """The report's "Best INT8" sentence, from the flags of :func:`flag_best`."""
+    best = next((r for r in rows if r.get("best_int8")), None)
+    if best is None:
+        return None
+    ci = best.get("top1_delta_ci")
+    interval = f", 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+    noise = "; within noise of FP32" if best.get("within_noise") else ""
+    return (f"Best INT8: {best['engine']} / {_int8_name(best)}: top-1 {best['top1']:.2f}% "
+            f"({_fmt(best.get('top1_delta_vs_fp32'))} pt vs PyTorch FP32{interval}{noise}), "
+            f"{_fmt(best.get('latency_ms'))} ms at batch 1.")
 
 
 def subjects() -> List[str]:
@@ -629,14 +729,15 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
               threads: int = 2, iters: int = 20, big: bool = True, auto_exclude: int = 0,
               cpu_uint8: bool = True, eval_batch: int = 64,
               anchors: Optional[Sequence[str]] = None, max_drop: Optional[float] = None,
-              val=None, num_val: Optional[int] = None,
+              val=None, num_val: Optional[int] = None, confidence: float = CONFIDENCE,
               log: Callable[[str], None] = print) -> List[dict]:
     """The study of one model (see :func:`run_study`).
 
     anchors: the third-party quantizers to run beside ours (:mod:`engine.anchors`; None:
     every installed one, ``()``: none). max_drop: add the accuracy-budget rows (points of
-    top-1), chosen on the validation split ``val`` (default: the shipped one; needed with a
-    user's ``data``), its first ``num_val`` images.
+    top-1 lost, held with ``confidence``: :mod:`calibration.budget`), chosen on the
+    validation split ``val`` (default: the shipped one; needed with a user's ``data``), its
+    first ``num_val`` images.
     """
     import torch
     from .export import export_onnx
@@ -659,6 +760,9 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
                          "--data with your labelled test set (and --calib)")
     x_test, y_test = load_eval_data(data, cfg, num_test)
     val_set = validation_data(val, cfg, num_val) if max_drop is not None else None
+    if val_set is not None:
+        from calibration.budget import check_reachable
+        check_reachable(max_drop, confidence, len(val_set[0]))   # before any engine runs
     calib_data = calib if calib is not None else default_calib(cfg, num_calib)
     log(f"study: {cfg.name}, {len(x_test)} test images, calibration from "
         f"{'the shipped train split' if calib is None else calib}, {threads} threads")
@@ -670,7 +774,7 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     int8 = q.ours(methods, auto_exclude)
     theirs = q.anchors(anchors)
     if max_drop is not None:
-        int8.update(q.budget(val_set, max_drop))
+        int8.update(q.budget(val_set, max_drop, confidence))
         if "nncf" in anchors:
             theirs.update(nncf_budget_file(fp32_path, q.calib_array(), val_set, max_drop,
                                            folder, cfg.name, threads, log))
@@ -682,13 +786,21 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
         log(f"  torch fp32 @299: {base.latency_ms_299:.1f} ms")
 
     rows = [base] + engine_rows(bench, fp32_path, int8, big_files, engines, theirs)
-    result = result_rows(rows, cfg.name, weights is None)
+    result = result_rows(rows, cfg.name, weights is None, y_test)
     meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
             "test_images": int(len(x_test)), "threads": threads, "iters": iters,
             "calibration_images": num_calib, "statistics_seconds": q.stats_seconds,
             "anchors": list(anchors), "max_drop": max_drop,
-            "validation_images": None if val_set is None else int(len(val_set[0]))}
-    write_outputs(out, result, meta, log)
+            "validation_images": None if val_set is None else int(len(val_set[0])),
+            "budget_confidence": confidence if max_drop is not None else None,
+            "interval_methods": {"top1_delta": METHOD_DELTA, "agreement": METHOD_PROPORTION,
+                                 "loss_bound": METHOD_BOUND},
+            "best_rule": BEST_RULE}
+    write_outputs(out, result, meta, log, prediction_arrays(rows, y_test))
+    line = best_line(result)
+    if line:
+        log(line)
+        log(f"  ({BEST_RULE})")
     return result
 
 
@@ -742,10 +854,11 @@ class Quantized:
         return anchor_files(names, self.fp32_path, self.calib_array(), self.folder, self.name,
                             self.threads, self.log)
 
-    def budget(self, val, max_drop: float) -> Dict[str, Int8File]:
+    def budget(self, val, max_drop: float, confidence: float = CONFIDENCE
+               ) -> Dict[str, Int8File]:
         return budget_files(self.fp32_path, self.stats, self.stats_seconds, self.calib_data,
                             val, max_drop, self.folder, self.name, self.threads,
-                            self.cpu_uint8, self.log)
+                            self.cpu_uint8, self.log, confidence)
 
 
 def _int8_name(row) -> str:
@@ -756,10 +869,26 @@ def _int8_name(row) -> str:
 
 
 def _best_int8(rows, engine):
-    """The most accurate INT8 row of ``engine`` (ties: the fastest), or None."""
-    int8 = [r for r in rows if r["engine"] == engine and r["precision"] == "int8"
-            and r["top1"] is not None]
-    return max(int8, key=lambda r: (r["top1"], -(r["latency_ms"] or 1e9)), default=None)
+    """The best INT8 row of ``engine`` by :data:`BEST_RULE` (flagged by :func:`flag_best`),
+    or None."""
+    return next((r for r in rows if r["engine"] == engine and r.get("best_on_engine")), None)
+
+
+def _delta_cell(r) -> str:
+    """``-0.12 [-0.25, +0.01] within noise`` (points, 95% interval; "within noise" of FP32
+    when the interval contains 0)."""
+    text = _fmt(r.get("top1_delta_vs_fp32"))
+    ci = r.get("top1_delta_ci")
+    if ci is None:
+        return text
+    return f"{text} [{ci[0]:+.2f}, {ci[1]:+.2f}]" + (" within noise" if r.get("within_noise")
+                                                      else "")
+
+
+def _agreement_cell(r) -> str:
+    ci = r.get("agreement_ci")
+    text = _fmt(r.get("agreement"))
+    return text if ci is None else f"{text} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def comparison_markdown(rows: List[dict]) -> str:
@@ -769,7 +898,7 @@ def comparison_markdown(rows: List[dict]) -> str:
              "`<model>/report.md`.", "",
              "| network | engine | FP32 top-1 % | best INT8 (method@target, or anchor) "
              "| INT8 top-1 % "
-             "| Δ pt | latency × torch | @299 × torch | batch-8 img/s |",
+             "| Δ pt [95% CI] | latency × torch | @299 × torch | batch-8 img/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
@@ -779,9 +908,10 @@ def comparison_markdown(rows: List[dict]) -> str:
                 continue
             lines.append("| " + " | ".join([
                 model, engine, _fmt(mine[0]["top1"]), _int8_name(best),
-                _fmt(best["top1"]), _fmt(best.get("top1_delta_vs_fp32")),
+                _fmt(best["top1"]), _delta_cell(best),
                 _fmt(best.get("latency_vs_torch"), 3), _fmt(best.get("latency_299_vs_torch"), 3),
                 _fmt(best.get("throughput_b8"), 1)]) + " |")
+    lines += ["", f"Per engine: {BEST_RULE} Intervals: {METHOD_DELTA}."]
     return "\n".join(lines) + "\n"
 
 
@@ -852,8 +982,11 @@ MARKER_PX = 4.0     # half the size of a plotted marker, in pixels, as an obstac
 
 def _points_of(ax) -> List:
     """The display coordinates of every scattered point of ``ax``."""
+    from matplotlib.collections import PathCollection
     pts = []
     for coll in ax.collections:
+        if not isinstance(coll, PathCollection):      # error bars are not points
+            continue
         offsets = coll.get_offsets()
         if len(offsets):
             pts += list(ax.transData.transform(np.asarray(offsets, float)))
@@ -979,26 +1112,27 @@ def report_markdown(rows, meta) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, {meta['threads']} threads; torch "
              f"{m['torch']}. Test images: {meta['test_images']}; calibration images: "
              f"{meta['calibration_images']}. Latency: batch 1, median of {meta['iters']}.", "",
-             "| engine | precision | quantizer | method | target | top-1 % | Δ vs FP32 (pt) "
-             "| agreement % | latency ms | × torch | latency @299 ms | × torch @299 "
-             "| batch-8 img/s | file MB | calib s | note |",
+             "| engine | precision | quantizer | method | target | top-1 % "
+             "| Δ vs FP32 pt [95% CI] | agreement % [95% CI] | latency ms | × torch "
+             "| latency @299 ms | × torch @299 | batch-8 img/s | file MB | calib s | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join([
             r["engine"], r["precision"], r.get("quantizer", "-"), r["method"],
             r.get("target", "-"), _fmt(r["top1"]),
-            _fmt(r.get("top1_delta_vs_fp32")), _fmt(r["agreement"]), _fmt(r["latency_ms"]),
+            _delta_cell(r), _agreement_cell(r), _fmt(r["latency_ms"]),
             _fmt(r.get("latency_vs_torch"), 3), _fmt(r["latency_ms_299"], 1),
             _fmt(r.get("latency_299_vs_torch"), 3), _fmt(r.get("throughput_b8"), 1),
             _fmt(r.get("file_mb"), 1), _fmt(r["calib_seconds"], 1),
             (r["note"] + (" excluded: " + ", ".join(r["excluded"]) if r["excluded"] else ""))
             .strip()]) + " |")
-    int8 = [r for r in rows if r["precision"] == "int8" and r["top1"] is not None]
-    if int8:
-        best = max(int8, key=lambda r: (r["top1"], -(r["latency_ms"] or 1e9)))
-        lines += ["", f"Best INT8: {best['engine']} / {_int8_name(best)}: top-1 "
-                  f"{best['top1']:.2f}% ({_fmt(best.get('top1_delta_vs_fp32'))} pt vs PyTorch "
-                  "FP32)."]
+    lines += ["", f"Δ and agreement: paired, against the PyTorch FP32 row on the same "
+              f"{meta['test_images']} test images; Δ: {METHOD_DELTA}; agreement: "
+              f"{METHOD_PROPORTION}. 'within noise': of FP32 (the Δ interval contains 0). "
+              "Per-image predictions: predictions.npz."]
+    line = best_line(rows)
+    if line:
+        lines += ["", line, "", f"Rule: {BEST_RULE}"]
     if rows and rows[0].get("random_weights"):
         lines += ["", "**Weights are random: accuracy columns are meaningless.**"]
     return "\n".join(lines) + "\n"
@@ -1010,6 +1144,35 @@ def pareto_plot(rows, path):
 
 
 _ANCHOR_MARKERS = ("v", "<", ">", "P", "X", "*", "h", "p")
+_FLOAT_MARKERS = {"fp32": "o", "bf16": "s", "fp16": "D"}   # INT8 rows: the quantizer's
+
+
+def _error_bar(r, base_top1):
+    """(below, above) the row's top-1: its paired 95% interval on Δ, moved onto the top-1
+    axis (the baseline's top-1 + the interval); None without an interval."""
+    ci = r.get("top1_delta_ci")
+    if ci is None or base_top1 is None or r["top1"] is None:
+        return None
+    delta = r["top1"] - base_top1
+    return max(0.0, delta - ci[0]), max(0.0, ci[1] - delta)
+
+
+def readable_log_ticks(ax, axis: str = "x") -> None:
+    """Plain-number major ticks on a log axis (1, 2, 5 per decade, or a few evenly spaced
+    values when the range is under a decade) and no minor labels, so labels never run
+    together the way "3×10⁰4×10⁰" does."""
+    from matplotlib.ticker import (FixedLocator, FuncFormatter, LogLocator, MaxNLocator,
+                                   NullFormatter)
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    ticks = [t for t in LogLocator(base=10, subs=(1.0, 2.0, 5.0)).tick_values(lo, hi)
+             if lo <= t <= hi]
+    if len(ticks) < 3:
+        ticks = [t for t in MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+                 if lo <= t <= hi and t > 0]
+    which.set_major_locator(FixedLocator(ticks))
+    which.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    which.set_minor_formatter(NullFormatter())
 
 
 def _pareto_front(pts, key):
@@ -1027,10 +1190,11 @@ def _row_label(r) -> str:
 
 def pareto_figure(rows):
     """Accuracy vs batch-1 latency, at the model's own size and at 299 (a panel each, when
-    measured). Colour: the engine;
-    marker: the precision, and for INT8 the quantizer (hollow: OpenVINO's uint8 layout). The
-    Pareto front is dashed; its points, the baseline and each quantizer's most accurate row
-    are labelled where a label fits without overlap, the rest listed in the legend."""
+    measured). Colour: the engine; marker: the float precision (FP32 circle, BF16 square,
+    FP16 diamond), and for INT8 the quantizer (hollow: OpenVINO's uint8 layout). Each row's
+    paired 95% interval on Δ top-1 is its vertical error bar. The Pareto front is dashed; its
+    points, the baseline and each quantizer's most accurate row are labelled where a label
+    fits without overlap, the rest listed in the legend."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1052,7 +1216,14 @@ def pareto_figure(rows):
             quantizer = r.get("quantizer", "-")
             label = f"{r['engine']} {r['precision']}" + (
                 f" {quantizer}" if r["precision"] == "int8" else "") + (" u8" if u8 else "")
-            ax.scatter(r[key], r["top1"], marker=markers.get(quantizer, "o"),
+            bar = _error_bar(r, rows[0]["top1"] if rows else None)
+            if bar is not None:
+                ax.errorbar(r[key], r["top1"], yerr=[[bar[0]], [bar[1]]], fmt="none",
+                            ecolor=colours.get(r["engine"], "k"), elinewidth=0.8, capsize=2,
+                            alpha=0.7)
+            marker = (markers.get(quantizer, "o") if r["precision"] == "int8"
+                      else _FLOAT_MARKERS.get(r["precision"], "o"))
+            ax.scatter(r[key], r["top1"], marker=marker,
                        facecolors="none" if u8 else colours.get(r["engine"], "k"),
                        edgecolors=colours.get(r["engine"], "k"), s=45,
                        label=None if label in seen else label)
@@ -1065,6 +1236,7 @@ def pareto_figure(rows):
         chosen = list({id(r): r for r in front + pts[:1] + best}.values())
         panels.append((ax, [(r[key], r["top1"], _row_label(r)) for r in chosen]))
         ax.set_xscale("log")
+        readable_log_ticks(ax)
         ax.set_xlabel(f"batch-1 latency (ms, {title}; log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"accuracy vs latency: {title}")

@@ -1,5 +1,6 @@
-"""Mixed precision to an accuracy budget: the greedy rule, the drop, and a planted sensitive
-layer on the trained subject found and kept in float."""
+"""Mixed precision to an accuracy budget: the greedy rule, the loss and its bound, the
+refusal of a split too small for the budget, and a planted sensitive layer on the trained
+subject found and kept in float."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import calibration
-from calibration.budget import drop_points, greedy_exclusion, worst_drop
+from calibration.budget import greedy_exclusion, paired_outcome, worst_outcome
 from calibration.errors import CalibrationArgumentError, CalibrationError
 
 
@@ -28,10 +29,10 @@ def test_greedy_stops_at_the_first_list_within_budget():
     drop_with, calls = _planted(bad={"c"})
     budget = greedy_exclusion(["a", "b", "c", "d", "e"], drop_with, max_drop=0.1)
     assert budget.excluded == ["a", "b", "c"]            # in ranking order, nothing after c
-    assert budget.drop == pytest.approx(0.02)
+    assert budget.bound == pytest.approx(0.02)
     assert calls == [[], ["a"], ["a", "b"], ["a", "b", "c"]]
     assert [s.excluded for s in budget.steps] == [0, 1, 2, 3]
-    assert [s.drop for s in budget.steps] == pytest.approx([0.52, 0.52, 0.52, 0.02])
+    assert [s.bound for s in budget.steps] == pytest.approx([0.52, 0.52, 0.52, 0.02])
 
 
 def test_greedy_keeps_nothing_in_float_when_int8_fits():
@@ -57,7 +58,7 @@ def test_bisection_finds_the_linear_answer_in_few_steps(bad_at):
         drop_with, calls = _planted(bad={ranked[bad_at]})
         budget = greedy_exclusion(ranked, drop_with, max_drop=0.1, search=search)
         answers.append(budget.excluded)
-        assert budget.drop == pytest.approx(0.02)
+        assert budget.bound == pytest.approx(0.02)
         assert [s.excluded for s in budget.steps] == [len(c) for c in calls]
         if search == "bisect":
             assert len(calls) <= 2 * 7 + 2                 # log2(100) ~ 7: gallop + halving
@@ -78,23 +79,56 @@ def test_bisection_reports_an_unreachable_budget():
         greedy_exclusion(["a"], drop_with, max_drop=0.1, search="binary")
 
 
-def test_drop_points_by_hand():
+def test_losses_are_counted_not_netted():
+    """A file that flips images each way has lost the ones FP32 got right, whatever the net
+    top-1 says; without labels every changed top-1 counts."""
     ref = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]        # predicts 0, 1, 2, 3
-    got = np.eye(4, dtype=np.float32)[[0, 1, 2, 0]]        # the last one changes
-    labels = np.array([0, 1, 3, 3])                        # FP32 right on 3 of 4
-    assert drop_points(got, ref, labels, "top1") == pytest.approx(25.0)     # 75 % -> 50 %
-    assert drop_points(got, ref, None, "agreement") == pytest.approx(25.0)
-    assert drop_points(ref, ref, labels, "top1") == 0.0
+    got = np.eye(4, dtype=np.float32)[[1, 1, 3, 3]]        # first loses, third gains
+    labels = np.array([0, 1, 3, 3])                        # FP32 right on 0, 1, 3
+    top1 = paired_outcome(got, ref, labels, "top1")
+    assert (top1.losses, top1.gains, top1.delta_pt) == (1, 1, 0.0)   # net 0, one image lost
+    assert top1.loss_pt == pytest.approx(25.0)
+    agree = paired_outcome(got, ref, None, "agreement")
+    assert agree.losses == 2 and agree.agreement_pt == pytest.approx(50.0)
+    assert paired_outcome(ref, ref, labels, "top1").losses == 0
 
 
-def test_worst_drop_over_engines_counts_the_worst():
+def test_worst_outcome_over_engines_counts_the_worst():
     ref = np.eye(4, dtype=np.float32)
     labels = np.arange(4)
     faithful = lambda path: ref                                   # noqa: E731
     saturating = lambda path: np.eye(4, dtype=np.float32)[[0, 0, 0, 3]]  # noqa: E731
-    assert worst_drop([faithful], [ref], "f.onnx", labels, "top1") == 0.0
-    assert worst_drop([faithful, saturating], [ref, ref], "f.onnx", labels,
-                      "top1") == pytest.approx(50.0)
+    assert worst_outcome([faithful], [ref], "f.onnx", labels, "top1").losses == 0
+    assert worst_outcome([faithful, saturating], [ref, ref], "f.onnx", labels,
+                         "top1").losses == 2
+
+
+def test_greedy_holds_the_upper_bound_not_the_point_estimate():
+    """With 1,000 images, 2 losses read 0.2 pt but their 95% upper bound is 0.63 pt: a 0.5 pt
+    budget passes over that count and stops at the one with no loss (bound 0.30 pt)."""
+    from engine.intervals import Paired
+    losses = {0: 9, 1: 2, 2: 0}
+    budget = greedy_exclusion(["a", "b", "c"], lambda kept: Paired(1000, losses[len(kept)], 0,
+                                                                    losses[len(kept)]),
+                              max_drop=0.5)
+    assert budget.excluded == ["a", "b"] and budget.losses == 0
+    assert budget.steps[1].loss == pytest.approx(0.2) and budget.steps[1].bound > 0.5
+    assert budget.bound == pytest.approx(100 * (1 - 0.05 ** (1 / 1000)))   # L = 0, closed form
+
+
+def test_a_split_too_small_for_the_budget_is_refused_with_the_size_it_needs(tmp_path):
+    """0.1 pt at 95% needs n >= ln(0.05) / ln(0.999) = 2994.2, i.e. 2,995 images: 2,000 are
+    refused before any file is read or written, and the message says how many are needed."""
+    from calibration.budget import check_reachable
+    with pytest.raises(CalibrationArgumentError, match=r"cannot be met on 2000 validation "
+                       r"images.*upper bound of 0\.150 pt.*at least 2995 validation images"):
+        check_reachable(0.1, 0.95, 2000)
+    check_reachable(0.1, 0.95, 2995)                        # just enough: no error
+    with pytest.raises(CalibrationArgumentError, match="at least 2995"):
+        calibration.quantize_to_budget(tmp_path / "missing.onnx", tmp_path / "x.onnx",
+                                       np.zeros((2000, 3, 8, 8), np.float32),
+                                       np.zeros(2000, np.int64), max_drop=0.1, data=[])
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------ on the trained subject
@@ -105,7 +139,7 @@ def subject(tmp_path_factory):
     model = engine.create_model("inception_resnet_v2_fmnist", weights="bundled")
     path = engine.export_onnx(model, tmp_path_factory.mktemp("budget") / "subject.onnx")
     calib, _ = fashion_mnist("calib", limit=32)
-    val, labels = fashion_mnist("val", limit=200)
+    val, labels = fashion_mnist("val", limit=400)
     return (path, to_model_input(calib.copy(), model.config).numpy(),
             to_model_input(val.copy(), model.config).numpy(), labels.astype(np.int64))
 
@@ -129,16 +163,20 @@ def test_planted_sensitive_layer_is_kept_float_and_budget_holds(subject, planted
     path, calib, val, labels = subject
     stats, layer = planted
     out = tmp_path / "budget.onnx"
-    res = calibration.quantize_to_budget(path, out, val, labels, max_drop=0.5, data=calib,
+    # 2 pt at 95% on 400 images: at most 3 images lost (bound 1.94 pt)
+    res = calibration.quantize_to_budget(path, out, val, labels, max_drop=2.0, data=calib,
                                          statistics=stats, method="minmax",
                                          sensitivity_images=8, target="openvino", threads=2)
     budget = res.budget
-    assert budget.steps[0].drop > 0.5                      # fully INT8 breaks the budget
+    assert budget.steps[0].bound > 2.0                     # fully INT8 breaks the budget
     assert layer in budget.excluded and budget.excluded[0] == layer
-    assert budget.drop <= 0.5 and len(budget.excluded) <= 3
+    assert budget.bound <= 2.0 and budget.losses <= 3 and len(budget.excluded) <= 3
+    assert budget.images == 400 and budget.confidence == 0.95
     record = json.loads({p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
                         ["inception.calibration"])
     assert record["budget"]["kept_float"] == budget.excluded and record["target"] == "openvino"
+    assert record["budget"]["losses"] == budget.losses
+    assert record["budget"]["loss_bound_pt"] == pytest.approx(budget.bound, abs=1e-4)
     assert layer in record["excluded_nodes"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["budget.onnx"]   # no trial file left
 
@@ -148,18 +186,19 @@ def test_unreachable_budget_leaves_no_file(subject, planted, tmp_path):
     path, calib, val, labels = subject
     stats, _ = planted
     with pytest.raises(CalibrationError, match="not met"):
-        calibration.quantize_to_budget(path, tmp_path / "x.onnx", val, labels, max_drop=0.0,
+        calibration.quantize_to_budget(path, tmp_path / "x.onnx", val, labels, max_drop=0.8,
                                        data=calib, statistics=stats, method="minmax",
                                        sensitivity_images=8, max_excluded=0, threads=2)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(max_drop=-1), "max_drop"), (dict(metric="top5"), "metric"),
+    (dict(max_drop=-1), "max_drop"), (dict(max_drop=0.0), "max_drop"),
+    (dict(confidence=1.0), "confidence"), (dict(metric="top5"), "metric"),
     (dict(val_labels=None), "needs the validation labels")])
 def test_bad_budget_arguments(subject, tmp_path, kw, match):
     path, calib, val, labels = subject
-    args = dict(val_labels=labels, max_drop=0.1, data=calib)
+    args = dict(val_labels=labels, max_drop=2.0, data=calib)
     args.update(kw)
     with pytest.raises(CalibrationArgumentError, match=match):
         calibration.quantize_to_budget(path, tmp_path / "x.onnx", val, **args)
@@ -195,6 +234,7 @@ def test_bisection_publishes_the_chosen_file_not_the_last_trial(tmp_path):
     need = 6
     val = np.random.default_rng(1).normal(size=(100, 4, 6, 6)).astype(np.float32)
     ref = np.tile(np.eye(4, dtype=np.float32), (25, 1))
+    # 3 pt at 95% on 100 images: met with no image lost (bound 2.95 pt), not with one (4.66)
 
     def fake_engine(path):
         """Logits whose agreement with ``ref`` loses one image per layer short of ``need``."""
@@ -207,7 +247,7 @@ def test_bisection_publishes_the_chosen_file_not_the_last_trial(tmp_path):
 
     src = conv_chain(tmp_path / "chain.onnx")
     out = tmp_path / "budget.onnx"
-    res = calibration.quantize_to_budget(src, out, val, max_drop=0.0, metric="agreement",
+    res = calibration.quantize_to_budget(src, out, val, max_drop=3.0, metric="agreement",
                                          data=val[:16], method="minmax", sensitivity_images=4,
                                          evaluate=fake_engine, search="bisect")
     assert [s.excluded for s in res.budget.steps] == [0, 1, 2, 4, 8, 6, 5]
@@ -245,16 +285,17 @@ def test_auto_method_is_chosen_on_validation_and_recorded(tmp_path):
         return out
 
     src = conv_chain(tmp_path / "chain.onnx", depth=4)
-    res = calibration.quantize_to_budget(src, tmp_path / "b.onnx", val, max_drop=0.0,
+    res = calibration.quantize_to_budget(src, tmp_path / "b.onnx", val, max_drop=8.0,
                                          metric="agreement", data=val[:8], method="auto",
                                          sensitivity_images=4, evaluate=fake_engine)
     assert res.method == "mse" and res.budget.method == "mse" and res.budget.excluded == []
     assert set(res.budget.methods_tried) == set(calibration.METHODS)
-    assert res.budget.methods_tried["minmax"] == [5.0, 5.0]
+    bound, disagreement = res.budget.methods_tried["minmax"]
+    assert disagreement == 5.0 and bound > res.budget.methods_tried["mse"][0] > 0
     record = json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "b.onnx"))
                          .metadata_props}["inception.calibration"])
     assert record["budget"]["method"] == "mse" and record["method"] == "mse"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.onnx", "chain.onnx"]
     with pytest.raises(CalibrationArgumentError, match="method must be one of"):
-        calibration.quantize_to_budget(src, tmp_path / "c.onnx", val, max_drop=0.0,
+        calibration.quantize_to_budget(src, tmp_path / "c.onnx", val, max_drop=8.0,
                                        metric="agreement", data=val[:8], method="best")

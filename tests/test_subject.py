@@ -242,3 +242,25 @@ def test_subject_accuracy_on_test_slice(name, test_set):
     assert top1 >= MIN_SLICE_TOP1, f"{name}: top-1 on the first {SLICE} test images: {top1:.1f}%"
     # the checkpoint is the one its record describes: the slice reproduces the full-set figure
     assert abs(top1 - recorded) <= SLICE_TOLERANCE, (name, top1, recorded)
+
+
+def _index_digest(index) -> str:
+    """SHA-256 of a sorted train index as little-endian int32 (how the records name a split)."""
+    return hashlib.sha256(np.sort(np.asarray(index)).astype("<i4").tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", SUBJECTS)
+def test_subject_never_saw_the_validation_split(name):
+    """Each record names, by hash, the train images its subject was trained on and the
+    validation split: the two are the complement of each other in the 60,000 train images, and
+    the validation split named is the shipped one."""
+    report = json.loads((datasets.DATA_DIR.parent / f"{name}.json").read_text())
+    with np.load(datasets.DATA_DIR / datasets.VAL_FILE) as z:
+        val_index = z["train_index"]
+    assert len(val_index) == datasets.VAL_SIZE >= 5000
+    assert report["val_index_sha256"] == _index_digest(val_index)
+    assert report["train_index_sha256"] == _index_digest(
+        np.setdiff1d(np.arange(60000), val_index))
+    assert report["train_images"] == 60000 - len(val_index)
+    assert report["val_images"] == len(val_index)
+    assert report["val_top1"] >= TARGET_TOP1 - 2

@@ -58,6 +58,15 @@ def percentile(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def confidence(text: str) -> float:
+    """An argparse ``type`` for a confidence level in [0.5, 1) (e.g. 0.95)."""
+    value = _read(text, float)
+    if not 0.5 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a confidence in [0.5, 1); give e.g. "
+                                         "0.95 (95%)")
+    return value
+
+
 def add_command(sub, name: str, example: str, **kwargs) -> argparse.ArgumentParser:
     """Add subcommand ``name``; its ``--help`` ends with the worked ``example`` (one or more
     command lines)."""

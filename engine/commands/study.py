@@ -4,7 +4,7 @@ from __future__ import annotations
 from calibration.methods import METHODS
 
 from ..anchors import ANCHORS
-from . import add_command, in_range, non_negative_int, positive_int
+from . import add_command, confidence, in_range, non_negative_int, positive_int
 
 
 def register(sub):
@@ -44,13 +44,17 @@ def register(sub):
                                      "pip install -e .[anchors])")
     p.add_argument("--no-anchors", dest="anchors", action="store_const", const="",
                    help="run no third-party quantizer")
-    p.add_argument("--max-drop", type=in_range(0.0, 100.0, low_open=False), metavar="PT",
-                   help="add rows quantized to an accuracy budget: at most PT points of top-1 "
-                        "lost on the validation split (ours per target, and NNCF's accuracy "
-                        "control when the nncf anchor runs)")
+    p.add_argument("--max-drop", type=in_range(0.0, 100.0), metavar="PT",
+                   help="add rows quantized to an accuracy budget: at most PT points of the "
+                        "validation images lost (FP32 right, INT8 wrong) at --confidence "
+                        "(ours per target, and NNCF's accuracy control when the nncf anchor "
+                        "runs)")
+    p.add_argument("--confidence", type=confidence, default=0.95,
+                   help="confidence of the --max-drop bound, in [0.5, 1) (default 0.95)")
     p.add_argument("--val", help="labelled validation split for --max-drop (.npz or a folder "
-                                 "of class folders, disjoint from --data); needed with --data "
-                                 "(default: the shipped Fashion-MNIST validation split)")
+                                 "of class folders): no test image and no image the model "
+                                 "was trained on; needed with --data (default: the shipped "
+                                 "5,000 held-out Fashion-MNIST train images)")
     p.add_argument("--num-val", type=positive_int,
                    help="use only the first N validation images for --max-drop")
     p.add_argument("--out", default="study", help="output folder")
@@ -67,5 +71,6 @@ def run(args):
               methods=methods, engines=engines, out=args.out, num_test=args.num_test,
               num_calib=args.num_calib, threads=args.threads, iters=args.iters, big=args.big,
               auto_exclude=args.auto_exclude, cpu_uint8=args.cpu_uint8, anchors=anchors,
-              max_drop=args.max_drop, val=args.val, num_val=args.num_val)
+              max_drop=args.max_drop, val=args.val, num_val=args.num_val,
+              confidence=args.confidence)
     return 0
