@@ -61,6 +61,7 @@ class BudgetStep:
                                     # bound at the budget's confidence
     loss: Optional[float] = None    # observed loss rate (points)
     losses: Optional[int] = None    # images lost (worst engine)
+    outcome: Optional[Paired] = field(default=None, repr=False)  # the paired counts behind it
 
 
 @dataclass
@@ -80,9 +81,15 @@ class Budget:
     method: Optional[str] = None      # the calibration method of the file
     methods_tried: Dict[str, List[float]] = field(default_factory=dict)  # method="auto":
                                       # each method's [bound, disagreement] fully INT8
+    outcome: Optional[Paired] = field(default=None, repr=False)  # the chosen file's paired
+                                      # counts on the split (worst engine)
 
     def record(self) -> dict:
+        """The budget as the file's calibration record and ``quantize --json`` give it; with
+        the chosen file's paired figures on the split (Δ top-1 and agreement with their 95%
+        intervals: :meth:`engine.intervals.Paired.record`) under ``validation``."""
         return {"max_drop": self.max_drop, "metric": self.metric,
+                "validation": None if self.outcome is None else self.outcome.record(),
                 "confidence": self.confidence, "images": self.images,
                 "loss_pt": _r4(self.loss), "loss_bound_pt": _r4(self.bound),
                 "losses": self.losses, "bound_method": METHOD_BOUND,
@@ -122,12 +129,17 @@ def choose_method(drops_of: Callable[[str], Tuple[float, float]],
 Measured = Union[float, Paired]
 
 
-def as_step(count: int, value: Measured, confidence: float) -> BudgetStep:
+def as_step(count: int, value: Measured, confidence: float, metric: str = "top1") -> BudgetStep:
     """A search step from what ``drop_with`` returned: a :class:`engine.intervals.Paired`
-    (its loss bound at ``confidence`` is held to the budget) or a number of points (held
-    as it is)."""
+    (the upper bound, at ``confidence``, of its losses for ``"top1"`` or of its changed
+    predictions for ``"agreement"`` is held to the budget) or a number of points (held as
+    it is)."""
     if isinstance(value, Paired):
-        return BudgetStep(count, value.loss_bound(confidence), value.loss_pt, value.losses)
+        if metric == "agreement":
+            return BudgetStep(count, value.disagreement_bound(confidence),
+                              100.0 - value.agreement_pt, value.disagreements, value)
+        return BudgetStep(count, value.loss_bound(confidence), value.loss_pt, value.losses,
+                          value)
     return BudgetStep(count, float(value))
 
 
@@ -154,7 +166,7 @@ def greedy_exclusion(ranked: Sequence[str], drop_with: Callable[[List[str]], Mea
     steps: Dict[int, BudgetStep] = {}
 
     def fits(count):
-        steps[count] = as_step(count, drop_with(list(ranked[:count])), confidence)
+        steps[count] = as_step(count, drop_with(list(ranked[:count])), confidence, metric)
         budget.steps.append(steps[count])
         return steps[count].bound <= max_drop
 
@@ -169,7 +181,7 @@ def greedy_exclusion(ranked: Sequence[str], drop_with: Callable[[List[str]], Mea
             "calibrate on more images, or give a larger validation split")
     chosen = steps[found]
     budget.excluded, budget.bound = list(ranked[:found]), chosen.bound
-    budget.loss, budget.losses = chosen.loss, chosen.losses
+    budget.loss, budget.losses, budget.outcome = chosen.loss, chosen.losses, chosen.outcome
     return budget
 
 
@@ -198,16 +210,18 @@ def _bisect(fits: Callable[[int], bool], limit: int) -> Optional[int]:
     return within
 
 
-def paired_outcome(logits: np.ndarray, reference: np.ndarray, labels: Optional[np.ndarray],
-                   metric: str) -> Paired:
-    """The images ``logits`` loses against the FP32 ``reference`` logits on the same images:
-    for ``"top1"`` the reference right and this wrong; for ``"agreement"`` (no labels) a
-    different top-1. Returned as :class:`engine.intervals.Paired` (its ``losses`` field)."""
-    pred, ref = logits.argmax(1), reference.argmax(1)
-    if metric == "agreement":
-        disagree = int((pred != ref).sum())
-        return Paired(len(ref), disagree, 0, disagree)
-    return Paired.from_predictions(ref, pred, labels)
+def paired_outcome(logits: np.ndarray, reference: np.ndarray,
+                   labels: Optional[np.ndarray]) -> Paired:
+    """``logits`` against the FP32 ``reference`` logits on the same images, per image
+    (:class:`engine.intervals.Paired`: losses and gains need ``labels``; changed top-1
+    predictions do not)."""
+    return Paired.from_predictions(reference.argmax(1), logits.argmax(1), labels)
+
+
+def counted(outcome: Paired, metric: str) -> int:
+    """The images a budget counts as lost: FP32 right and INT8 wrong (``"top1"``), or a
+    changed top-1 (``"agreement"``)."""
+    return outcome.disagreements if metric == "agreement" else outcome.losses
 
 
 def onnxruntime_logits(images: np.ndarray, threads: Optional[int] = None,
@@ -235,11 +249,11 @@ def _evaluators(evaluate, images, threads) -> List[Callable]:
 
 def worst_outcome(evaluators: Sequence[Callable], references: Sequence[np.ndarray], path,
                   labels: Optional[np.ndarray], metric: str) -> Paired:
-    """The outcome of ``path`` on the engine where it loses most, each engine against its
-    own FP32 logits: a file that will run on several engines must hold the budget on each."""
-    return max((paired_outcome(e(path), ref, labels, metric)
-                for e, ref in zip(evaluators, references)),
-               key=lambda p: (p.losses, p.disagreements))
+    """The outcome of ``path`` on the engine where it loses most (:func:`counted`), each
+    engine against its own FP32 logits: a file that will run on several engines must hold
+    the budget on each."""
+    return max((paired_outcome(e(path), ref, labels) for e, ref in zip(evaluators, references)),
+               key=lambda p: (counted(p, metric), p.disagreements))
 
 
 def _check(max_drop, metric, labels, images, max_excluded, search, method, confidence):
@@ -332,8 +346,9 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
         def drops_of(name):
             quantize(onnx_in, trial, data=data, statistics=statistics, method=name,
                      exclude=exclude, threads=threads, **options)
-            worst = worst_outcome(evaluators, references, trial, val_labels, metric)
-            return worst.loss_bound(confidence), 100.0 - worst.agreement_pt
+            worst = as_step(0, worst_outcome(evaluators, references, trial, val_labels,
+                                             metric), confidence, metric)
+            return worst.bound, 100.0 - worst.outcome.agreement_pt
         try:
             method, tried = choose_method(drops_of)
         finally:

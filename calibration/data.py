@@ -20,18 +20,22 @@ that says what was expected.
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
+from engine.errors import InputError
+from engine.fileio import load_npy, load_npz
 from engine.runtime import count_option
 
-from .errors import CalibrationDataError
+from .errors import CalibrationArgumentError, CalibrationDataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
 NPZ_KEYS = ("images", "input", "x", "data")
+_MAX_LISTED = 5
 
 
 def describe_source(source) -> str:
@@ -73,18 +77,20 @@ def _image_files(folder: Path):
 def _load_array(path: Path) -> np.ndarray:
     try:
         if path.suffix == ".npy":
-            return np.load(path, mmap_mode="r")
-        with np.load(path) as z:
-            keys = list(z.keys())
-            for k in NPZ_KEYS:
-                if k in z:
-                    return z[k]
-            if len(keys) == 1:
-                return z[keys[0]]
-    except (OSError, ValueError) as e:
-        raise CalibrationDataError(f"cannot read calibration array {path}: {e}") from e
+            return load_npy(path, mmap_mode="r")
+        arrays = load_npz(path)
+    except InputError as e:             # an array of Python objects: says how to convert it
+        raise CalibrationDataError(f"calibration array {e}") from e
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CalibrationDataError(f"cannot read calibration array {path}: {e}; pass an .npy "
+                                   "or .npz file written by np.save / np.savez") from e
+    for k in NPZ_KEYS:
+        if k in arrays:
+            return arrays[k]
+    if len(arrays) == 1:
+        return next(iter(arrays.values()))
     raise CalibrationDataError(
-        f"{path} holds arrays {keys}; name the images one of {', '.join(NPZ_KEYS)}")
+        f"{path} holds arrays {list(arrays)}; name the images one of {', '.join(NPZ_KEYS)}")
 
 
 def _need_config(cfg, what):
@@ -111,7 +117,6 @@ def _preprocess_files(files, cfg, batch_size) -> Iterator[np.ndarray]:
 def _images_to_input(arr, cfg, batch_size, what) -> Iterator[np.ndarray]:
     """uint8 image arrays through ``engine.datasets.to_model_input``, ``batch_size`` at a time."""
     from engine.datasets import to_model_input
-    from engine.errors import InputError
     if len(arr) == 0:
         raise CalibrationDataError(f"{what} is empty (0 images)")
     _need_config(cfg, what)
@@ -131,8 +136,11 @@ def _from_array(arr, cfg, batch_size, what) -> Iterator[np.ndarray]:
         yield from _images_to_input(arr, cfg, batch_size, what)
         return
     if not np.issubdtype(arr.dtype, np.floating):
+        how = ("an array of Python objects: stack it into a numeric one with "
+               "np.stack(list(arr)).astype(np.float32)" if arr.dtype.hasobject else
+               "convert it with arr.astype(np.float32) for NCHW input, or pass uint8 images")
         raise CalibrationDataError(f"{what}: dtype {arr.dtype} is neither float (NCHW input) nor "
-                                   "uint8 (images)")
+                                   f"uint8 (images); {how}")
     if arr.ndim != 4:
         raise CalibrationDataError(f"{what}: float arrays must be NCHW (4 dims), got shape "
                                    f"{arr.shape}")
@@ -161,7 +169,9 @@ def _from_iterable(it) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _check(x: np.ndarray, shape, index: int, what: str):
+def _check(x: np.ndarray, shape, index: int, first: int, what: str):
+    """Batch ``index`` (its first image is image ``first`` of the source) against the
+    model input ``shape``."""
     if x.ndim != 4:
         raise CalibrationDataError(f"{what}: batch {index} has shape {x.shape}; expected NCHW")
     if shape is None:
@@ -178,7 +188,35 @@ def _check(x: np.ndarray, shape, index: int, what: str):
             f"{h}x{w}. Resize them per the model config (engine.preprocess, or pass a folder of "
             "image files or uint8 arrays, which are preprocessed for you)")
     if not np.isfinite(x).all():
-        raise CalibrationDataError(f"{what}: batch {index} holds NaN or Inf values")
+        raise CalibrationDataError(_non_finite(x, index, first, what))
+
+
+def _non_finite(x: np.ndarray, index: int, first: int, what: str) -> str:
+    """What is wrong with a batch holding NaN/Inf, and what to do: which images (numbered from
+    0 in the source), how many values, where the values come from."""
+    bad = ~np.isfinite(x.reshape(len(x), -1))
+    images = [first + int(i) for i in np.flatnonzero(bad.any(axis=1))]
+    shown = ", ".join(map(str, images[:_MAX_LISTED]))
+    if len(images) > _MAX_LISTED:
+        shown += f" (and {len(images) - _MAX_LISTED} more)"
+    n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    noun = "image" if len(images) == 1 else "images"
+    return (f"{what}: batch {index} (images {first}-{first + len(x) - 1}) holds {n_nan} NaN and "
+            f"{n_inf} Inf values, in {noun} {shown}; calibration ranges need finite input: check "
+            "the preprocessing that made these images (a zero std, a division by zero, an "
+            f"unreadable or blank file), or drop the {noun} from the calibration source")
+
+
+def check_num_images(value, name: str = "num_images") -> Optional[int]:
+    """``value`` as a count of calibration images of at least 1 (None: every image of the
+    source); anything else is a :class:`CalibrationArgumentError` that says what to pass."""
+    try:
+        return count_option(name, value)
+    except InputError:
+        raise CalibrationArgumentError(
+            f"{name} must be an integer >= 1, or None for every image of the source; got "
+            f"{value!r}. Calibration needs at least one image: pass {name}=N (a few hundred, "
+            f"e.g. {name}=512, give stable ranges), or leave it None") from None
 
 
 def batches(source, model=None, batch_size: int = 32, limit: Optional[int] = None,
@@ -194,7 +232,7 @@ def batches(source, model=None, batch_size: int = 32, limit: Optional[int] = Non
     cfg = config if config is not None else cfg
     what = f"calibration source {describe_source(source)}"
     batch_size = count_option("batch_size", batch_size, allow_none=False)
-    limit = count_option("limit (the number of calibration images)", limit)
+    limit = check_num_images(limit, "limit")
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
@@ -224,7 +262,7 @@ def batches(source, model=None, batch_size: int = 32, limit: Optional[int] = Non
             x = x[: limit - seen]
         if len(x) == 0:
             continue
-        _check(x, shape, i, what)
+        _check(x, shape, i, seen, what)
         seen += len(x)
         yield x
         if limit is not None and seen >= limit:

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.runtime import count_option
 
+from .data import check_num_images
 from .errors import CalibrationError
 from .graph import QuantPlan, load_fp32, plan_quantization
 from .methods import METHODS, QMAX, check_percentile, quantize_weight
@@ -153,7 +154,7 @@ def _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity
                    threads, bias_images):
     """Each number :func:`quantize` takes, in its range, or an InputError naming it."""
     check_percentile(percentile)
-    count_option("num_images", num_images)
+    check_num_images(num_images)
     count_option("batch_size", batch_size, allow_none=False)
     count_option("auto_exclude", auto_exclude, minimum=0, allow_none=False)
     count_option("sensitivity_images", sensitivity_images, allow_none=False)

@@ -192,8 +192,9 @@ def collect_statistics(model, data, tensors: Optional[Sequence[str]] = None,
     model: path or ``onnx.ModelProto`` (FP32). data: anything :func:`calibration.data.batches`
     accepts. num_images: stop after this many images. threads: ONNX Runtime intra-op threads.
     """
-    from .data import batches, describe_source
+    from .data import batches, check_num_images, describe_source
     from .graph import load_fp32, plan_quantization
+    num_images = check_num_images(num_images)
     proto = load_fp32(model)
     if tensors is None:
         tensors = plan_quantization(proto).activation_tensors()

@@ -1,7 +1,13 @@
-"""Atomic artifact writes: write to a temporary name beside the target, then rename.
+"""File I/O: atomic artifact writes, and numpy array files read without unpickling.
 
-A crash or an exception never leaves a half-written file under the final name, and an
-existing file is only replaced once the new one is complete.
+Writes go to a temporary name beside the target, then a rename: a crash or an exception
+never leaves a half-written file under the final name, and an existing file is only replaced
+once the new one is complete.
+
+``.npy``/``.npz`` files are read with :func:`load_npy` / :func:`load_npz`: an array of Python
+objects (which numpy loads only with ``allow_pickle=True``, that is by unpickling, which can
+run arbitrary code) is refused before loading, with a message that says how to save it as a
+numeric array.
 """
 from __future__ import annotations
 
@@ -10,8 +16,11 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Dict, Optional
 
-from .errors import ArtifactError
+import numpy as np
+
+from .errors import ArtifactError, InputError
 
 
 @contextlib.contextmanager
@@ -70,3 +79,52 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- numpy files
+def _header_dtype(f) -> Optional[tuple]:
+    """``(shape, dtype)`` from the header of an ``.npy`` stream, or None when it is not one
+    (``np.load`` then says what is wrong with it)."""
+    fmt = np.lib.format
+    try:
+        major, _ = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except (ValueError, SyntaxError, OSError, EOFError):   # left to np.load's own error
+        return None
+    return shape, dtype
+
+
+def _refuse_objects(path: Path, header: Optional[tuple], key: Optional[str] = None) -> None:
+    if header is None or not header[1].hasobject:
+        return
+    shape, _ = header
+    where = f"{path} (array {key!r})" if key is not None else str(path)
+    save = (f"np.savez(path, {key}=x, ...)" if key is not None else "np.save(path, x)")
+    raise InputError(
+        f"{where} holds Python objects (dtype object, shape {tuple(shape)}), not numbers: numpy "
+        "loads those only by unpickling (allow_pickle=True), which can run arbitrary code, so "
+        "they are not read. Save a numeric array instead (float32 NCHW model input, or uint8 "
+        "images): where the file was made, convert it with x = np.stack(list(arr))"
+        f".astype(np.float32) (or .astype(np.uint8) for images) and {save}")
+
+
+def load_npy(path, mmap_mode: Optional[str] = None) -> np.ndarray:
+    """The array of an ``.npy`` file (memory-mapped with ``mmap_mode``), never unpickled: an
+    array of Python objects is an :class:`InputError` saying how to save a numeric one."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        _refuse_objects(path, _header_dtype(f))
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+
+
+def load_npz(path) -> Dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file as ``{name: array}``, never unpickled: an array of
+    Python objects is an :class:`InputError` naming it and saying how to save a numeric one."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as z:
+        for member in z.zip.namelist():
+            key = member[:-4] if member.endswith(".npy") else member
+            with z.zip.open(member) as f:
+                _refuse_objects(path, _header_dtype(f), key)
+        return {k: z[k] for k in z.files}

@@ -141,6 +141,7 @@ class Paired:
     losses: int
     gains: int
     disagreements: int
+    labelled: bool = True     # False: no labels were given, only agreement means anything
 
     @classmethod
     def from_predictions(cls, reference: Sequence[int], other: Sequence[int],
@@ -160,7 +161,7 @@ class Paired:
                 raise InputError(f"{ref.size} predictions and {y.size} labels")
             r_ok, o_ok = ref == y, oth == y
             losses, gains = int((r_ok & ~o_ok).sum()), int((~r_ok & o_ok).sum())
-        return cls(int(ref.size), losses, gains, int((ref != oth).sum()))
+        return cls(int(ref.size), losses, gains, int((ref != oth).sum()), labels is not None)
 
     # ------------------------------------------------------------------ Δ top-1
     @property
@@ -202,9 +203,21 @@ class Paired:
         """One-sided upper bound on the loss rate (points) at ``confidence``."""
         return 100.0 * upper_bound(self.losses, self.n, 1.0 - _check_confidence(confidence))
 
+    def disagreement_bound(self, confidence: float = CONFIDENCE) -> float:
+        """One-sided upper bound on the rate of changed top-1 predictions (points)."""
+        return 100.0 * upper_bound(self.disagreements, self.n,
+                                   1.0 - _check_confidence(confidence))
+
     def record(self, confidence: float = CONFIDENCE) -> dict:
-        """The counts, figures and intervals, rounded for a JSON report."""
+        """The counts, figures and intervals, rounded for a JSON report (the top-1 figures
+        are None without labels)."""
         r4 = lambda v: round(float(v), 4)  # noqa: E731
+        if not self.labelled:
+            return {"images": self.n, "disagreements": self.disagreements,
+                    "confidence": confidence, "agreement_pct": r4(self.agreement_pt),
+                    "agreement_ci": [r4(v) for v in self.agreement_interval(confidence)],
+                    "disagreement_bound_pt": r4(self.disagreement_bound(confidence)),
+                    "method": {"agreement": METHOD_PROPORTION, "bound": METHOD_BOUND}}
         return {"images": self.n, "losses": self.losses, "gains": self.gains,
                 "disagreements": self.disagreements, "confidence": confidence,
                 "top1_delta_pt": r4(self.delta_pt),

@@ -9,7 +9,10 @@ What is measured on the final output (the reference's numbers are the truth):
   relative errors blow up near zero;
 - ``max_rel_err``: max |d| / max(|ref|, 1e-3 x range), elementwise (for information);
 - ``cosine_min`` / ``cosine_mean``: cosine similarity of each sample's output vector;
-- ``top1_agreement``: fraction of samples whose arg-max agrees; ``top5_overlap``: mean
+- ``top1_agreement``: fraction of samples whose arg-max agrees, with its 95% Clopper-Pearson
+  exact interval ``top1_agreement_ci`` over the ``top1_agreement_images`` samples
+  (``engine.intervals``; ``interval_method`` names it): a sample's outcome is agree or not,
+  so on few samples the fraction alone overstates what is known; ``top5_overlap``: mean
   |top-5(engine) ∩ top-5(reference)| / 5 (k = min(5, classes));
 - ``smallest_passing``: the tightest tolerance each criterion would have accepted.
 
@@ -52,14 +55,16 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import InputError
 from .export import module_path, weights_fingerprint
+from .intervals import CONFIDENCE, METHOD_PROPORTION, clopper_pearson
 from .models.capture import compared_modules
 from .onnxmeta import META_WEIGHTS, load_onnx, normalize_precision
+from .runtime import count_option
 
 JUMP_FLOOR = 10.0
 JUMP_RATIO = 10.0
@@ -110,6 +115,10 @@ class ParityReport:
     cosine_min: float
     cosine_mean: float
     top1_agreement: float
+    top1_agreement_ci: Tuple[float, float]   # exact interval on top1_agreement (fractions)
+    top1_agreement_images: int               # the samples the agreement is counted over
+    interval_confidence: float
+    interval_method: str
     top5_overlap: float
     topk: int
     tolerance: Dict[str, Optional[float]]
@@ -125,6 +134,7 @@ class ParityReport:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["output_shape"] = list(self.output_shape)
+        d["top1_agreement_ci"] = list(self.top1_agreement_ci)
         if self.layers is not None:
             for l in d["layers"]:
                 l["shape"] = list(l["shape"])
@@ -147,13 +157,14 @@ class ParityReport:
                 ("output range", f"{self.output_range:.4g}", "", ""),
                 ("cosine (min / mean)", f"{self.cosine_min:.6f} / {self.cosine_mean:.6f}",
                  _thr(">=", t.get("cosine")), _ok(self.cosine_min, t.get("cosine"))),
-                ("top-1 agreement", f"{self.top1_agreement * 100:.1f}%",
+                ("top-1 agreement", _with_interval(self.top1_agreement, self.top1_agreement_ci,
+                                                   self.interval_confidence),
                  _thr(">=", t.get("top1"), pct=True), _ok(self.top1_agreement, t.get("top1"))),
                 (f"top-{self.topk} overlap", f"{self.top5_overlap * 100:.1f}%",
                  _thr(">=", t.get("top5"), pct=True), _ok(self.top5_overlap, t.get("top5")))]
-        lines.append(f"  {'metric':24} {'value':>22}  {'criterion':>12}  ")
+        lines.append(f"  {'metric':24} {'value':>28}  {'criterion':>12}  ")
         for name, val, thr, ok in rows:
-            lines.append(f"  {name:24} {val:>22}  {thr:>12}  {ok}")
+            lines.append(f"  {name:24} {val:>28}  {thr:>12}  {ok}")
         sp = self.smallest_passing
         lines.append("")
         lines.append("  smallest tolerance that passes: "
@@ -166,6 +177,12 @@ class ParityReport:
             lines.append("")
             lines.append(_layer_table(self))
         return "\n".join(lines)
+
+
+def _with_interval(v: float, ci, confidence: float) -> str:
+    """``99.2% (95% CI 98.1–99.7)``: a fraction and its interval, in percent."""
+    return (f"{v * 100:.1f}% ({confidence * 100:g}% CI {ci[0] * 100:.1f}\u2013"
+            f"{ci[1] * 100:.1f})")
 
 
 def _thr(op, v, pct=False):
@@ -269,6 +286,7 @@ def verify(runtime, reference, inputs, precision: Optional[str] = None,
     reference_rt = _reference_runtime(reference)
     cfg = getattr(runtime, "config", None) or getattr(reference_rt, "config", None)
     x = _input_batch(inputs, runtime, cfg, seed)
+    batch_size = _batch_size(batch_size, len(x))
     out = _run_batched(runtime, x, batch_size)
     ref = _run_batched(reference_rt, x, batch_size)
     if out.shape != ref.shape:
@@ -301,6 +319,10 @@ def _input_batch(inputs, runtime, cfg, seed: int) -> np.ndarray:
     """``inputs`` as an NCHW float32 array; an int ``n`` gives ``n`` seeded standard-normal
     images of the engine's input size (else the config's)."""
     if isinstance(inputs, (int, np.integer)) and not isinstance(inputs, bool):
+        if inputs < 1:
+            raise InputError(f"inputs={int(inputs)} asks for no images: parity is measured per "
+                             "image, so pass inputs=n with n >= 1 (a few hundred give a tight "
+                             "interval on top-1 agreement), or the images as an NCHW array")
         spec = runtime.inputs[0].shape if getattr(runtime, "inputs", None) else ()
         if len(spec) == 4 and all(d is not None for d in spec[1:]):
             size = tuple(spec[1:])          # the size the engine was exported at
@@ -314,12 +336,25 @@ def _input_batch(inputs, runtime, cfg, seed: int) -> np.ndarray:
     x = _as_numpy(inputs)
     if x.ndim != 4:
         raise InputError(f"inputs must be NCHW (4 dims), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise InputError(f"inputs hold no images (shape {x.shape}): parity is measured per "
+                         "image, so pass at least one (a few hundred give a tight interval on "
+                         "top-1 agreement), or inputs=n for n seeded random images")
     return x
 
 
-def _run_batched(rt, x: np.ndarray, batch_size: Optional[int]) -> np.ndarray:
-    bs = batch_size or x.shape[0]
-    return np.concatenate([_as_numpy(rt(x[i:i + bs])) for i in range(0, len(x), bs)])
+def _batch_size(batch_size, n: int) -> int:
+    """Images per engine call: ``batch_size``, or all ``n`` in one call when None."""
+    try:
+        return count_option("batch_size", batch_size) or n
+    except InputError:
+        raise InputError(f"batch_size must be an integer >= 1 (images per engine call), or None "
+                         f"to run all {n} images in one call; got {batch_size!r}") from None
+
+
+def _run_batched(rt, x: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([_as_numpy(rt(x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)])
 
 
 def _criteria(precision: str, tolerance, embedding: bool) -> Tolerance:
@@ -342,11 +377,15 @@ def _output_metrics(out: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
     flat_o, flat_r = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
     k = min(5, flat_r.shape[1])
     top_o, top_r = _topk(flat_o, k), _topk(flat_r, k)
+    agree = int((flat_o.argmax(1) == flat_r.argmax(1)).sum())
     return {"max_abs_err": max_abs, "mean_abs_err": float(d.mean()) if d.size else 0.0,
             "max_rel_err": float((d / denom).max()) if d.size else 0.0,
             "range_rel_err": max_abs / rng, "output_range": rng,
             "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-            "top1_agreement": float((flat_o.argmax(1) == flat_r.argmax(1)).mean()),
+            "top1_agreement": agree / len(out),
+            "top1_agreement_ci": clopper_pearson(agree, len(out), CONFIDENCE),
+            "top1_agreement_images": int(len(out)), "interval_confidence": CONFIDENCE,
+            "interval_method": METHOD_PROPORTION,
             "top5_overlap": float(np.mean([len(set(a) & set(b)) / k
                                            for a, b in zip(top_o, top_r)])),
             "topk": k}

@@ -112,10 +112,11 @@ def load_eval_data(data, config, limit=None):
             raise InputError(f"{path}: no images found in the class folders")
         x, y = torch.cat(xs).numpy(), np.asarray(ys, np.int64)
     elif path.suffix == ".npz" and path.is_file():
-        with np.load(path) as z:
-            if "images" not in z or "labels" not in z:
-                raise InputError(f"{path}: expected arrays 'images' and 'labels', found {list(z)}")
-            images, y = z["images"], z["labels"].astype(np.int64)
+        from .fileio import load_npz
+        z = load_npz(path)
+        if "images" not in z or "labels" not in z:
+            raise InputError(f"{path}: expected arrays 'images' and 'labels', found {list(z)}")
+        images, y = z["images"], z["labels"].astype(np.int64)
         if images.dtype == np.uint8:
             x = to_model_input(images, config).numpy()
         elif images.dtype == np.float32 and images.ndim == 4:
@@ -951,8 +952,9 @@ def comparison_figure(rows):
                        [r["top1_delta_vs_fp32"] for r in mine], color=f"C{i}",
                        marker=markers.get(engine, "x"), s=40, label=f"{model} {engine}")
             best = _best_int8(mine, engine)
-            labels.append((best["latency_vs_torch"], best["top1_delta_vs_fp32"],
-                           f"{engine}: {_int8_name(best)}"))
+            if best is not None:
+                labels.append((best["latency_vs_torch"], best["top1_delta_vs_fp32"],
+                               f"{engine}: {_int8_name(best)}"))
     ax.axhline(0.0, color="k", lw=0.6)
     ax.set_xlabel("batch-1 latency × the network's PyTorch eager FP32 (own input size)")
     ax.set_ylabel("top-1 change vs FP32 (pt)")

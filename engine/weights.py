@@ -11,13 +11,17 @@ Sources:
   (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped. TF-slim classifiers with 1001 rows
   (row 0 = background) are trimmed to 1000 classes.
 
-A mismatch names the first offending keys and shapes. A checkpoint holding NaN or Inf is
+A file that holds anything but a state dict (a whole pickled ``nn.Module``, a list, a tensor, a
+dict whose values are not tensors) names what it holds, and says how to save a state dict. A
+mismatch names the first offending keys and shapes (and a prefix that the checkpoint's keys
+carry, when stripping it would match). A checkpoint holding NaN or Inf is
 refused, naming the first such tensor, unless the caller passes ``allow_non_finite=True``.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from .errors import WeightsError
 
@@ -25,6 +29,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 TIMM_NAMES = {"inception_v4": "inception_v4.tf_in1k",
               "inception_resnet_v2": "inception_resnet_v2.tf_in1k"}
 _MAX_LISTED = 5
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+SAVE_HINT = "torch.save(model.state_dict(), path)"
 
 
 def _listing(keys) -> str:
@@ -34,8 +40,51 @@ def _listing(keys) -> str:
 
 
 def _first_line(error: Exception) -> str:
-    text = str(error)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))     # torch bolds parts of its messages
     return text.splitlines()[0] if text else ""
+
+
+def _pickled_global(error: Exception) -> Optional[str]:
+    """The class or function a ``weights_only`` load refused (torch names it), or None."""
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    return m.group(1) if m else None
+
+
+def _kind(v) -> str:
+    """A short description of a checkpoint value, for messages."""
+    import torch
+    if isinstance(v, torch.Tensor):
+        return f"tensor {tuple(v.shape)}"
+    if isinstance(v, dict):
+        n = sum(isinstance(x, torch.Tensor) for x in v.values())
+        return (f"dict of {n} tensors" if n == len(v) else
+                f"dict of {len(v)} entries, {n} of them tensors")
+    if isinstance(v, (list, tuple)):
+        return f"{type(v).__name__} of {len(v)} items"
+    return type(v).__name__
+
+
+def _not_a_state_dict(p: Path, obj) -> WeightsError:
+    """What ``obj`` (read from ``p``) is instead of a ``{name: tensor}`` dict, and what to do."""
+    import torch
+    expects = "weights are a state dict, a dict {parameter name: tensor}"
+    if not isinstance(obj, dict):
+        return WeightsError(f"{p}: holds a {_kind(obj)}, not a state dict; {expects}: save one "
+                            f"from the model with {SAVE_HINT}")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    listed = _listing(f"{k!r} ({_kind(obj[k])})" for k in bad)
+    nested = [k for k in bad if isinstance(obj[k], dict) and obj[k]
+              and all(isinstance(v, torch.Tensor) for v in obj[k].values())]
+    if nested:
+        key = nested[0]
+        how = (f"its state dict looks to be under {key!r}: re-save that alone with "
+               f"torch.save(torch.load(path)[{key!r}], 'w.pth') and pass 'w.pth' (one under "
+               f"{', '.join(repr(k) for k in WRAPPER_KEYS)} is unwrapped for you)")
+    else:
+        how = f"save one from the model with {SAVE_HINT}"
+    entries = f"{len(obj)} entr{'y' if len(obj) == 1 else 'ies'}"
+    return WeightsError(f"{p}: holds a dict of {entries}, {len(bad)} of them not tensors: "
+                        f"{listed}; {expects}: {how}")
 
 
 def check_finite(sd, source: str = "checkpoint") -> None:
@@ -70,15 +119,23 @@ def read_state_dict(path) -> Dict[str, "torch.Tensor"]:
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
+        refused = _pickled_global(e)
+        if refused is not None:
+            raise WeightsError(
+                f"{p}: holds a pickled {refused} (a whole model saved with torch.save(model)?), "
+                "not a state dict; it is not unpickled, since that can run arbitrary code "
+                "(torch.load(weights_only=True)). Expected a dict {parameter name: tensor}: "
+                "if you trust the file, re-save its weights with torch.save(torch.load(path, "
+                f"weights_only=False).state_dict(), 'w.pth') and pass 'w.pth'") from e
         raise WeightsError(
             f"{p}: cannot be read as a PyTorch checkpoint with weights_only=True ({type(e).__name__}: "
             f"{_first_line(e)}). Only plain tensor state dicts are "
-            "accepted; re-save it with torch.save(model.state_dict(), path)") from e
-    for key in ("state_dict", "model", "model_state_dict"):
+            f"accepted; re-save it with {SAVE_HINT}") from e
+    for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{p}: does not hold a state dict of tensors")
+        raise _not_a_state_dict(p, obj)
     return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
@@ -111,13 +168,38 @@ def load_state_dict_strict(model, sd, source: str = "checkpoint"):
             parts.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches: {_listing(shapes)}")
-        parts.append("check the model name, width and num_classes the checkpoint was trained with")
+        prefix = _key_prefix(sd, own)
+        if prefix is not None:
+            parts.append(f"the checkpoint's keys carry the prefix {prefix!r}: strip it and "
+                         f"re-save, torch.save({{k.removeprefix({prefix!r}): v for k, v in "
+                         f"sd.items()}}, 'w.pth'), or save the model itself with {SAVE_HINT}")
+        elif len(missing) == len(own):
+            parts.append(f"none of the model's keys are in it: it is not a checkpoint of this "
+                         f"architecture; pass one saved from {name!r} with {SAVE_HINT}")
+        else:
+            parts.append("check the model name, width and num_classes the checkpoint was "
+                         "trained with")
         raise WeightsError("\n  ".join(parts))
     ref = next(iter(own.values()), None)
     if ref is not None:
         sd = {k: v.to(dtype=own[k].dtype) if v.is_floating_point() else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True)
     return model
+
+
+def _key_prefix(sd, own) -> Optional[str]:
+    """A prefix (``"backbone."``) that the checkpoint's keys carry where the model's have none:
+    the one whose removal makes every model key present, or None."""
+    first = next((k for k in sd if k not in own), None)
+    if first is None:
+        return None
+    parts = first.split(".")
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i]) + "."
+        stripped = {k[len(prefix):] for k in sd if k.startswith(prefix)}
+        if all(k in stripped for k in own):
+            return prefix
+    return None
 
 
 def _timm_state_dict(model):

@@ -3,7 +3,8 @@
 Each row makes one bad call and says what the error must be: its type (for the command line:
 exit status 2 and a single line on stderr), a piece of text that names the argument or file
 at fault, and a pattern for what to do about it. The files the rows need (a tiny ONNX graph,
-a checkpoint holding NaN, a damaged plan sidecar, two invalid graphs) are made once.
+a checkpoint holding NaN, checkpoints that are not state dicts, arrays of Python objects, a
+damaged plan sidecar, two invalid graphs) are made once.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import calibration
 from calibration.data import batches
 import engine
-from calibration import CacheError
+from calibration import CacheError, CalibrationDataError
 from engine import cli
 from engine.backends import UnknownBackendError
 from engine.backends.tensorrt import meta
@@ -28,6 +29,7 @@ from engine.commands.bench import time_runtime
 from engine.errors import (ArtifactError, InputError, InvalidGraphError, UnknownModelError,
                            WeightsError)
 from engine import study
+from engine.fileio import load_npy
 from helpers import FMNIST, fake_sidecar, tiny_onnx
 
 CLI = "cli"
@@ -96,6 +98,8 @@ def ctx(tmp_path_factory):
     sd[c.nan_tensor].view(-1)[3] = float("nan")
     c.nan_weights = tmp / "nan.pth"
     torch.save(sd, c.nan_weights)
+    _checkpoints_that_are_not_state_dicts(c, tmp)
+    _object_arrays(c, tmp)
     c.garbage = tmp / "garbage.safetensors"
     c.garbage.write_bytes(b"not safetensors")
     c.file = tmp / "a-file"
@@ -117,6 +121,39 @@ def ctx(tmp_path_factory):
     yield c
     for rt in c.runtimes.values():
         rt.close()
+
+
+def _checkpoints_that_are_not_state_dicts(c, tmp):
+    """A list, a whole pickled model, a state dict nested under an unknown key, a bare tensor,
+    a safetensors file of another network and a state dict whose keys carry a prefix."""
+    from safetensors.torch import save_file
+    sd = c.model.state_dict()
+    for name, obj in [("list", [1, 2, 3]), ("module", c.model),
+                      ("nested", {"epoch": 3, "net": sd}), ("tensor", torch.zeros(3)),
+                      ("prefixed", {f"backbone.{k}": v for k, v in sd.items()})]:
+        setattr(c, f"ckpt_{name}", tmp / f"{name}.pth")
+        torch.save(obj, getattr(c, f"ckpt_{name}"))
+    c.ckpt_foreign = tmp / "foreign.safetensors"
+    save_file({"encoder.weight": torch.zeros(2, 2)}, str(c.ckpt_foreign))
+
+
+def _object_arrays(c, tmp):
+    """Calibration images saved as arrays of Python objects (one per image): loading needs
+    allow_pickle. And a float batch with a NaN in image 4."""
+    objects = np.empty(4, dtype=object)
+    for i in range(4):
+        objects[i] = np.zeros(c.shape, np.float32)
+    c.objects = objects
+    c.obj_npy = tmp / "objects.npy"
+    np.save(c.obj_npy, objects, allow_pickle=True)
+    c.obj_npz = tmp / "objects.npz"
+    np.savez(c.obj_npz, images=objects, labels=np.zeros(4, np.int64))
+    c.nan_images = np.zeros((6, *c.shape), np.float32)
+    c.nan_images[4, 1, 2, 3] = np.nan
+
+
+def _verify(ctx, inputs, **kw):
+    return engine.verify(_runtime(ctx, "onnxruntime"), lambda x: x, inputs, **kw)
 
 
 def _runtime(ctx, backend):
@@ -147,6 +184,13 @@ API_CASES = [
          InputError, "NaN", r"fix"),
     Case("onnxruntime rank 3", lambda c: _runtime(c, "onnxruntime")(_batch(c, 1)[0]),
          InputError, "shape", r"Add a batch dimension"),
+    # parity
+    Case("verify zero images", lambda c: _verify(c, _batch(c, 0)),
+         InputError, "no images (shape (0, 3, 75, 75))", r"pass at least one"),
+    Case("verify inputs=0", lambda c: _verify(c, 0),
+         InputError, "inputs=0", r"pass inputs=n with n >= 1"),
+    Case("verify batch_size 0", lambda c: _verify(c, _batch(c, 2), batch_size=0),
+         InputError, "batch_size", r"must be an integer >= 1 .*or None to run all 2 images"),
     # loading
     Case("onnxruntime optimization max",
          lambda c: engine.load(c.onnx, backend="onnxruntime", optimization="max"),
@@ -168,6 +212,29 @@ API_CASES = [
          WeightsError, "garbage.safetensors", r"re-save it with safetensors"),
     Case("missing checkpoint", lambda c: engine.create_model(FMNIST, weights=c.tmp / "no.pth"),
          WeightsError, "no.pth", r"pass a \.pth"),
+    Case("checkpoint: a list", lambda c: engine.create_model(FMNIST, weights=c.ckpt_list),
+         WeightsError, "holds a list of 3 items, not a state dict",
+         r"dict \{parameter name: tensor\}: save one .*torch\.save\(model\.state_dict\(\), "
+         r"path\)"),
+    Case("checkpoint: a whole nn.Module",
+         lambda c: engine.create_model(FMNIST, weights=c.ckpt_module),
+         WeightsError, "holds a pickled engine.models.inception_resnet_v2.",
+         r"re-save its weights with torch\.save\(torch\.load\(path, "
+         r"weights_only=False\)\.state_dict\(\), 'w\.pth'\)"),
+    Case("checkpoint: state dict under an unknown key",
+         lambda c: engine.create_model(FMNIST, weights=c.ckpt_nested),
+         WeightsError, "'epoch' (int), 'net' (dict of",
+         r"under 'net': re-save that alone with torch\.save\(torch\.load\(path\)\['net'\]"),
+    Case("checkpoint: a tensor", lambda c: engine.create_model(FMNIST, weights=c.ckpt_tensor),
+         WeightsError, "holds a tensor (3,), not a state dict",
+         r"torch\.save\(model\.state_dict\(\), path\)"),
+    Case("checkpoint: keys with a prefix",
+         lambda c: engine.create_model(FMNIST, weights=c.ckpt_prefixed),
+         WeightsError, "prefix 'backbone.'", r"strip it and re-save, torch\.save\("),
+    Case("checkpoint: another network's safetensors",
+         lambda c: engine.create_model(FMNIST, weights=c.ckpt_foreign),
+         WeightsError, "unexpected keys: encoder.weight",
+         r"not a checkpoint of this architecture; pass one saved from .*state_dict\(\)"),
     Case("width 0", lambda c: engine.create_model(FMNIST, width=0),
          InputError, "width", r"must be in \(0, 4\]"),
     Case("num_classes -1", lambda c: engine.create_model(FMNIST, num_classes=-1),
@@ -204,7 +271,35 @@ API_CASES = [
     Case("quantize percentile 101", lambda c: _quantize(c, method="percentile", percentile=101),
          InputError, "percentile", r"must be a number in \(0, 100\]"),
     Case("quantize num_images 0", lambda c: _quantize(c, num_images=0),
-         InputError, "num_images", r"must be an integer >= 1"),
+         InputError, "num_images", r"must be an integer >= 1.*pass num_images=N .*leave it None"),
+    Case("collect_statistics num_images 0",
+         lambda c: calibration.collect_statistics(c.onnx, _batch(c, 4), num_images=0),
+         InputError, "num_images", r"at least one image: pass num_images=N .*leave it None"),
+    Case("calibration batches limit 0",
+         lambda c: _raise_from_generator(batches(_batch(c, 2), limit=0)),
+         InputError, "limit", r"pass limit=N"),
+    # calibration data
+    Case("collect_statistics NaN image",
+         lambda c: calibration.collect_statistics(c.onnx, c.nan_images, batch_size=2),
+         CalibrationDataError, "batch 2 (images 4-5) holds 1 NaN and 0 Inf values, in image 4",
+         r"check the preprocessing .*or drop the image"),
+    Case("quantize NaN image",
+         lambda c: calibration.quantize(c.onnx, c.tmp / "q.onnx", data=c.nan_images,
+                                        batch_size=4),
+         CalibrationDataError, "batch 1 (images 4-5)", r"or drop the image"),
+    Case("calibration .npy of Python objects",
+         lambda c: calibration.collect_statistics(c.onnx, c.obj_npy),
+         CalibrationDataError, "objects.npy holds Python objects (dtype object",
+         r"numeric array .*np\.stack\(list\(arr\)\)\.astype\(np\.float32\).*np\.save\("),
+    Case("quantize from an .npz of Python objects",
+         lambda c: calibration.quantize(c.onnx, c.tmp / "q.onnx", data=c.obj_npz),
+         CalibrationDataError, "objects.npz (array 'images') holds Python objects",
+         r"np\.stack\(list\(arr\)\).*np\.savez\(path, images=x"),
+    Case("load_npy of Python objects", lambda c: load_npy(c.obj_npy),
+         InputError, "objects.npy", r"allow_pickle=True.*Save a numeric array"),
+    Case("calibration array of Python objects",
+         lambda c: calibration.collect_statistics(c.onnx, c.objects),
+         CalibrationDataError, "dtype object", r"np\.stack\(list\(arr\)\)"),
     Case("quantize threads 0", lambda c: _quantize(c, threads=0),
          InputError, "threads", r"must be an integer >= 1"),
     Case("quantize auto_exclude -1", lambda c: _quantize(c, auto_exclude=-1),
@@ -256,6 +351,9 @@ CLI_CASES = [
          CLI, "--topk", r"give a value >= 1"),
     Case("cli run unknown model", lambda c: ["run", "--model", "nope", str(c.image)],
          CLI, "nope", r"valid names are"),
+    Case("cli run --weights of a whole model",
+         lambda c: ["run", "--model", FMNIST, "--weights", str(c.ckpt_module), str(c.image)],
+         CLI, "module.pth", r"\.state_dict\(\), 'w\.pth'\) and pass 'w\.pth'"),
     Case("cli run NaN weights",
          lambda c: ["run", "--model", FMNIST, "--weights", str(c.nan_weights), str(c.image)],
          CLI, "{nan_tensor}", r"--allow-non-finite-weights"),

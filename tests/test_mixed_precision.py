@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import calibration
-from calibration.budget import greedy_exclusion, paired_outcome, worst_outcome
+from calibration.budget import counted, greedy_exclusion, paired_outcome, worst_outcome
 from calibration.errors import CalibrationArgumentError, CalibrationError
 
 
@@ -85,12 +85,12 @@ def test_losses_are_counted_not_netted():
     ref = np.eye(4, dtype=np.float32)[[0, 1, 2, 3]]        # predicts 0, 1, 2, 3
     got = np.eye(4, dtype=np.float32)[[1, 1, 3, 3]]        # first loses, third gains
     labels = np.array([0, 1, 3, 3])                        # FP32 right on 0, 1, 3
-    top1 = paired_outcome(got, ref, labels, "top1")
+    top1 = paired_outcome(got, ref, labels)
     assert (top1.losses, top1.gains, top1.delta_pt) == (1, 1, 0.0)   # net 0, one image lost
-    assert top1.loss_pt == pytest.approx(25.0)
-    agree = paired_outcome(got, ref, None, "agreement")
-    assert agree.losses == 2 and agree.agreement_pt == pytest.approx(50.0)
-    assert paired_outcome(ref, ref, labels, "top1").losses == 0
+    assert top1.loss_pt == pytest.approx(25.0) and counted(top1, "top1") == 1
+    agree = paired_outcome(got, ref, None)
+    assert counted(agree, "agreement") == 2 and agree.agreement_pt == pytest.approx(50.0)
+    assert paired_outcome(ref, ref, labels).losses == 0
 
 
 def test_worst_outcome_over_engines_counts_the_worst():

@@ -36,8 +36,26 @@ def test_study_writes_rows_csv_report_and_plot(tmp_path):
     assert int8["file_mb"] < ort["file_mb"]           # int8 weights: a smaller file
     with open(tmp_path / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == len(saved)
-    assert "weights are random" in (tmp_path / "report.md").read_text().lower()
+    report = (tmp_path / "report.md").read_text()
+    assert "weights are random" in report.lower()
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # per-image outcomes: every interval can be recomputed from predictions.npz alone
+    from engine.intervals import Paired
+    with np.load(tmp_path / "predictions.npz") as z:
+        saved_preds = {k: z[k] for k in z.files}
+    assert len(saved_preds["labels"]) == 48
+    for r in saved[1:]:
+        paired = Paired.from_predictions(saved_preds[saved[0]["predictions"]],
+                                         saved_preds[r["predictions"]], saved_preds["labels"])
+        assert (r["losses"], r["gains"]) == (paired.losses, paired.gains)
+        assert r["top1_delta_ci"] == pytest.approx(list(paired.delta_interval()), abs=1e-4)
+        assert r["agreement_ci"] == pytest.approx(list(paired.agreement_interval()), abs=1e-4)
+        assert r["within_noise"] == paired.within_noise()
+        lo, hi = r["top1_delta_ci"]
+        assert lo <= r["top1_delta_vs_fp32"] + 1e-9 and r["top1_delta_vs_fp32"] <= hi + 1e-9
+    assert ort["top1_delta_ci"] == [0.0, 0.0] and ort["within_noise"]
+    assert "[95% CI]" in report and "Rule: Best INT8: among the INT8 rows" in report
+    assert sum(r["best_int8"] for r in saved) == 1 and int8["best_int8"]
 
 
 @pytest.mark.slow      # three exports and studies: ~2 min on 2 idle cores

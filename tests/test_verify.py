@@ -8,6 +8,7 @@ import pytest
 
 import engine
 from engine import backends
+from engine.intervals import METHOD_PROPORTION
 from engine.parity import (LayerDiff, ParityReport, Tolerance, first_divergent, module_outputs,
                            module_path)
 
@@ -135,6 +136,50 @@ def test_tolerances_and_overrides(exported_onnx):
             engine.verify(rt, model, x, tolerance=0.1)
         with pytest.raises(engine.InputError, match="shapes differ"):
             engine.verify(rt, lambda a: np.zeros((len(a), 7), np.float32), x)
+
+
+class _Flipping(engine.Runtime):
+    """An engine that agrees with the identity reference except on its first ``flips``
+    images, whose logits it rolls by one class (so their arg-max moves)."""
+
+    backend = "flipping"
+
+    def __init__(self, flips):
+        super().__init__(precision="fp16")
+        self.flips = flips
+
+    def _infer(self, x):
+        y = x.reshape(len(x), -1).copy()
+        y[:self.flips] = np.roll(y[:self.flips], 1, axis=1)
+        return y
+
+
+def _clopper_pearson_scipy(k, n, confidence=0.95):
+    """The exact interval from the beta quantiles (the textbook form, not engine.intervals)."""
+    beta = pytest.importorskip("scipy.stats").beta
+    alpha = 1.0 - confidence
+    lo = 0.0 if k == 0 else beta.ppf(alpha / 2, k, n - k + 1)
+    hi = 1.0 if k == n else beta.ppf(1 - alpha / 2, k + 1, n - k)
+    return lo, hi
+
+
+@pytest.mark.parametrize("n, flips", [(200, 7), (50, 0), (30, 30), (1, 0)])
+def test_top1_agreement_interval(n, flips):
+    pytest.importorskip("scipy")
+    logits = np.random.default_rng(n).standard_normal((n, 10, 1, 1)).astype(np.float32)
+    r = engine.verify(_Flipping(flips), lambda a: a.reshape(len(a), -1), logits, localize=False)
+    k = n - flips
+    assert r.top1_agreement == k / n and r.top1_agreement_images == n
+    lo, hi = _clopper_pearson_scipy(k, n)
+    assert r.top1_agreement_ci == pytest.approx((lo, hi), abs=1e-9)
+    assert r.interval_confidence == 0.95 and r.interval_method == METHOD_PROPORTION
+    d = json.loads(r.to_json())
+    assert d["top1_agreement_ci"] == pytest.approx([lo, hi], abs=1e-9)
+    assert d["top1_agreement_images"] == n and d["interval_method"] == METHOD_PROPORTION
+    row = next(line for line in str(r).splitlines() if "top-1 agreement" in line)
+    assert f"{k / n * 100:.1f}% (95% CI {lo * 100:.1f}\u2013{hi * 100:.1f})" in row
+    # the criterion is still the fraction itself (fp16: >= 98%), not the interval
+    assert any(f.startswith("top-1 agreement") for f in r.failures) is (k / n < 0.98)
 
 
 def test_weights_mismatch_is_noted(exported_onnx):
