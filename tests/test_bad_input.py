@@ -93,6 +93,9 @@ def ctx(tmp_path_factory):
     c.onnx = tiny_onnx(tmp / "tiny.onnx")
     c.model = engine.create_model(FMNIST, seed=0)
     c.shape = c.model.config.input_size
+    c.val100 = tmp / "val100.npz"        # a labelled split too small for a 0.1 pt budget
+    np.savez(c.val100, images=np.zeros((100, *c.shape), np.float32),
+             labels=np.zeros(100, np.int64))
     sd = {k: v.clone() for k, v in c.model.state_dict().items()}
     c.nan_tensor = "conv2d_2a.conv.weight"
     sd[c.nan_tensor].view(-1)[3] = float("nan")
@@ -345,6 +348,16 @@ CLI_CASES = [
          CLI, "--percentile", r"in \(0, 100\].*99\.99 is the usual choice"),
     Case("cli quantize without data", lambda c: ["quantize", str(c.onnx), str(c.tmp / "o.onnx")],
          CLI, "--calib", r"give calibration images"),
+    Case("cli quantize --confidence 1.5",
+         lambda c: ["quantize", str(c.onnx), "o.onnx", "--confidence", "1.5"],
+         CLI, "--confidence", r"give e\.g\. 0\.95"),
+    Case("cli quantize --max-drop 0",
+         lambda c: ["quantize", str(c.onnx), "o.onnx", "--max-drop", "0"],
+         CLI, "--max-drop", r"give a value in \(0, 100\]"),
+    Case("cli quantize --max-drop on a split too small",
+         lambda c: ["quantize", str(c.onnx), str(c.tmp / "o.onnx"), "--calib", str(c.val100),
+                    "--max-drop", "0.1", "--val", str(c.val100)],
+         CLI, "100 validation images", r"at least 2995 validation images.*larger split"),
     Case("cli verify --batch 0", lambda c: ["verify", str(c.onnx), "--batch", "0"],
          CLI, "--batch", r"give a value >= 1"),
     Case("cli run --topk -1", lambda c: ["run", "--model", FMNIST, "--topk", "-1", str(c.image)],
