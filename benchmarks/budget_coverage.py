@@ -35,14 +35,15 @@ import engine  # noqa: E402
 from calibration.budget import greedy_exclusion  # noqa: E402
 from calibration.errors import CalibrationError  # noqa: E402
 from engine.datasets import fashion_mnist, to_model_input  # noqa: E402
-from engine.fileio import atomic_write_text  # noqa: E402
+from engine.fileio import atomic_path, atomic_write_text  # noqa: E402
 from engine.intervals import Paired, needed_images  # noqa: E402
 from engine.study import engine_evaluator, subjects  # noqa: E402
 from engine.timing import cpu_model  # noqa: E402
 
-# (target layout, engine that runs it): the signed file on both CPU engines, OpenVINO's
-# uint8 file on OpenVINO
-CASES = (("tensorrt", "onnxruntime"), ("tensorrt", "openvino"), ("openvino", "openvino"))
+# (target layout, engine that runs it): each layout on the CPU engine it is written for (the
+# signed layout's CPU engine is ONNX Runtime: OpenVINO runs it too, but its own uint8 layout is
+# what a user deploys there); --cases adds others, e.g. tensorrt@openvino
+CASES = (("tensorrt", "onnxruntime"), ("openvino", "openvino"))
 
 
 def grid(n_layers: int):
@@ -65,20 +66,33 @@ def score_candidates(model_name, method, threads, folder, cases, log=print):
     stats = calibration.collect_statistics(fp32, calib, threads=threads, progress=False)
     plan = calibration.plan_quantization(calibration.load_fp32(fp32))
     amax = stats.amax(method, 99.99, names=plan.tensors)
-    ranking = [r.node for r in calibration.sensitivity(
-        calibration.load_fp32(fp32), calib, amax=plan.group_amax(amax), plan=plan,
-        num_images=64, threads=threads)]
+    ranked = folder / f"{model_name}.{method}.ranking.json"    # the cached predictions' order
+    if ranked.is_file():
+        ranking = json.loads(ranked.read_text())
+    else:
+        ranking = [r.node for r in calibration.sensitivity(
+            calibration.load_fp32(fp32), calib, amax=plan.group_amax(amax), plan=plan,
+            num_images=64, threads=threads)]
+        atomic_write_text(ranked, json.dumps(ranking))
     counts = grid(len(ranking))
     both = np.concatenate([xv, xt])
     records = {}
     for target, backend in cases:
         run = engine_evaluator(backend, both, threads, log=log)
-        pred = {"fp32": run(fp32).argmax(1)}
+        cache = folder / f"{model_name}.{target}@{backend}.predictions.npz"
+        pred = dict(np.load(cache)) if cache.is_file() else {}   # a rerun resumes
+        pred = {("fp32" if k == "fp32" else int(k)): v for k, v in pred.items()}
+        if "fp32" not in pred:
+            pred["fp32"] = run(fp32).argmax(1)
         for k in counts:
-            path = calibration.quantize(fp32, folder / f"{model_name}.{target}.k{k}.onnx",
-                                        statistics=stats, method=method, target=target,
-                                        exclude=ranking[:k], threads=threads).path
-            pred[k] = run(path).argmax(1)
+            if k not in pred:
+                path = calibration.quantize(fp32, folder / f"{model_name}.{target}.k{k}.onnx",
+                                            statistics=stats, method=method, target=target,
+                                            exclude=ranking[:k], threads=threads).path
+                pred[k] = run(path).argmax(1)
+                path.unlink()
+                with atomic_path(cache, suffix=".npz") as tmp:
+                    np.savez(tmp, **{str(key): v for key, v in pred.items()})
             log(f"  {model_name} {target}@{backend} K={k}: val losses "
                 f"{Paired.from_predictions(pred['fp32'][:len(xv)], pred[k][:len(xv)], vy).losses}"
                 f", test losses "
@@ -133,6 +147,8 @@ def main(argv=None):
     p.add_argument("--subsets", type=int, default=50)
     p.add_argument("--subset-size", type=int, default=4000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cases", default=",".join(f"{t}@{b}" for t, b in CASES),
+                   help="comma list of target@engine (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "coverage")
     args = p.parse_args(argv)
@@ -150,8 +166,9 @@ def main(argv=None):
               "results": {}}
     t0 = time.time()
     for name in models:
+        cases = [tuple(c.split("@")) for c in args.cases.split(",")]
         records, counts, vy, ty = score_candidates(name, args.method, args.threads,
-                                                   args.out / "models", CASES)
+                                                   args.out / "models", cases)
         for (target, backend), record in records.items():
             key = f"{name} {target}@{backend}"
             report["results"][key] = {

@@ -546,15 +546,15 @@ def engine_rows(bench: Bench, fp32_path, int8: Dict[str, Int8File], big_files,
             if TARGETS[f.target].unsigned_relu and backend not in ("openvino", "onnxruntime"):
                 continue
             row = bench.engine_row(backend, "int8", key.split("@")[0], f.path,
-                                   big_files.get(key), f.calib_seconds, f.excluded)
-            row.target, row.quantizer = f.target, "ours"
+                                   big_files.get(key), f.calib_seconds, f.excluded,
+                                   target=f.target, quantizer="ours")
             row.note = row.note or f.note
             rows.append(row)
         for key, a in (anchors or {}).items():
             if backend in a.engines:
                 row = bench.engine_row(backend, "int8", a.method, a.path, big_files.get(key),
-                                       a.calib_seconds, as_file=True)
-                row.quantizer, row.note = a.anchor, row.note or a.note
+                                       a.calib_seconds, as_file=True, quantizer=a.anchor)
+                row.note = row.note or a.note
                 rows.append(row)
     return rows
 
