@@ -279,13 +279,14 @@ class Bench:
             return load(path, backend=backend, precision=precision, threads=self.threads)
 
     def engine_row(self, backend, precision, method, path, big_path=None, calib_s=None,
-                   excluded=(), as_file: bool = False) -> Row:
+                   excluded=(), as_file: bool = False, target: str = "-",
+                   quantizer: str = "-") -> Row:
         """One engine on one file: accuracy, latency, throughput (and latency at 299).
 
         as_file: open the file at its own precision (an anchor's OpenVINO IR carries no
         precision record: OpenVINO runs its FakeQuantize layers in INT8 by itself)."""
         row = Row(backend, precision, method, calib_seconds=calib_s, excluded=list(excluded),
-                  file_mb=_file_mb(path))
+                  file_mb=_file_mb(path), target=target, quantizer=quantizer)
         opened = None if as_file else precision
         try:
             with self.open(path, backend, opened) as rt:
@@ -301,9 +302,12 @@ class Bench:
                     row.latency_ms_299 = latency_ms(rt, self.x299, self.iters_299)
         except Exception as e:  # one engine failing must not sink the study: record why
             row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        self.log(f"  {backend} {precision} {method}: top1 {_rounded(row.top1, 2)}"
-                 f"{self.delta_text(row.pred)}  {_rounded(row.latency_ms, 2)} ms  "
-                 f"@299 {_rounded(row.latency_ms_299, 1)} ms {row.note}")
+        name = method if precision != "int8" else (
+            f"{method}@{target}" if quantizer == "ours" else f"{quantizer} ({method})")
+        big = "" if row.latency_ms_299 is None else f"  @299 {row.latency_ms_299:.1f} ms"
+        self.log(f"  {backend} {precision} {name}: top1 {_rounded(row.top1, 2)}"
+                 f"{self.delta_text(row.pred)}  {_rounded(row.latency_ms, 2)} ms{big} "
+                 f"{row.note}".rstrip())
         return row
 
 
