@@ -16,11 +16,13 @@ One calibration, one file per target engine (each gets the Q/DQ layout it runs b
                                  data="calib_images/", method="percentile")
 
 Mixed precision to an accuracy budget (the most sensitive layers kept in float, greedily, until
-the drop on a validation split is within ``max_drop`` points; ``calibration/budget.py``)::
+the images lost on a validation split are, at ``confidence``, at most ``max_drop`` points;
+``calibration/budget.py``)::
 
-    res = calibration.quantize_to_budget("m.onnx", "m.ov.onnx", val_x, val_y, max_drop=0.1,
-                                         data="calib_images/", target="openvino")
-    res.budget.excluded, res.budget.drop
+    res = calibration.quantize_to_budget("m.onnx", "m.ov.onnx", val_x, val_y, max_drop=0.3,
+                                         confidence=0.95, data="calib_images/",
+                                         target="openvino")
+    res.budget.excluded, res.budget.loss, res.budget.bound
 
 For a study over several methods, collect the statistics once and reuse them::
 
@@ -49,9 +51,13 @@ Public API (stable; extend, don't rename):
 - ``quantize_to_budget(onnx_in, onnx_out, val_images, val_labels=None, max_drop=0.1,
   metric="top1"|"agreement", data=..., statistics=None, method="percentile" (or "auto":
   chosen on the validation split), max_excluded=None, evaluate=None, search="bisect",
-  **quantize_options) -> QuantizeResult`` (``.budget``: ``excluded``, ``drop``, ``steps``,
-  ``method``, ``methods_tried``); ``greedy_exclusion(ranked, drop_with, max_drop,
-  search="linear"|"bisect")``, ``choose_method``.
+  confidence=0.95, **quantize_options) -> QuantizeResult`` (``.budget``: ``excluded``,
+  ``losses``, ``images``, ``loss`` (observed, points), ``bound`` (its upper bound at
+  ``confidence``, what is held to ``max_drop``), ``drop`` (= ``loss``), ``steps``,
+  ``method``, ``methods_tried``, ``summary()``); a split too small for the budget is a
+  ``CalibrationArgumentError`` naming the size it needs (``check_reachable``);
+  ``greedy_exclusion(ranked, drop_with, max_drop, search="linear"|"bisect",
+  confidence=0.95)``, ``choose_method``.
 - ``collect_statistics(model, data, tensors=None, bins=2048, num_images=None, batch_size=32,
   threads=None, progress=False) -> Statistics`` (``.histograms``, ``.amax(method,
   percentile)``, ``.num_images``, ``.seconds``, ``.save(path)`` / ``Statistics.load(path)``).

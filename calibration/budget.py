@@ -98,6 +98,11 @@ class Budget:
                 "steps": [[s.excluded, _r4(s.bound), _r4(s.loss), s.losses]
                           for s in self.steps]}
 
+    @property
+    def drop(self) -> Optional[float]:
+        """The observed loss (points): images lost, not net top-1 (the public name kept)."""
+        return self.loss
+
     def summary(self) -> str:
         """One line: the file's loss, its bound and what it was held to."""
         what = "images lost (FP32 right, INT8 wrong)" if self.metric == "top1" else \
