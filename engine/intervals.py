@@ -52,22 +52,25 @@ def _check_counts(k: int, n: int) -> None:
         raise InputError(f"a count of {k} out of {n} images is impossible")
 
 
-def _log_binom_pmf(i: int, n: int, p: float) -> float:
-    return (math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-            + i * math.log(p) + (n - i) * math.log1p(-p))
-
-
 def binom_cdf(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p), summed in log space (stable for small tails)."""
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (stable for small tails).
+
+    The log-pmf comes from the ratio of successive terms, log pmf(i+1) - log pmf(i) =
+    log((n - i) / (i + 1)) + log(p / (1 - p)), as one cumulative sum; a count above n/2 is
+    taken from the other tail, so no sum is longer than n/2 terms."""
     if k < 0:
         return 0.0
     if k >= n or p <= 0.0:
         return 1.0
     if p >= 1.0:
         return 0.0
-    logs = [_log_binom_pmf(i, n, p) for i in range(k + 1)]
-    top = max(logs)
-    return min(1.0, math.exp(top) * math.fsum(math.exp(v - top) for v in logs))
+    if k > n // 2:                  # P(X <= k) = 1 - P(n - X <= n - k - 1), n - X ~ B(n, 1-p)
+        return max(0.0, 1.0 - binom_cdf(n - k - 1, n, 1.0 - p))
+    i = np.arange(k, dtype=np.float64)
+    steps = np.log((n - i) / (i + 1.0)) + (math.log(p) - math.log1p(-p))
+    logs = n * math.log1p(-p) + np.concatenate(([0.0], np.cumsum(steps)))
+    top = float(logs.max())
+    return min(1.0, math.exp(top) * float(np.exp(logs - top).sum()))
 
 
 def _solve(tail, target: float) -> float:
