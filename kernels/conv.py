@@ -53,8 +53,7 @@ from ._launch import (ALL_DTYPES, bound_launch, check_dtype, check_runnable, che
                       clamp_pow2, config_kwargs, overlaps)
 from . import tuning as _tuning
 from .env import interpreting
-
-MAX_DESTINATIONS = 3
+from .launches import MAX_DESTINATIONS
 
 
 # --------------------------------------------------------------------------------------

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
+# Destinations one conv launch can write (horizontal fusion of up to three 1x1 heads): the
+# kernel takes three destination pointers, and no Inception block has more heads on one input.
+MAX_DESTINATIONS = 3
+
 
 @dataclass(frozen=True)
 class ConvLaunch:

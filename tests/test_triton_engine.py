@@ -330,10 +330,10 @@ def test_int8_top1_agreement_with_onnxruntime(files):
 def test_int8_merged_heads_equal_separate_launches(files, monkeypatch):
     """Merged int8 heads requantise with one scale per launch; folding each head's scale
     ratio into its epilogue gives the same int8 values as one launch per head."""
-    from engine.backends.triton import planner
+    from engine.backends.triton.planner import plan as planning
     path = files.int8(SUBJECT)
     merged = runtime(path, impl="torch")
-    monkeypatch.setattr(planner, "MAX_HEADS", 1)
+    monkeypatch.setattr(planning, "MAX_HEADS", 1)
     separate = runtime(path, impl="torch")
     assert merged.plan.stats["merged_groups"] > 0 == separate.plan.stats["merged_groups"]
     scales = {}
@@ -645,6 +645,7 @@ def test_hot_path_allocates_nothing_and_looks_nothing_up(files, monkeypatch):
     import kernels.quant
     from triton.runtime.interpreter import InterpretedFunction
     from engine.backends.triton import ops, planner, runtime as rtmod
+    from engine.backends.triton.planner import dependencies, explain, streams
     triton_before = _triton_class_attributes()
     rt = runtime(files.fp32("inception_resnet_v1"), precision="fp32")
     x = torch.from_numpy(images("inception_resnet_v1", 1))
@@ -658,7 +659,10 @@ def test_hot_path_allocates_nothing_and_looks_nothing_up(files, monkeypatch):
     _count_project_allocations(monkeypatch, counts)
     _count_calls(monkeypatch, counts, ops, ("bind", "prepare", "conv_config",
                                             "describe_config", "_torch_dtype"))
-    _count_calls(monkeypatch, counts, planner, ("plan_streams", "step_dependencies"))
+    _count_calls(monkeypatch, counts, rtmod, ("plan_streams", "explain_plan"))
+    _count_calls(monkeypatch, counts, streams, ("plan_streams", "step_dependencies"))
+    _count_calls(monkeypatch, counts, explain, ("plan_streams",))
+    _count_calls(monkeypatch, counts, dependencies, ("dependencies", "ready_steps"))
     _count_calls(monkeypatch, counts, planner.Plan, ("ready", "value_of", "tensor_names"))
     _count_calls(monkeypatch, counts, rtmod._Bound, ("__init__",))
     _count_calls(monkeypatch, counts, kernels.conv, ("prepare_conv2d", "_check_inputs", "_destinations",

@@ -62,6 +62,11 @@ class Layer:
     attrs: Dict = field(default_factory=dict)
 
     @property
+    def reads(self) -> List[str]:
+        """The values the layer reads: its inputs, then the residual shortcut if any."""
+        return self.inputs + ([self.residual] if self.residual else [])
+
+    @property
     def out_channels(self) -> int:
         w = self.weight if self.weight is not None else self.qweight.q
         return int(w.shape[0])
