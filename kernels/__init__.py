@@ -74,7 +74,7 @@ global_avg_pool_reference, linear_reference, quantize_reference, dequantize_refe
 
 Ahead-of-time compile without a GPU: ``kernels.aot.compile_many(specs, archs)`` compiles
 kernel specializations for sm_80/sm_90 and reports registers, spills and tensor-core use;
-the specs of the real networks come from ``engine.models.shapes`` (``benchmarks/aot.py``).
+the launches of the real networks come from ``engine.models.shapes`` (``benchmarks/aot_report.py``).
 
 This package is a leaf: it imports torch and triton, never the engine.
 
