@@ -73,6 +73,14 @@ def check_runnable(x: torch.Tensor):
         raise RuntimeError(f"Triton kernels run on CUDA tensors, got a tensor on {x.device}")
 
 
+def check_input(x: torch.Tensor):
+    """The checks every launcher makes on its input ``x``: an NHWC view with channel stride
+    1, on a device the kernels run on, in a dtype they take."""
+    check_nhwc(x, "x")
+    check_runnable(x)
+    check_dtype(x, "x", ALL_DTYPES)
+
+
 def check_dtype(t: torch.Tensor, name: str, allowed: Sequence[torch.dtype]):
     if t.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import (ALL_DTYPES, bound_launch, check_dtype, check_runnable, check_nhwc, check_vector,
+from ._launch import (ALL_DTYPES, bound_launch, check_dtype, check_input, check_nhwc, check_vector,
                       clamp_pow2, config_kwargs, overlaps)
 from . import tuning as _tuning
 from .env import interpreting
@@ -634,9 +634,7 @@ class _Geometry:
 
 def _check_inputs(x, weight, bias, scale, stride, padding) -> _Geometry:
     """Check the input, the packed weight, bias, int8 scale, stride and padding."""
-    check_nhwc(x, "x")
-    check_runnable(x)
-    check_dtype(x, "x", ALL_DTYPES)
+    check_input(x)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError("weight must be packed HWIO [KH, KW, C, N] (see kernels.conv.pack_weight), "
                          f"got {type(weight).__name__} of shape {tuple(getattr(weight, 'shape', ()))}")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import (ALL_DTYPES, FLOAT_DTYPES, bound_launch, check_dtype, check_nhwc, check_runnable,
+from ._launch import (ALL_DTYPES, FLOAT_DTYPES, bound_launch, check_dtype, check_input, check_nhwc,
                       clamp_pow2, config_kwargs, overlaps)
 from .env import interpreting
 
@@ -147,9 +147,7 @@ def _pool_config(p: int, c: int, config) -> dict:
 
 
 def _prepare_pool3x3(x, out, is_max, x_scale, out_scale, config, name) -> Callable[[], torch.Tensor]:
-    check_nhwc(x, "x")
-    check_runnable(x)
-    check_dtype(x, "x", ALL_DTYPES)
+    check_input(x)
     b, h, w, c = x.shape
     stride, pad = (2, 0) if is_max else (1, 1)
     oh, ow = (h + 2 * pad - KSIZE) // stride + 1, (w + 2 * pad - KSIZE) // stride + 1
@@ -205,9 +203,7 @@ def prepare_global_avg_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None,
                             x_scale: Optional[float] = None, config=None) -> Callable[[], torch.Tensor]:
     """Mean over H and W of NHWC ``x`` -> ``out`` [B, C] (float; fp32 by default for int8
     input), prepared like :func:`prepare_max_pool`."""
-    check_nhwc(x, "x")
-    check_runnable(x)
-    check_dtype(x, "x", ALL_DTYPES)
+    check_input(x)
     b, h, w, c = x.shape
     if x.dtype == torch.int8 and x_scale is None:
         raise ValueError("global_avg_pool of an int8 input needs x_scale")

@@ -260,3 +260,30 @@ def test_network_launches_round_trip_through_the_layers_file(tmp_path):
     path.write_text('[{"c_in": 3, "kernel": 7}]')
     with pytest.raises(ValueError, match="ConvLaunch"):
         aot.load_layers(str(path))
+
+
+def test_atomic_writes_from_threads_never_share_a_temporary_file(tmp_path):
+    """The one write-then-rename (kernels.atomic, under the tuning cache, the AOT report and
+    engine.fileio): threads writing one target each get their own temporary file, so every
+    rename finds its file and the target always holds one whole payload."""
+    import threading
+    from kernels.atomic import atomic_write_text
+    target = tmp_path / "report.json"
+    payloads = [json.dumps({"writer": i, "pad": "x" * 20000}) for i in range(6)]
+    errors = []
+
+    def write(text):
+        try:
+            for _ in range(25):
+                atomic_write_text(target, text)
+                assert target.read_text() in payloads
+        except Exception as e:            # collected: an assert in a thread would be lost
+            errors.append(e)
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_text() in payloads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

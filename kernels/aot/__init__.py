@@ -31,4 +31,5 @@ from .specs import (BATCHES, BIG_TILES, class_specs, conv_spec, global_avg_spec,
 __all__ = ["BATCHES", "BIG_TILES", "CompileResult", "LoopStats", "Spec", "check", "class_specs", "compile_many",
            "compile_spec", "conv_spec", "format_table", "global_avg_spec", "jit_kernels", "kernel_fn",
            "launch_specs", "layer_specs", "layers_to_json", "load_layers", "main", "operand_sources",
-           "pool_spec", "report", "requant_spec", "sass_main_loop", "splitk_reduce_spec", "tool", "wave_table"]
+           "pool_spec", "report", "requant_spec", "sass_main_loop", "splitk_reduce_spec", "tool", "wave_table",
+           "write_dump"]

@@ -40,8 +40,20 @@ class QWeight:
         return (self.q.astype(np.float32) * s).astype(np.float32)
 
 
+class ReadsValues:
+    """``reads``: the values an operation reads, its inputs then the residual shortcut if
+    any; shared by the graph's layers and the plan's steps, which both carry the two."""
+
+    inputs: List[str]
+    residual: Optional[str]
+
+    @property
+    def reads(self) -> List[str]:
+        return self.inputs + ([self.residual] if self.residual else [])
+
+
 @dataclass
-class Layer:
+class Layer(ReadsValues):
     """One fused operation of the plan.
 
     kind: ``conv`` | ``maxpool`` | ``avgpool`` | ``gap`` | ``linear`` | ``concat`` |
@@ -60,11 +72,6 @@ class Layer:
     relu: bool = False
     residual: Optional[str] = None
     attrs: Dict = field(default_factory=dict)
-
-    @property
-    def reads(self) -> List[str]:
-        """The values the layer reads: its inputs, then the residual shortcut if any."""
-        return self.inputs + ([self.residual] if self.residual else [])
 
     @property
     def out_channels(self) -> int:

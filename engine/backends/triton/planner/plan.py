@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 from kernels.launches import MAX_DESTINATIONS
 
 from ....errors import UnsupportedGraphError, UnsupportedPrecisionError
-from ..graph import Layer, LayerGraph
+from ..graph import Layer, LayerGraph, ReadsValues
 from .dependencies import ancestor_bits, dependencies, ready_steps
 
 MAX_HEADS = MAX_DESTINATIONS   # 1x1 heads one conv launch can write
@@ -78,7 +78,7 @@ class Buffer:
 
 
 @dataclass
-class Step:
+class Step(ReadsValues):
     """One launch. op: input | conv | maxpool | avgpool | gap | linear | l2norm | quantize |
     dequantize | copy | output."""
 
@@ -92,11 +92,6 @@ class Step:
     int8: bool = False                 # int8 GEMM (int8 input and weights)
     why: str = ""                      # for convert steps: what made them necessary
     fused: List[str] = field(default_factory=list)
-
-    @property
-    def reads(self) -> List[str]:
-        """The values the launch reads: its inputs, then the residual shortcut if any."""
-        return self.inputs + ([self.residual] if self.residual else [])
 
 
 @dataclass
