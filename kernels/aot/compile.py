@@ -155,24 +155,26 @@ def tool(name: str) -> str:
                             f"backends/nvidia/bin, PATH)")
 
 
-def _sass(cubin: bytes) -> str:
+def _run_tool(name: str, data: bytes, filename: str, arguments) -> subprocess.CompletedProcess:
+    """Run the CUDA tool ``name`` on ``data`` written to ``filename`` in a temporary folder;
+    ``arguments(path, folder)`` gives the command line after the tool."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
+        path = os.path.join(tmp, filename)
         with open(path, "wb") as f:
-            f.write(cubin)
-        proc = subprocess.run([tool("cuobjdump"), "-sass", path], capture_output=True, text=True, timeout=300)
+            f.write(data)
+        return subprocess.run([tool(name), *arguments(path, tmp)], capture_output=True, text=True, timeout=300)
+
+
+def _sass(cubin: bytes) -> str:
+    proc = _run_tool("cuobjdump", cubin, "k.cubin", lambda path, _: ["-sass", path])
     if proc.returncode != 0:
         raise RuntimeError(f"cuobjdump failed: {proc.stderr[-2000:]}")
     return proc.stdout
 
 
 def _ptxas_stats(ptx: str, target: str, name: str, arch: int) -> Tuple[int, int, int, str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        proc = subprocess.run([tool("ptxas"), "-v", f"-arch={target}", path, "-o", os.path.join(tmp, "k.cubin")],
-                              capture_output=True, text=True, timeout=300)
+    proc = _run_tool("ptxas", ptx.encode(), "k.ptx",
+                     lambda path, folder: ["-v", f"-arch={target}", path, "-o", os.path.join(folder, "k.cubin")])
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"ptxas failed for {name} on sm_{arch}:\n{log}")

@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 from kernels.launches import MAX_DESTINATIONS
 
 from ....errors import UnsupportedGraphError, UnsupportedPrecisionError
-from ..graph import Layer, LayerGraph, ReadsValues
+from ..graph import Layer, LayerGraph, ReadsValues, follow_aliases
 from .dependencies import ancestor_bits, dependencies, ready_steps
 
 MAX_HEADS = MAX_DESTINATIONS   # 1x1 heads one conv launch can write
@@ -240,9 +240,7 @@ class _Planner:
 
     def value_name(self, name: str) -> str:
         """The value ``name`` stands for, after the aliases of merged Q/DQ pairs."""
-        while name in self.alias:
-            name = self.alias[name]
-        return name
+        return follow_aliases(self.alias, name)
 
     def consumers(self) -> Dict[str, List[Layer]]:
         out: Dict[str, List[Layer]] = {}
@@ -596,14 +594,10 @@ class _Planner:
             b.first, b.last = 10 ** 9, -1
         n = len(self.steps)
         for idx, st in enumerate(self.steps):
-            for o in st.outputs:
-                b = self.bufs[self.vals[o].buf]
+            for name in st.outputs + st.reads:
+                b = self.bufs[self.vals[name].buf]
                 b.first = min(b.first, idx)
                 b.last = max(b.last, idx)
-            for i in st.reads:
-                b = self.bufs[self.vals[i].buf]
-                b.last = max(b.last, idx)
-                b.first = min(b.first, idx)
         self.bufs[self.vals[self.output].buf].last = n
         for b in self.bufs:
             if b.last < 0:
