@@ -32,7 +32,7 @@ LAYERS = [
     ("engines", ["engine.backends", "calibration"]),
     ("core", ["engine.errors", "engine.fileio", "engine.onnxmeta", "engine.version", "engine.runtime",
               "engine.timing", "engine.export", "engine.weights", "engine.preprocess", "engine.datasets",
-              "engine.graphcheck", "engine.models"]),
+              "engine.graphcheck", "engine.intervals", "engine.models"]),
     ("kernels", ["kernels"]),
 ]
 INDEPENDENT = [("engine.backends", "calibration")]
