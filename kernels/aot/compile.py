@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import triton
 
+from .. import conv, pool, quant
 from .inspect import LoopStats, operand_sources, sass_main_loop
 
 _TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8",
@@ -86,7 +87,6 @@ class CompileResult:
 
 def jit_kernels() -> Dict[str, object]:
     """Every jitted kernel by its spec name, as the kernel modules list them."""
-    from .. import conv, pool, quant
     found: Dict[str, object] = {}
     for module in (conv, pool, quant):
         for name, fn in module.JIT_KERNELS.items():
