@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The one prepared GPU run: install the project offline, then benchmarks/gpu_run.py runs its
-# budgeted sections (correctness, end to end, kernels, the static kernel report) and leaves
-# three files under $OUT: summary.json, summary.md and gpu-run.tar.gz (CSVs, section JSON,
-# logs). Scratch (exported models, the growing CSVs) lives beside $OUT, in .<name>-work.
+# The one prepared GPU run: install the project offline, then benchmarks/gpu_run.py (run as
+# the module benchmarks.gpu_run from the repository root, so every package imports by its own
+# name) runs its budgeted sections (correctness, end to end, kernels, the static kernel
+# report) and leaves three files under $OUT: summary.json, summary.md and gpu-run.tar.gz
+# (CSVs, section JSON, logs). Scratch (exported models, the growing CSVs) lives beside $OUT,
+# in .<name>-work.
 # Budget: at most 9 minutes of wall time on an H100/H200 with a cold Triton cache.
 #
 #   OUT=DIR bash benchmarks/gpu_check.sh              # on the GPU machine, from the repo root
@@ -29,7 +31,7 @@ if [ ${#DRY[@]} = 0 ]; then
 else
   export TRITON_INTERPRET=1
 fi
-$PY benchmarks/gpu_run.py --out "$OUT" "${DRY[@]}" "$@"
+$PY -m benchmarks.gpu_run --out "$OUT" "${DRY[@]}" "$@"
 rc=$?
 ls -la "$OUT"
 exit $rc

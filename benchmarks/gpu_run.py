@@ -1,8 +1,11 @@
 """One GPU run that collects every figure: correctness, end to end, kernels, the static
 kernel report, each section under its own time budget, at most 8 files under ``--out``.
 
-    python benchmarks/gpu_run.py --out DIR              # on the GPU machine (benchmarks/gpu_check.sh)
-    python benchmarks/gpu_run.py --out DIR --dry-run    # on a CPU: tiny shapes, the interpreter
+    python -m benchmarks.gpu_run --out DIR              # on the GPU machine (benchmarks/gpu_check.sh)
+    python -m benchmarks.gpu_run --out DIR --dry-run    # on a CPU: tiny shapes, the interpreter
+
+Run it as a module from the repository root (as ``gpu_check.sh`` does), so that the
+``benchmarks`` folder and the project's packages import by their own names.
 
 Sections, in order of value (``SECTIONS``: name, GPU budget, dry-run budget, in seconds):
 
@@ -13,9 +16,9 @@ Sections, in order of value (``SECTIONS``: name, GPU budget, dry-run budget, in 
    with ``cudnn.benchmark``, and torch.compile (max-autotune under a compile-time cap, else
    the default mode; each compile in its own process so a cap can cut it). Ours: the triton
    engine FP16 and INT8. img/s, p50/p99, ratios, the fraction of the compute roofline
-   (:data:`benchmarks.kernels.PEAKS`, by GPU name).
+   (:data:`benchmarks.kernel_bench.PEAKS`, by GPU name).
 3. ``kernels``: every distinct IR-v2 conv shape in order of FLOP share, batch 128 then 1,
-   against cuDNN conv+bias+ReLU and the unfused sequence (:mod:`benchmarks.kernels`).
+   against cuDNN conv+bias+ReLU and the unfused sequence (:mod:`benchmarks.kernel_bench`).
 4. ``aot``: ``python -m kernels.aot --arch <cc> --report`` for the GPU present.
 
 How the budget works: each section runs in a child process with a deadline. The child
@@ -43,14 +46,9 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(_HERE)
-# run as a script this folder comes first, and its kernels.py would hide the kernels package
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+from engine.fileio import atomic_path, atomic_write_text
 
-from engine.fileio import atomic_path, atomic_write_text  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SUBJECT = "inception_resnet_v2_fmnist"
 IRV2 = "inception_resnet_v2"
@@ -177,7 +175,7 @@ def triton_runtime(path, precision: str, dry: bool):
 
 # ---------------------------------------------------------------------------- sections
 def section_correctness(rec: Recorder):
-    from benchmarks import kernels as kb
+    from benchmarks import kernel_bench as kb
     dev = _device()
     cases = kb.cases_by_flop_share(IRV2)[:2 if rec.dry else 6]
     for k, (s, count, share) in enumerate(cases):
@@ -262,7 +260,7 @@ def section_e2e(rec: Recorder):
 
 def peak_tflops(gpu: str) -> Optional[dict]:
     """Dense FP16 and INT8 peak (TFLOP/s, TOP/s) of the GPU, from the data-sheet table."""
-    from benchmarks.kernels import PEAKS
+    from benchmarks.kernel_bench import PEAKS
     for frag, (fp16, int8) in PEAKS.items():
         if frag in gpu:
             return {"fp16": fp16, "int8": int8, "fp32": fp16 / 2}
@@ -403,7 +401,7 @@ def _read_csv(path: Path) -> List[dict]:
 
 def section_kernels(rec: Recorder):
     import torch
-    from benchmarks import kernels as kb
+    from benchmarks import kernel_bench as kb
     torch.backends.cudnn.benchmark = True
     dev = _device()
     cases = kb.cases_by_flop_share(IRV2)
@@ -545,7 +543,7 @@ def _preload():
     """Import what the sections use once, here: every forked child then starts warm."""
     import importlib
     for name in ("calibration", "engine.export", "engine.models.registry", "kernels.conv",
-                 "kernels.pool", "onnxruntime", "benchmarks.kernels"):
+                 "kernels.pool", "onnxruntime", "benchmarks.kernel_bench"):
         importlib.import_module(name)
 
 

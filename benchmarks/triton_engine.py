@@ -1,6 +1,6 @@
 """GPU benchmark of the triton engine against PyTorch, in one run, judged on its targets.
 
-    python benchmarks/triton_engine.py [--model inception_resnet_v2] [--size 299]
+    python -m benchmarks.triton_engine [--model inception_resnet_v2] [--size 299]
         [--large-batch 256] [--out triton_engine.json]
 
 Measured on the same GPU, same weights, same process:
@@ -20,22 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-# Run as a script, this folder comes first on the import path, and its kernels.py (the
-# microbenchmark) would hide the ``kernels`` package: put the repository root there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if os.path.dirname(_HERE) not in sys.path:
-    sys.path.insert(0, os.path.dirname(_HERE))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from engine.timing import time_calls  # noqa: E402
-from kernels.env import cuda_usable  # noqa: E402
+from engine.timing import time_calls
+from kernels.env import cuda_usable
 
 ROOFLINE_IMG_S = {"inception_resnet_v2": 37000.0}
 TARGETS = {"latency_vs_eager": 0.5, "throughput_vs_compile": 1.2, "int8_vs_fp16": 1.5}

@@ -2,7 +2,9 @@
 
 Writes go to a temporary name beside the target, then a rename: a crash or an exception
 never leaves a half-written file under the final name, and an existing file is only replaced
-once the new one is complete.
+once the new one is complete. The write-then-rename itself is :mod:`kernels.atomic` (the
+lowest layer, so the kernels' own writers share it); this module adds the engine's check of
+the target and its :class:`ArtifactError`.
 
 ``.npy``/``.npz`` files are read with :func:`load_npy` / :func:`load_npz`: an array of Python
 objects (which numpy loads only with ``allow_pickle=True``, that is by unpickling, which can
@@ -13,19 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
+
+from kernels.atomic import atomic_path as _atomic_path
+from kernels.atomic import atomic_write_bytes as _atomic_write_bytes
 
 from .errors import ArtifactError, InputError
 
 
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ""):
-    """Yield a temporary path in the target's directory; rename it to ``path`` on success.
+    """Yield a temporary path in the target's directory; rename it to ``path`` on success
+    (:func:`kernels.atomic.atomic_path`, the project's one write-then-rename).
 
     On an exception the temporary file is removed and the target is left untouched. A target
     that is a directory, or one under an existing file, is an :class:`ArtifactError` naming
@@ -33,19 +37,8 @@ def atomic_path(path, suffix: str = ""):
     """
     path = Path(path)
     check_writable_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _atomic_path(path, suffix) as tmp:
+        yield tmp
 
 
 def check_writable_target(path: Path) -> None:
@@ -62,11 +55,8 @@ def check_writable_target(path: Path) -> None:
 
 
 def atomic_write_bytes(path, data: bytes):
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    check_writable_target(Path(path))
+    _atomic_write_bytes(path, data)
 
 
 def atomic_write_text(path, text: str):

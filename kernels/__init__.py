@@ -22,12 +22,18 @@ Tensors
   per tensor. An int8 destination is requantised exactly as ONNX QuantizeLinear does
   (``saturate(round_half_even(v / out_scale))``).
 
-Public launchers (all return the output tensor; ``config=`` takes a dict or triton.Config
-of meta-parameters to bypass the tuning table)
-------------------------------------------------------------------------------------------
-conv2d(x, weight, bias=None, *, stride=1, padding=0, relu=True, residual=None,
-       out=None, out_dtype=None, scale=None, res_scale=1.0, out_scale=None, config=None)
-    ``relu?(conv(x, W) [* scale] + bias [+ residual])`` into ``out``.
+Public launchers
+----------------
+Every kernel has a ``prepare_*`` launcher: it checks the tensors, chooses the config and
+packs the arguments once, and returns a zero-argument callable that only launches (on the
+tensors given; their storage, not their values, is fixed) and returns the output. The plain
+launcher is ``prepare_*(...)()``. ``config=`` takes a dict or triton.Config of
+meta-parameters to bypass the tuning table; ``out=None`` allocates the output once.
+
+prepare_conv2d(x, weight, bias=None, *, stride=1, padding=0, relu=True, residual=None,
+               out=None, out_dtype=None, scale=None, res_scale=1.0, out_scale=None, config=None)
+    ``relu?(conv(x, W) [* scale] + bias [+ residual])`` into ``out``; ``conv2d`` takes the
+    same arguments.
     - padding: int or (ph, pw), symmetric (SAME for an odd k is k // 2; 1x7 -> (0, 3)).
     - out: None | one NHWC view [B, OH, OW, N] | list of up to 3 views whose channel
       counts sum to N: **horizontal fusion** -- concatenate the 1x1 weights of the branches
@@ -41,24 +47,24 @@ conv2d(x, weight, bias=None, *, stride=1, padding=0, relu=True, residual=None,
       x_scale)``; destination float (dequantised) or int8 with ``out_scale``. A float conv
       may also write an int8 destination (``out_scale``): mixed precision feeding int8.
     - all destinations of one call share a dtype and, for int8, one ``out_scale``.
-max_pool(x, out=None, *, config=None)
+prepare_max_pool(x, out=None, *, config=None)  /  max_pool
     3x3 stride 2 VALID max pool into ``out`` (e.g. a concat slice); any dtype, int8 keeps
     its scale.
-avg_pool(x, out=None, *, x_scale=None, out_scale=None, config=None)
+prepare_avg_pool(x, out=None, *, x_scale=None, out_scale=None, config=None)  /  avg_pool
     3x3 stride 1 pad 1 average, count_include_pad=False, into ``out``. int8 input needs
     ``x_scale``; an int8 destination needs ``out_scale``.
-global_avg_pool(x, out=None, *, x_scale=None, config=None) -> [B, C]
+prepare_global_avg_pool(x, out=None, *, x_scale=None, config=None) -> [B, C]  /  global_avg_pool
     Mean over H and W (fp32 sum); int8 input needs ``x_scale``.
-linear(x, weight, bias=None, *, relu=False, out=None, out_dtype=None, scale=None,
-       out_scale=None, config=None) -> [B, N]
+prepare_linear(x, weight, bias=None, *, relu=False, out=None, out_dtype=None, scale=None,
+               out_scale=None, config=None) -> [B, N]  /  linear
     ``x [B, K] @ weight [K, N] + bias`` on the conv kernel (a 1x1 conv over a 1x1 map).
-quantize(x, scale, out=None) -> int8 ; dequantize(q, scale, out=None, out_dtype=float16)
+prepare_quantize(x, scale, out=None, *, x_scale=None) -> int8  /  quantize
+prepare_dequantize(q, scale, out=None, *, out_dtype=float16)  /  dequantize
     Elementwise Q / DQ of any 4-D NHWC view (e.g. the network input, or a re-quantisation
     between concat scales).
 
-prepare_conv2d(x, weight, bias=None, *, ..., out, ...) -> callable
-    conv2d's checks, tile/split-K choice and grid done once; the returned zero-argument
-    callable only launches (on the same tensors).
+Each kernel file also lists its jitted kernels in ``JIT_KERNELS`` (name -> kernel), which
+is how the ahead-of-time compile (:mod:`kernels.aot`) finds them.
 
 Weight preparation (host, once per model): pack_weight, pack_linear_weight, fold_bn,
 fold_scale, quantize_weight, dequant_scale.
@@ -68,7 +74,7 @@ global_avg_pool_reference, linear_reference, quantize_reference, dequantize_refe
 
 Ahead-of-time compile without a GPU: ``kernels.aot.compile_many(specs, archs)`` compiles
 kernel specializations for sm_80/sm_90 and reports registers, spills and tensor-core use;
-the specs of the real networks come from ``engine.models.shapes`` (``benchmarks/aot.py``).
+the launches of the real networks come from ``engine.models.shapes`` (``benchmarks/aot_report.py``).
 
 This package is a leaf: it imports torch and triton, never the engine.
 
@@ -88,10 +94,12 @@ _LAZY = {
     "interpreting": "env", "cuda_usable": "env",
     **{n: "conv" for n in ("conv2d", "prepare_conv2d", "conv2d_reference", "pack_weight", "fold_bn",
                            "fold_scale", "quantize_weight", "quantize_reference", "dequant_scale")},
-    **{n: "fully_connected" for n in ("linear", "linear_reference", "pack_linear_weight")},
-    **{n: "pool" for n in ("max_pool", "max_pool_reference", "avg_pool", "avg_pool_reference",
-                           "global_avg_pool", "global_avg_pool_reference")},
-    **{n: "quant" for n in ("quantize", "dequantize", "dequantize_reference")},
+    **{n: "fully_connected" for n in ("linear", "prepare_linear", "linear_reference", "pack_linear_weight")},
+    **{n: "pool" for n in ("max_pool", "prepare_max_pool", "max_pool_reference", "avg_pool",
+                           "prepare_avg_pool", "avg_pool_reference", "global_avg_pool",
+                           "prepare_global_avg_pool", "global_avg_pool_reference")},
+    **{n: "quant" for n in ("quantize", "prepare_quantize", "dequantize", "prepare_dequantize",
+                            "dequantize_reference")},
 }
 __all__ = list(_LAZY)
 

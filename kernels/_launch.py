@@ -1,11 +1,11 @@
-"""Launch-time helpers shared by the kernel launchers: config
-choice and the checks on NHWC tensors and channel slices.
+"""Launch-time helpers shared by the kernel launchers: config choice, the checks on NHWC
+tensors and channel slices, and the prepared launch every ``prepare_*`` returns.
 
 Nothing here touches a GPU; it is imported by every kernel file.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import triton
@@ -14,6 +14,32 @@ from .env import interpreting
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 ALL_DTYPES = FLOAT_DTYPES + (torch.int8,)
+
+
+def bound_launch(launches: Sequence[Callable[[], object]], out) -> Callable[[], object]:
+    """One zero-argument callable for a launcher's prepared kernel launches (each a
+    ``functools.partial(kernel[grid], *args, **meta)``), run in order; it returns ``out``.
+
+    The launches are Triton's own ``kernel[grid]`` objects with every argument bound, so a
+    call does no check, no config choice and no argument packing: the ``prepare_*``
+    launchers did those once. Nothing of Triton's is replaced to get there.
+    """
+    launches = tuple(launches)
+    if not launches:
+        raise ValueError("a prepared launch needs at least one kernel launch")
+    if len(launches) == 1:
+        only = launches[0]
+
+        def launch():
+            only()
+            return out
+        return launch
+
+    def launch_all():
+        for step in launches:
+            step()
+        return out
+    return launch_all
 
 
 def next_pow2(n: int) -> int:
@@ -45,6 +71,14 @@ def check_runnable(x: torch.Tensor):
                            "(the interpreter runs them with numpy, slowly)")
     if x.device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"Triton kernels run on CUDA tensors, got a tensor on {x.device}")
+
+
+def check_input(x: torch.Tensor):
+    """The checks every launcher makes on its input ``x``: an NHWC view with channel stride
+    1, on a device the kernels run on, in a dtype they take."""
+    check_nhwc(x, "x")
+    check_runnable(x)
+    check_dtype(x, "x", ALL_DTYPES)
 
 
 def check_dtype(t: torch.Tensor, name: str, allowed: Sequence[torch.dtype]):

@@ -49,12 +49,11 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import (ALL_DTYPES, check_dtype, check_runnable, check_nhwc, check_vector, clamp_pow2,
-                      config_kwargs, overlaps)
+from ._launch import (ALL_DTYPES, bound_launch, check_dtype, check_input, check_nhwc, check_vector,
+                      clamp_pow2, config_kwargs, overlaps)
 from . import tuning as _tuning
 from .env import interpreting
-
-MAX_DESTINATIONS = 3
+from .launches import MAX_DESTINATIONS
 
 
 # --------------------------------------------------------------------------------------
@@ -368,6 +367,10 @@ def _splitk_reduce_kernel(
 
 REDUCE_META = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4}
 
+# The jitted kernels of this file under the names the AOT specs use (kernels.aot.specs):
+# each kernel file lists its own, so the compile tool needs none of their private names.
+JIT_KERNELS = {"conv": _conv_kernel, "splitk_reduce": _splitk_reduce_kernel}
+
 
 # --------------------------------------------------------------------------------------
 # Tiles
@@ -561,15 +564,19 @@ def _pair(v):
     return v
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-           stride=1, padding=0, relu: bool = True,
-           residual: Optional[torch.Tensor] = None,
-           out: Union[None, torch.Tensor, Sequence[torch.Tensor]] = None,
-           out_dtype: Optional[torch.dtype] = None,
-           scale: Optional[torch.Tensor] = None, res_scale: float = 1.0,
-           out_scale: Optional[float] = None,
-           config=None):
-    """Fused NHWC convolution ``relu?(conv(x, W) [* scale] + bias [+ residual])``.
+def prepare_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                   stride=1, padding=0, relu: bool = True,
+                   residual: Optional[torch.Tensor] = None,
+                   out: Union[None, torch.Tensor, Sequence[torch.Tensor]] = None,
+                   out_dtype: Optional[torch.dtype] = None,
+                   scale: Optional[torch.Tensor] = None, res_scale: float = 1.0,
+                   out_scale: Optional[float] = None,
+                   config=None) -> Callable[[], object]:
+    """Fused NHWC convolution ``relu?(conv(x, W) [* scale] + bias [+ residual])``, prepared:
+    every check, the tile and split-K choice, the grid, the split-K workspace and the
+    argument packing are done now, once; the returned zero-argument callable only launches,
+    on the tensors given here (their storage, not their values, is fixed), and returns
+    ``out``. :func:`conv2d` is ``prepare_conv2d(...)()``.
 
     x:        [B, H, W, C] NHWC view (channel stride 1); fp16, bf16, fp32 or int8.
     weight:   [KH, KW, C, N] from :func:`pack_weight` (HWIO contiguous, or for INT8 the
@@ -579,9 +586,9 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     relu:     apply ReLU last.
     residual: [B, OH, OW, N] NHWC view added before the ReLU; may alias ``out`` (in place).
               An int8 residual is dequantised with ``res_scale``.
-    out:      None (allocate), one NHWC view [B, OH, OW, N] (e.g. a concat slice), or a list
-              of up to 3 views whose channel counts sum to N (horizontal fusion: output
-              columns go to each in order).
+    out:      None (allocated here, once), one NHWC view [B, OH, OW, N] (e.g. a concat
+              slice), or a list of up to 3 views whose channel counts sum to N (horizontal
+              fusion: output columns go to each in order).
     out_dtype: dtype when allocating; default x.dtype for float input, and for int8 input
               int8 if ``out_scale`` is given, else float32.
     scale:    int8 input only: [N] fp32 ``x_scale * w_scale[n]`` (:func:`dequant_scale`).
@@ -589,32 +596,17 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     config:   explicit meta-parameters (dict or triton.Config with BLOCK_M/N/K, GROUP_M,
               optionally SPLIT_K); default: the shipped tuning table on a GPU
               (:func:`chosen_config`), one problem-sized tile in the interpreter.
-
-    Returns ``out`` (the allocated tensor, or what was passed).
     """
     geo = _check_inputs(x, weight, bias, scale, stride, padding)
     outs, ret = _destinations(x, out, out_dtype, out_scale, geo)
     _check_residual(residual, outs, geo)
-    _LaunchPlan(x, weight, bias, scale, residual, res_scale, outs, out_scale, relu, config, geo).launch()
-    return ret
+    return _launches(x, weight, bias, scale, residual, res_scale, outs, out_scale, relu, config, geo, ret)
 
 
-def prepare_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                   stride=1, padding=0, relu: bool = True,
-                   residual: Optional[torch.Tensor] = None,
-                   out: Union[torch.Tensor, Sequence[torch.Tensor]],
-                   scale: Optional[torch.Tensor] = None, res_scale: float = 1.0,
-                   out_scale: Optional[float] = None, config=None) -> Callable[[], None]:
-    """:func:`conv2d` split in two: every check, the tile and split-K choice, the grid and
-    the split-K workspace are done now, once; the returned zero-argument callable only
-    launches, on the tensors given here (their storage, not their values, is fixed). ``out``
-    is required."""
-    if out is None:
-        raise ValueError("prepare_conv2d needs out (the destination views the launches write)")
-    geo = _check_inputs(x, weight, bias, scale, stride, padding)
-    outs, _ = _destinations(x, out, None, out_scale, geo)
-    _check_residual(residual, outs, geo)
-    return _LaunchPlan(x, weight, bias, scale, residual, res_scale, outs, out_scale, relu, config, geo).launch
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, **options):
+    """:func:`prepare_conv2d` and one launch; returns ``out`` (allocated when not given).
+    The keywords are :func:`prepare_conv2d`'s."""
+    return prepare_conv2d(x, weight, bias, **options)()
 
 
 @dataclass(frozen=True)
@@ -642,9 +634,7 @@ class _Geometry:
 
 def _check_inputs(x, weight, bias, scale, stride, padding) -> _Geometry:
     """Check the input, the packed weight, bias, int8 scale, stride and padding."""
-    check_nhwc(x, "x")
-    check_runnable(x)
-    check_dtype(x, "x", ALL_DTYPES)
+    check_input(x)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError("weight must be packed HWIO [KH, KW, C, N] (see kernels.conv.pack_weight), "
                          f"got {type(weight).__name__} of shape {tuple(getattr(weight, 'shape', ()))}")
@@ -745,83 +735,80 @@ def gemm_view(x: torch.Tensor, geo: _Geometry) -> bool:
             and (geo.b == 1 or x.stride(0) == geo.h * geo.w * x.stride(2)))
 
 
-class _LaunchPlan:
-    """The kernel, its arguments and its grid for one checked conv call, built once."""
+def _launches(x, weight, bias, scale, residual, res_scale, outs, out_scale, relu, config,
+              geo: _Geometry, ret) -> Callable[[], object]:
+    """The kernel launches (the conv, and the split-K reduction when K is split) of one
+    checked conv call, with their arguments and grids bound, as one callable."""
+    m, n = geo.b * geo.oh * geo.ow, geo.n
+    meta = _meta(config, geo, x)
+    split = meta.pop("SPLIT_K", 1)
+    if split < 1:
+        raise ValueError(f"SPLIT_K must be >= 1, got {split}")
+    placeholder = _placeholder(x.device)
+    widths = [o.shape[3] for o in outs] + [0] * (MAX_DESTINATIONS - len(outs))
+    y = outs + [outs[0]] * (MAX_DESTINATIONS - len(outs))
+    res = residual if residual is not None else outs[0]
+    part = placeholder
+    if split > 1:
+        part = torch.empty((split, m, n), device=x.device,
+                           dtype=torch.int32 if x.dtype == torch.int8 else torch.float32)
+    y_scale = float(out_scale) if out_scale is not None else 1.0
+    # the correctly rounded fp32 reciprocal of the requantisation scale
+    y_inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(y_scale, dtype=torch.float32))
+    bias_t = bias if bias is not None else placeholder
+    scale_t = scale if scale is not None else placeholder
+    epi_sizes = (n, widths[0], widths[0] + widths[1])
+    epi_strides = (res.stride(0), res.stride(1), res.stride(2),
+                   y[0].stride(0), y[0].stride(1), y[0].stride(2),
+                   y[1].stride(0), y[1].stride(1), y[1].stride(2),
+                   y[2].stride(0), y[2].stride(1), y[2].stride(2),
+                   float(res_scale), y_scale, y_inv)
+    epi_flags = dict(HAS_BIAS=bias is not None, RELU=bool(relu), HAS_RES=residual is not None,
+                     NUM_DEST=len(outs), EXACT_FMA=not interpreting())
+    w_strides = _weight_strides(weight, geo)
+    args = (x, weight, bias_t, scale_t, res, y[0], y[1], y[2], part,
+            geo.b, geo.h, geo.w, geo.c, geo.oh, geo.ow) + epi_sizes + \
+           (x.stride(0), x.stride(1), x.stride(2)) + w_strides + epi_strides
+    flags = dict(KH=geo.kh, KW=geo.kw, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
+                 PAD_H=geo.padding[0], PAD_W=geo.padding[1], EVEN_C=geo.c % meta["BLOCK_K"] == 0,
+                 GEMM=gemm_view(x, geo), W_KMAJOR=geo.kmajor,
+                 W_ZERO_TAIL=geo.kmajor and w_strides[1] % meta["BLOCK_K"] == 0,
+                 SPLIT_K=split,
+                 UPCAST_DOT=interpreting() and x.dtype == torch.bfloat16, **epi_flags)
+    # INT8 results must be bit-exact: no contraction of ``acc * scale + bias`` into an
+    # fma, which rounds differently from the reference.
+    options = {"enable_fp_fusion": False} if x.dtype == torch.int8 else {}
+    grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split)
+    steps = [functools.partial(_conv_kernel[grid], *args, **flags, **meta, **options)]
+    if split > 1:
+        rmeta = dict(REDUCE_META)
+        rgrid = (triton.cdiv(m, rmeta["BLOCK_M"]), triton.cdiv(n, rmeta["BLOCK_N"]))
+        rargs = (part, bias_t, scale_t, res, y[0], y[1], y[2], m, geo.oh, geo.ow) + epi_sizes + epi_strides
+        steps.append(functools.partial(_splitk_reduce_kernel[rgrid], *rargs, SPLIT_K=split,
+                                       IS_INT8=x.dtype == torch.int8, **epi_flags, **rmeta, **options))
+    return bound_launch(steps, ret)
 
-    def __init__(self, x, weight, bias, scale, residual, res_scale, outs, out_scale, relu, config,
-                 geo: _Geometry):
-        m, n = geo.b * geo.oh * geo.ow, geo.n
-        meta = self._meta(config, geo, x)
-        split = meta.pop("SPLIT_K", 1)
-        if split < 1:
-            raise ValueError(f"SPLIT_K must be >= 1, got {split}")
-        placeholder = _placeholder(x.device)
-        widths = [o.shape[3] for o in outs] + [0] * (MAX_DESTINATIONS - len(outs))
-        y = outs + [outs[0]] * (MAX_DESTINATIONS - len(outs))
-        res = residual if residual is not None else outs[0]
-        part = placeholder
-        if split > 1:
-            part = torch.empty((split, m, n), device=x.device,
-                               dtype=torch.int32 if x.dtype == torch.int8 else torch.float32)
-        y_scale = float(out_scale) if out_scale is not None else 1.0
-        # the correctly rounded fp32 reciprocal of the requantisation scale
-        y_inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(y_scale, dtype=torch.float32))
-        bias_t = bias if bias is not None else placeholder
-        scale_t = scale if scale is not None else placeholder
-        epi_sizes = (n, widths[0], widths[0] + widths[1])
-        epi_strides = (res.stride(0), res.stride(1), res.stride(2),
-                       y[0].stride(0), y[0].stride(1), y[0].stride(2),
-                       y[1].stride(0), y[1].stride(1), y[1].stride(2),
-                       y[2].stride(0), y[2].stride(1), y[2].stride(2),
-                       float(res_scale), y_scale, y_inv)
-        epi_flags = dict(HAS_BIAS=bias is not None, RELU=bool(relu), HAS_RES=residual is not None,
-                         NUM_DEST=len(outs), EXACT_FMA=not interpreting())
-        args = (x, weight, bias_t, scale_t, res, y[0], y[1], y[2], part,
-                geo.b, geo.h, geo.w, geo.c, geo.oh, geo.ow) + epi_sizes + \
-               (x.stride(0), x.stride(1), x.stride(2)) + self._weight_strides(weight, geo) + epi_strides
-        flags = dict(KH=geo.kh, KW=geo.kw, STRIDE_H=geo.stride[0], STRIDE_W=geo.stride[1],
-                     PAD_H=geo.padding[0], PAD_W=geo.padding[1], EVEN_C=geo.c % meta["BLOCK_K"] == 0,
-                     GEMM=gemm_view(x, geo), W_KMAJOR=geo.kmajor,
-                     W_ZERO_TAIL=geo.kmajor and self._weight_strides(weight, geo)[1] % meta["BLOCK_K"] == 0,
-                     SPLIT_K=split,
-                     UPCAST_DOT=interpreting() and x.dtype == torch.bfloat16, **epi_flags)
-        # INT8 results must be bit-exact: no contraction of ``acc * scale + bias`` into an
-        # fma, which rounds differently from the reference.
-        options = {"enable_fp_fusion": False} if x.dtype == torch.int8 else {}
-        grid = (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split)
-        self._main = functools.partial(_conv_kernel[grid], *args, **flags, **meta, **options)
-        self._reduce = None
-        if split > 1:
-            rmeta = dict(REDUCE_META)
-            rgrid = (triton.cdiv(m, rmeta["BLOCK_M"]), triton.cdiv(n, rmeta["BLOCK_N"]))
-            rargs = (part, bias_t, scale_t, res, y[0], y[1], y[2], m, geo.oh, geo.ow) + epi_sizes + epi_strides
-            self._reduce = functools.partial(_splitk_reduce_kernel[rgrid], *rargs, SPLIT_K=split,
-                                             IS_INT8=x.dtype == torch.int8, **epi_flags, **rmeta, **options)
 
-    @staticmethod
-    def _weight_strides(weight, geo: _Geometry) -> Tuple[int, int]:
-        """(row, tap) strides of a K-contiguous weight; (0, 0) for HWIO (unused)."""
-        if not geo.kmajor:
-            return 0, 0
-        c_pad = _kmajor_channel_run(weight)
-        return geo.kh * geo.kw * c_pad, c_pad
+def _weight_strides(weight, geo: _Geometry) -> Tuple[int, int]:
+    """(row, tap) strides of a K-contiguous weight; (0, 0) for HWIO (unused)."""
+    if not geo.kmajor:
+        return 0, 0
+    c_pad = _kmajor_channel_run(weight)
+    return geo.kh * geo.kw * c_pad, c_pad
 
-    @staticmethod
-    def _meta(config, geo: _Geometry, x) -> dict:
-        if config is None and interpreting():
-            config = interpreter_config(geo.b * geo.oh * geo.ow, geo.n, geo.c)
-        if config is None:
-            return chosen_config(geo, x.dtype, x.device).meta()
-        meta = config_kwargs(config)
-        missing = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"} - set(meta)
-        if missing:
-            raise ValueError(f"config lacks {sorted(missing)} (it needs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)")
-        return meta
 
-    def launch(self):
-        self._main()
-        if self._reduce is not None:
-            self._reduce()
+def _meta(config, geo: _Geometry, x) -> dict:
+    """The launch's meta-parameters: the explicit config, the interpreter's tile, or the
+    tuning table's choice for this GPU."""
+    if config is None and interpreting():
+        config = interpreter_config(geo.b * geo.oh * geo.ow, geo.n, geo.c)
+    if config is None:
+        return chosen_config(geo, x.dtype, x.device).meta()
+    meta = config_kwargs(config)
+    missing = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"} - set(meta)
+    if missing:
+        raise ValueError(f"config lacks {sorted(missing)} (it needs BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)")
+    return meta
 
 
 # --------------------------------------------------------------------------------------

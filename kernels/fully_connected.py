@@ -4,11 +4,11 @@ requantisation, ReLU).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from .conv import conv2d, conv2d_reference
+from .conv import conv2d_reference, prepare_conv2d
 
 
 def pack_linear_weight(w_nk: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -27,11 +27,13 @@ def _as_map(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.as_strided((x.shape[0], 1, 1, x.shape[1]), (x.stride(0), x.stride(0), x.stride(0), 1))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-           relu: bool = False, out: Optional[torch.Tensor] = None, out_dtype=None,
-           scale: Optional[torch.Tensor] = None, out_scale: Optional[float] = None,
-           config=None) -> torch.Tensor:
-    """``x [B, K] @ weight [K, N] (+ bias [N] fp32)``; int8 as in :func:`kernels.conv2d`."""
+def prepare_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                   relu: bool = False, out: Optional[torch.Tensor] = None, out_dtype=None,
+                   scale: Optional[torch.Tensor] = None, out_scale: Optional[float] = None,
+                   config=None) -> Callable[[], torch.Tensor]:
+    """``x [B, K] @ weight [K, N] (+ bias [N] fp32)`` into ``out`` [B, N] (allocated here
+    when None), prepared through :func:`kernels.conv.prepare_conv2d` on the 1x1-map views;
+    int8 as there. The returned callable only launches and returns ``out``."""
     xm = _as_map(x, "x")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError("weight must be [K, N] (see kernels.pack_linear_weight)")
@@ -45,9 +47,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         out = torch.empty((b, n), dtype=out_dtype, device=x.device)
     if tuple(out.shape) != (b, n):
         raise ValueError(f"out has shape {tuple(out.shape)}, expected ({b}, {n})")
-    conv2d(xm, weight.view(1, 1, *weight.shape), bias, relu=relu, out=_as_map(out, "out"),
-           scale=scale, out_scale=out_scale, config=config)
-    return out
+    launch = prepare_conv2d(xm, weight.view(1, 1, *weight.shape), bias, relu=relu, out=_as_map(out, "out"),
+                            scale=scale, out_scale=out_scale, config=config)
+
+    def run_linear():
+        launch()
+        return out
+    return run_linear
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+    """:func:`prepare_linear` and one launch; returns ``out`` [B, N]."""
+    return prepare_linear(x, weight, bias, **options)()
 
 
 def linear_reference(x, weight, bias=None, *, relu=False, out_dtype=None, scale=None, out_scale=None):

@@ -6,15 +6,16 @@ load and store is a coalesced row of the NHWC buffer.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._launch import (ALL_DTYPES, FLOAT_DTYPES, check_dtype, check_nhwc, check_runnable, clamp_pow2,
-                      config_kwargs, overlaps)
+from ._launch import (ALL_DTYPES, FLOAT_DTYPES, bound_launch, check_dtype, check_input, check_nhwc,
+                      clamp_pow2, config_kwargs, overlaps)
 from .env import interpreting
 
 KSIZE = 3
@@ -133,6 +134,9 @@ def _global_avg_kernel(
 POOL_META = {"BLOCK_P": 32, "BLOCK_C": 64, "num_warps": 4}
 GLOBAL_AVG_META = {"BLOCK_HW": 16, "BLOCK_C": 128, "num_warps": 4}
 
+# The jitted kernels of this file under the names the AOT specs use (kernels.aot.specs).
+JIT_KERNELS = {"pool3x3": _pool3x3_kernel, "global_avg": _global_avg_kernel}
+
 
 def _pool_config(p: int, c: int, config) -> dict:
     if config is not None:
@@ -142,10 +146,8 @@ def _pool_config(p: int, c: int, config) -> dict:
     return dict(POOL_META)
 
 
-def _pool3x3(x, out, is_max, x_scale, out_scale, config, name):
-    check_nhwc(x, "x")
-    check_runnable(x)
-    check_dtype(x, "x", ALL_DTYPES)
+def _prepare_pool3x3(x, out, is_max, x_scale, out_scale, config, name) -> Callable[[], torch.Tensor]:
+    check_input(x)
     b, h, w, c = x.shape
     stride, pad = (2, 0) if is_max else (1, 1)
     oh, ow = (h + 2 * pad - KSIZE) // stride + 1, (w + 2 * pad - KSIZE) // stride + 1
@@ -173,31 +175,35 @@ def _pool3x3(x, out, is_max, x_scale, out_scale, config, name):
             raise ValueError("out_scale given but out is not int8")
     meta = _pool_config(b * oh * ow, c, config)
     grid = (triton.cdiv(b * oh * ow, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
-    _pool3x3_kernel[grid](
+    return bound_launch([functools.partial(
+        _pool3x3_kernel[grid],
         x, out, b, h, w, c, oh, ow,
         x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
         float(x_scale if x_scale is not None else 1.0), float(out_scale if out_scale is not None else 1.0),
-        IS_MAX=is_max, STRIDE=stride, PAD=pad, **meta)
-    return out
+        IS_MAX=is_max, STRIDE=stride, PAD=pad, **meta)], out)
 
 
-def max_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, *, config=None) -> torch.Tensor:
-    """3x3 stride-2 VALID max pool of NHWC ``x`` into ``out`` ([B, OH, OW, C] view, same dtype)."""
-    return _pool3x3(x, out, True, None, None, config, "max_pool")
+def prepare_max_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, *,
+                     config=None) -> Callable[[], torch.Tensor]:
+    """3x3 stride-2 VALID max pool of NHWC ``x`` into ``out`` ([B, OH, OW, C] view, same
+    dtype; allocated here when None), prepared: checks, tile and arguments now, once; the
+    returned callable only launches and returns ``out``."""
+    return _prepare_pool3x3(x, out, True, None, None, config, "max_pool")
 
 
-def avg_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, *, x_scale: Optional[float] = None,
-             out_scale: Optional[float] = None, config=None) -> torch.Tensor:
-    """3x3 stride-1 pad-1 average pool, count_include_pad=False, into ``out`` ([B, H, W, C] view)."""
-    return _pool3x3(x, out, False, x_scale, out_scale, config, "avg_pool")
+def prepare_avg_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, *, x_scale: Optional[float] = None,
+                     out_scale: Optional[float] = None, config=None) -> Callable[[], torch.Tensor]:
+    """3x3 stride-1 pad-1 average pool, count_include_pad=False, into ``out`` ([B, H, W, C]
+    view), prepared like :func:`prepare_max_pool`. An int8 input needs ``x_scale``, an int8
+    destination ``out_scale``."""
+    return _prepare_pool3x3(x, out, False, x_scale, out_scale, config, "avg_pool")
 
 
-def global_avg_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, *,
-                    x_scale: Optional[float] = None, config=None) -> torch.Tensor:
-    """Mean over H and W of NHWC ``x`` -> ``out`` [B, C] (float; fp32 by default for int8 input)."""
-    check_nhwc(x, "x")
-    check_runnable(x)
-    check_dtype(x, "x", ALL_DTYPES)
+def prepare_global_avg_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, *,
+                            x_scale: Optional[float] = None, config=None) -> Callable[[], torch.Tensor]:
+    """Mean over H and W of NHWC ``x`` -> ``out`` [B, C] (float; fp32 by default for int8
+    input), prepared like :func:`prepare_max_pool`."""
+    check_input(x)
     b, h, w, c = x.shape
     if x.dtype == torch.int8 and x_scale is None:
         raise ValueError("global_avg_pool of an int8 input needs x_scale")
@@ -214,9 +220,24 @@ def global_avg_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, *,
     else:
         meta = dict(GLOBAL_AVG_META)
     grid = (b, triton.cdiv(c, meta["BLOCK_C"]))
-    _global_avg_kernel[grid](x, out, h, w, c, x.stride(0), x.stride(1), x.stride(2), out.stride(0),
-                             float(x_scale if x_scale is not None else 1.0), **meta)
-    return out
+    return bound_launch([functools.partial(
+        _global_avg_kernel[grid], x, out, h, w, c, x.stride(0), x.stride(1), x.stride(2), out.stride(0),
+        float(x_scale if x_scale is not None else 1.0), **meta)], out)
+
+
+def max_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+    """:func:`prepare_max_pool` and one launch; returns ``out``."""
+    return prepare_max_pool(x, out, **options)()
+
+
+def avg_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+    """:func:`prepare_avg_pool` and one launch; returns ``out``."""
+    return prepare_avg_pool(x, out, **options)()
+
+
+def global_avg_pool(x: torch.Tensor, out: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+    """:func:`prepare_global_avg_pool` and one launch; returns ``out``."""
+    return prepare_global_avg_pool(x, out, **options)()
 
 
 # --------------------------------------------------------------------------------------

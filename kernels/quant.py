@@ -4,13 +4,15 @@ graph output, or a re-quantisation where concat inputs carry different scales.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import ALL_DTYPES, FLOAT_DTYPES, check_dtype, check_runnable, check_nhwc, clamp_pow2, config_kwargs
+from ._launch import (ALL_DTYPES, FLOAT_DTYPES, bound_launch, check_dtype, check_runnable, check_nhwc, clamp_pow2,
+                      config_kwargs)
 from .env import interpreting
 from .pool import _quant_store
 
@@ -44,7 +46,11 @@ def _requant_kernel(
     _quant_store(y_ptr + (nb * syn + h * syh + w * syw)[:, None] + rc[None, :], v, ok, y_scale)
 
 
-def _launch(x, out, x_scale, y_scale, config):
+# The jitted kernel of this file under the name the AOT specs use (kernels.aot.specs).
+JIT_KERNELS = {"requant": _requant_kernel}
+
+
+def _prepared(x, out, x_scale, y_scale, config) -> Callable[[], torch.Tensor]:
     check_runnable(x)
     b, h, w, c = x.shape
     p = b * h * w
@@ -55,14 +61,16 @@ def _launch(x, out, x_scale, y_scale, config):
     else:
         meta = dict(REQUANT_META)
     grid = (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))
-    _requant_kernel[grid](x, out, p, h * w, w, c, x.stride(0), x.stride(1), x.stride(2),
-                          out.stride(0), out.stride(1), out.stride(2), float(x_scale), float(y_scale), **meta)
-    return out
+    return bound_launch([functools.partial(
+        _requant_kernel[grid], x, out, p, h * w, w, c, x.stride(0), x.stride(1), x.stride(2),
+        out.stride(0), out.stride(1), out.stride(2), float(x_scale), float(y_scale), **meta)], out)
 
 
-def quantize(x: torch.Tensor, scale: float, out: Optional[torch.Tensor] = None, *,
-             x_scale: Optional[float] = None, config=None) -> torch.Tensor:
-    """Float (or int8 with ``x_scale``: re-quantisation) NHWC view -> int8 ``out``."""
+def prepare_quantize(x: torch.Tensor, scale: float, out: Optional[torch.Tensor] = None, *,
+                     x_scale: Optional[float] = None, config=None) -> Callable[[], torch.Tensor]:
+    """Float (or int8 with ``x_scale``: re-quantisation) NHWC view -> int8 ``out``, prepared:
+    checks, tile and arguments now, once; the returned callable only launches and returns
+    ``out``."""
     check_nhwc(x, "x")
     check_dtype(x, "x", ALL_DTYPES)
     if x.dtype == torch.int8 and x_scale is None:
@@ -73,19 +81,29 @@ def quantize(x: torch.Tensor, scale: float, out: Optional[torch.Tensor] = None, 
     check_dtype(out, "out", (torch.int8,))
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    return _launch(x, out, x_scale if x_scale is not None else 1.0, scale, config)
+    return _prepared(x, out, x_scale if x_scale is not None else 1.0, scale, config)
 
 
-def dequantize(q: torch.Tensor, scale: float, out: Optional[torch.Tensor] = None, *,
-               out_dtype: torch.dtype = torch.float16, config=None) -> torch.Tensor:
-    """int8 NHWC view -> float ``out`` (``q * scale``)."""
+def prepare_dequantize(q: torch.Tensor, scale: float, out: Optional[torch.Tensor] = None, *,
+                       out_dtype: torch.dtype = torch.float16, config=None) -> Callable[[], torch.Tensor]:
+    """int8 NHWC view -> float ``out`` (``q * scale``), prepared like :func:`prepare_quantize`."""
     check_nhwc(q, "q")
     check_dtype(q, "q", (torch.int8,))
     if out is None:
         out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
     check_nhwc(out, "out", shape=q.shape, device=q.device)
     check_dtype(out, "out", FLOAT_DTYPES)
-    return _launch(q, out, scale, 1.0, config)
+    return _prepared(q, out, scale, 1.0, config)
+
+
+def quantize(x: torch.Tensor, scale: float, out: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+    """:func:`prepare_quantize` and one launch; returns ``out``."""
+    return prepare_quantize(x, scale, out, **options)()
+
+
+def dequantize(q: torch.Tensor, scale: float, out: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
+    """:func:`prepare_dequantize` and one launch; returns ``out``."""
+    return prepare_dequantize(q, scale, out, **options)()
 
 
 def dequantize_reference(q: torch.Tensor, scale: float, out_dtype=torch.float16) -> torch.Tensor:

@@ -25,6 +25,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .atomic import atomic_write_text
+from .launches import ConvLaunch
+
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuning", "conv.json")
 DEFAULT_SMS = 132           # H100 / H200 SXM
 TARGET_WAVE_EFFICIENCY = 0.8
@@ -231,6 +234,13 @@ def choose(m: int, n: int, c: int, kh: int, kw: int, stride: int, dtype: torch.d
     return choose_from(candidates(arch, cls, m_bucket(m)), m, n, c, kh, kw, dtype, sms, allow_split)
 
 
+def choose_launch(launch: ConvLaunch, batch: int, dtype: torch.dtype, arch: int = 90,
+                  sms: int = DEFAULT_SMS) -> Choice:
+    """:func:`choose` for one described conv launch at ``batch``."""
+    return choose(launch.rows(batch), launch.c_out, launch.c_in, launch.kh, launch.kw, launch.stride, dtype,
+                  arch, sms)
+
+
 # --------------------------------------------------------------------------------------
 # Autotuning, only when asked, cached on disk
 # --------------------------------------------------------------------------------------
@@ -268,12 +278,8 @@ def _read_cache(path: str) -> dict:
 
 
 def _write_cache(path: str, data: dict):
-    """Write-then-rename, so a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    """Write-then-rename (:mod:`kernels.atomic`), so a reader never sees half a file."""
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def autotune(key: str, options: Sequence[Choice], bench: Callable[[Choice], float],

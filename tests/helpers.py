@@ -75,21 +75,33 @@ def temp_files(d: Path):
     return sorted(p.name for p in d.iterdir() if p.name.endswith(".tmp"))
 
 
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo; ``None`` where they cannot be read
+    (outside Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
 def cpu_has_int8_dot_product() -> bool:
     """Whether this CPU has a u8 x s8 dot product accumulating in int32 (AVX512-VNNI,
     AVX-VNNI or AMX). Without one, OpenVINO's INT8 kernels fall back to AVX2 ``vpmaddubsw``,
     which saturates each pair of products at int16, so INT8 accuracy is lower there.
     Outside Linux the flags are unknown and the answer is True."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    flags = cpu_flags()
+    return flags is None or bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes in BF16 natively (AVX512-BF16 or AMX-BF16), the condition
+    under which OpenVINO offers BF16; ``None`` outside Linux (unknown)."""
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 # OpenVINO INT8 accuracy bounds hold on CPUs with VNNI/AMX; on AVX2-only CPUs its u8 x s8
@@ -99,6 +111,6 @@ def cpu_has_int8_dot_product() -> bool:
 # overflow fix does); signed files made for TensorRT still saturate there, so bounds on them
 # are expected to fail on AVX2-only CPUs.
 openvino_int8_saturates = pytest.mark.xfail(
-    not cpu_has_int8_dot_product(), strict=False,
+    not cpu_has_int8_dot_product(), strict=False, raises=AssertionError,
     reason="this CPU has no VNNI/AMX: OpenVINO's AVX2 INT8 kernels saturate u8 x s8 pair sums "
            "at int16 on this signed (TensorRT-target) file; the openvino target avoids it")

@@ -6,7 +6,7 @@ gate (kernels.aot.check): no spills in fp16/int8 convs, tensor-core instructions
 fp16/bf16/int8 conv, both MMA operands loaded asynchronously in the main loop (read off the
 TTGIR), no byte permutes (a register transpose) in an int8 wgmma loop. The default run
 compiles a few specializations; every specialization the networks launch, and every tile of
-the tuning table, are slow-marked. The full report: ``python benchmarks/aot.py --report``.
+the tuning table, are slow-marked. The full report: ``python -m benchmarks.aot_report --report``.
 """
 import json
 import os
@@ -23,11 +23,11 @@ if not cuda_usable():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from kernels import aot, tuning  # noqa: E402
-from benchmarks.aot import network_layers, network_specs  # noqa: E402
+from benchmarks.aot_report import network_layers, network_specs  # noqa: E402
 
 try:
-    aot._ptxas()
-    aot._tool("cuobjdump")
+    aot.tool("ptxas")
+    aot.tool("cuobjdump")
     HAVE_TOOLS = True
 except FileNotFoundError:
     HAVE_TOOLS = False
@@ -39,7 +39,7 @@ FP16, I8 = torch.float16, torch.int8
 
 # Main-loop instructions per MMA on sm_90a of the conv kernel before the constexpr-geometry
 # rewrite (commit 0880822), 128x128x64 tile, 8 warps, 3 stages, from
-# ``python benchmarks/aot.py --classes --arch 90 --kernel-rev 0880822``: 201 and 224
+# ``python -m benchmarks.aot_report --classes --arch 90 --kernel-rev 0880822``: 201 and 224
 # instructions per K-step for 4 wgmma.
 BEFORE_PER_MMA = {(1, 1): 201 / 4, (3, 3): 224 / 4}
 
@@ -225,3 +225,65 @@ def _int8_tiles(arch):
     entry = tuning._arch_entry(arch)
     return {tuning.Tile(*row) for cls, buckets in entry.items() if cls.startswith("int8")
             for rows in buckets.values() for row in rows}
+
+
+def test_spec_kernels_come_from_the_kernel_modules_own_lists():
+    """The AOT tool finds each kernel in the table its module keeps (JIT_KERNELS), for every
+    kind a spec builder makes, and an unknown kind says where kernels are listed."""
+    import kernels.conv
+    import kernels.pool
+    import kernels.quant
+    found = aot.jit_kernels()
+    assert found == {**kernels.conv.JIT_KERNELS, **kernels.pool.JIT_KERNELS, **kernels.quant.JIT_KERNELS}
+    specs = aot.class_specs() + [aot.pool_spec("max", FP16), aot.pool_spec("avg", I8), aot.global_avg_spec(FP16),
+                                 aot.requant_spec(FP16, I8), aot.requant_spec(I8, FP16)]
+    assert {s.kernel for s in specs} == set(found)
+    for s in specs:
+        assert aot.kernel_fn(s.kernel) is found[s.kernel]
+    with pytest.raises(ValueError, match="JIT_KERNELS"):
+        aot.kernel_fn("winograd")
+
+
+def test_network_launches_round_trip_through_the_layers_file(tmp_path):
+    """``--layers`` reads what ``layers_to_json`` writes: the network's conv launches, fused
+    heads and classifier included, as the one launch description (kernels.launches)."""
+    from kernels.launches import ConvLaunch
+    launches = network_layers("inception_resnet_v2")
+    assert all(isinstance(x, ConvLaunch) for x in launches)
+    labels = [x.label for x in launches]
+    assert len(set(labels)) == len(labels)
+    assert any(x.dests == 3 and x.label.startswith("fused 3x1x1") for x in launches)
+    assert labels[-1].startswith("classifier 1536->1000")
+    path = tmp_path / "layers.json"
+    path.write_text(aot.layers_to_json(launches))
+    assert aot.load_layers(str(path)) == launches
+    path.write_text('[{"c_in": 3, "kernel": 7}]')
+    with pytest.raises(ValueError, match="ConvLaunch"):
+        aot.load_layers(str(path))
+
+
+def test_atomic_writes_from_threads_never_share_a_temporary_file(tmp_path):
+    """The one write-then-rename (kernels.atomic, under the tuning cache, the AOT report and
+    engine.fileio): threads writing one target each get their own temporary file, so every
+    rename finds its file and the target always holds one whole payload."""
+    import threading
+    from kernels.atomic import atomic_write_text
+    target = tmp_path / "report.json"
+    payloads = [json.dumps({"writer": i, "pad": "x" * 20000}) for i in range(6)]
+    errors = []
+
+    def write(text):
+        try:
+            for _ in range(25):
+                atomic_write_text(target, text)
+                assert target.read_text() in payloads
+        except Exception as e:            # collected: an assert in a thread would be lost
+            errors.append(e)
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_text() in payloads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

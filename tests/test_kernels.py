@@ -427,16 +427,58 @@ def test_prepared_launch_does_no_host_work(monkeypatch):
     b = torch.randn(16, generator=gen).to(DEV)
     out = torch.empty(2, 6, 5, 16, device=DEV)
     run = K.conv.prepare_conv2d(x, w, b, padding=1, out=out, config=SPLIT_CFG)
+    made = K.conv.prepare_conv2d(x, w, b, padding=1, config=SPLIT_CFG)    # out allocated once, here
     for name in ("_check_inputs", "_destinations", "_check_residual", "chosen_config",
-                 "interpreter_config", "_placeholder"):
+                 "interpreter_config", "_placeholder", "_launches", "_meta"):
         monkeypatch.setattr(K.conv, name, _forbidden(name))
+    monkeypatch.setattr(torch, "empty", _forbidden("torch.empty"))
+    first = made()
+    for _ in range(2):
+        x.copy_(torch.randn(x.shape, generator=gen))
+        assert run() is out and made() is first
+        want = K.conv2d_reference(x, w, b, padding=1)
+        assert_close(out, want, torch.float32, "prepared")
+        assert_close(first, want, torch.float32, "prepared, allocated at prepare")
+
+
+def test_every_kernel_has_a_prepared_launcher(monkeypatch):
+    """The pools, the head and Q/DQ prepare like the conv: the returned callable launches on
+    the tensors given (new values are picked up), returns the output, and checks, chooses
+    and allocates nothing."""
+    gen = torch.Generator().manual_seed(26)
+    x = torch.randn(2, 9, 7, 24, generator=gen).to(DEV)
+    w = K.pack_linear_weight(torch.randn(10, 24, generator=gen) / 5).to(DEV)
+    b = torch.randn(10, generator=gen).to(DEV)
+    pooled = torch.empty(2, 4, 3, 24, device=DEV)
+    averaged = torch.empty(2, 9, 7, 24, device=DEV)
+    means = torch.empty(2, 24, device=DEV)
+    logits = torch.empty(2, 10, device=DEV)
+    q = torch.empty(x.shape, dtype=torch.int8, device=DEV)
+    dq = torch.empty(x.shape, dtype=torch.float32, device=DEV)
+    runs = [
+        (K.prepare_max_pool(x, pooled), pooled, lambda: K.max_pool_reference(x)),
+        (K.prepare_avg_pool(x, averaged), averaged, lambda: K.avg_pool_reference(x)),
+        (K.prepare_global_avg_pool(x, means), means, lambda: K.global_avg_pool_reference(x)),
+        (K.prepare_linear(means, w, b, out=logits), logits, lambda: K.linear_reference(means, w, b)),
+        (K.prepare_quantize(x, 0.02, q), q, lambda: K.quantize_reference(x, 0.02)),
+        (K.prepare_dequantize(q, 0.02, dq, out_dtype=torch.float32), dq,
+         lambda: K.dequantize_reference(q, 0.02, out_dtype=torch.float32)),
+    ]
+    for module in (K.conv, K.pool, K.quant):
+        for name in ("check_input", "check_nhwc", "check_dtype", "check_runnable", "config_kwargs", "clamp_pow2"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, _forbidden(f"{module.__name__}.{name}"))
+    monkeypatch.setattr(K.fully_connected, "_as_map", _forbidden("_as_map"))
     monkeypatch.setattr(torch, "empty", _forbidden("torch.empty"))
     for _ in range(2):
         x.copy_(torch.randn(x.shape, generator=gen))
-        run()
-        assert_close(out, K.conv2d_reference(x, w, b, padding=1), torch.float32, "prepared")
-    with pytest.raises(ValueError, match="needs out"):
-        K.conv.prepare_conv2d(x, w, b, out=None)
+        for run, out, reference in runs:
+            assert run() is out
+            want = reference()
+            if out.dtype == torch.int8:
+                assert torch.equal(out.cpu(), want.cpu())
+            else:
+                assert_close(out, want, torch.float32, "prepared")
 
 
 def _forbidden(name):

@@ -56,32 +56,62 @@ def surfaces():
 
 
 # --------------------------------------------------------------------------- the CUDA fakes
-class FakeCudart(types.ModuleType):
-    """cuda-python's ``cuda.bindings.runtime``: calls return ``(err, *values)``."""
+def _real_cudart():
+    """cuda-python's real runtime bindings where they load here (the cuda-bindings wheel
+    imports without a GPU), else None."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        return None
+    return runtime
 
-    def __init__(self):
+
+REAL_CUDART = _real_cudart()
+
+
+class FakeCudart(types.ModuleType):
+    """cuda-python's ``cuda.bindings.runtime``: calls return ``(err, *values)``.
+
+    Where the real bindings load (:data:`REAL_CUDART`), every name the code asks for must
+    exist there and every call must bind to the real function's signature, as the TensorRT
+    double holds the code to TensorRT's API; the enums are the real ones.
+    """
+
+    def __init__(self, real=REAL_CUDART):
         super().__init__("cuda.bindings.runtime")
-        ok = types.SimpleNamespace(cudaSuccess=0)
-        self.cudaError_t = ok
-        self.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1,
-                                                    cudaMemcpyDeviceToHost=2)
+        self._real = real
+        if real is not None:
+            self.cudaError_t, self.cudaMemcpyKind = real.cudaError_t, real.cudaMemcpyKind
+        else:
+            self.cudaError_t = types.SimpleNamespace(cudaSuccess=0)
+            self.cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1,
+                                                        cudaMemcpyDeviceToHost=2)
         self.calls = []
         self._next = 0x1000
 
     def __getattr__(self, name):
         if not name.startswith("cuda"):
             raise AttributeError(name)
+        signature = None
+        if self._real is not None:
+            real_fn = getattr(self._real, name, None)
+            if not callable(real_fn):
+                raise AttributeError(f"cuda-python's runtime bindings have no function {name}")
+            signature = inspect.signature(real_fn)
+        ok = self.cudaError_t.cudaSuccess
 
-        def call(*args):
+        def call(*args, **kwargs):
+            if signature is not None:
+                signature.bind(*args, **kwargs)      # TypeError, as the real binding raises
             self.calls.append(name)
             if name == "cudaGetDeviceProperties":
                 major, minor = GPU["compute_capability"].split(".")
-                return 0, types.SimpleNamespace(name=GPU["name"].encode(), major=int(major),
-                                                minor=int(minor))
+                return ok, types.SimpleNamespace(name=GPU["name"].encode(), major=int(major),
+                                                 minor=int(minor))
             if name in ("cudaMalloc", "cudaStreamCreate"):
                 self._next += 0x1000
-                return 0, self._next
-            return (0,)
+                return ok, self._next
+            return (ok,)
         return call
 
 
@@ -174,6 +204,20 @@ def cuda(monkeypatch):
         monkeypatch.setattr(runtime_module, "torch_cuda", lambda: torch)
         return rt, replays
     return use
+
+
+def test_the_cudart_fake_is_held_to_the_real_bindings():
+    if REAL_CUDART is None:
+        pytest.skip("cuda-python's runtime bindings do not load here")
+    rt = FakeCudart()
+    with pytest.raises(AttributeError, match="no function cudaMallocManagedd"):
+        rt.cudaMallocManagedd(16)
+    with pytest.raises(TypeError):
+        rt.cudaMemcpyAsync(0x1000, 0x2000, 64)          # kind and stream missing
+    with pytest.raises(TypeError):
+        rt.cudaStreamCreate(0)                          # takes no argument
+    err, ptr = rt.cudaMalloc(16)
+    assert err == REAL_CUDART.cudaError_t.cudaSuccess and ptr and rt.calls == ["cudaMalloc"]
 
 
 # --------------------------------------------------------------------------- the double

@@ -16,7 +16,10 @@ Tolerances (documented in benchmarks/RESULTS.md, "Triton engine"):
   images, 128 test images) triton vs ORT differ by 2.0% of the range (cosine >= 0.9994),
   ORT INT8 vs FP32 by 4.3% (cosine >= 0.996); top-1 agreement 100%.
 """
+import inspect
 import os
+import sys
+import types
 from collections import defaultdict
 
 import numpy as np
@@ -327,10 +330,10 @@ def test_int8_top1_agreement_with_onnxruntime(files):
 def test_int8_merged_heads_equal_separate_launches(files, monkeypatch):
     """Merged int8 heads requantise with one scale per launch; folding each head's scale
     ratio into its epilogue gives the same int8 values as one launch per head."""
-    from engine.backends.triton import planner
+    from engine.backends.triton.planner import plan as planning
     path = files.int8(SUBJECT)
     merged = runtime(path, impl="torch")
-    monkeypatch.setattr(planner, "MAX_HEADS", 1)
+    monkeypatch.setattr(planning, "MAX_HEADS", 1)
     separate = runtime(path, impl="torch")
     assert merged.plan.stats["merged_groups"] > 0 == separate.plan.stats["merged_groups"]
     scales = {}
@@ -571,33 +574,103 @@ def _count_calls(monkeypatch, counts, owner, names):
         monkeypatch.setattr(owner, name, wrapper)
 
 
+def _triton_class_attributes():
+    """``(module, class, attribute) -> object`` for every class defined in a loaded Triton
+    module: what the engine would have to leave exactly as Triton made it."""
+    out = {}
+    for modname, mod in list(sys.modules.items()):
+        if mod is None or not (modname == "triton" or modname.startswith("triton.")):
+            continue
+        for cls in list(vars(mod).values()):
+            if inspect.isclass(cls) and cls.__module__ == modname:
+                for attr, value in list(vars(cls).items()):
+                    out[(modname, cls.__qualname__, attr)] = value
+    return out
+
+
+def _origin(value) -> str:
+    """The module that defined a class attribute's function, class or property (``""`` for
+    plain data)."""
+    if isinstance(value, (staticmethod, classmethod)):
+        value = value.__func__
+    if isinstance(value, property):
+        value = value.fget
+    if isinstance(value, (types.FunctionType, type)):
+        return getattr(value, "__module__", None) or ""
+    return ""
+
+
+def _foreign_triton_methods(attributes, keys=None):
+    """The attributes of Triton classes (all, or those in ``keys``) that are functions,
+    classes or properties defined outside Triton and outside the standard library (which
+    makes some for enums and protocols): a patch of Triton's internals, whenever it was
+    installed. Triton itself may swap its own (its interpreter does, for tl.range)."""
+    bad = []
+    for key in attributes if keys is None else keys:
+        if key not in attributes:
+            continue           # the class was swapped whole; its new attributes are checked too
+        origin = _origin(attributes[key])
+        if origin and origin.split(".")[0] not in ("triton", *sys.stdlib_module_names):
+            bad.append(f"{'.'.join(key)} = {origin}.{getattr(attributes[key], '__qualname__', '?')}")
+    return bad
+
+
+def test_triton_patch_check_catches_a_planted_patch(monkeypatch):
+    from triton.runtime.jit import KernelInterface
+
+    def getitem(kernel, grid):         # what a process-wide launch hook would install
+        return None
+    before = _triton_class_attributes()
+    assert _foreign_triton_methods(before) == []
+    monkeypatch.setattr(KernelInterface, "__getitem__", getitem)
+    after = _triton_class_attributes()
+    key = ("triton.runtime.jit", "KernelInterface", "__getitem__")
+    assert after[key] is not before[key]
+    planted = [f"triton.runtime.jit.KernelInterface.__getitem__ = {__name__}.{getitem.__qualname__}"]
+    assert _foreign_triton_methods(after) == planted
+    changed = [k for k, v in after.items() if before.get(k) is not v]
+    assert _foreign_triton_methods(after, changed) == planted
+
+
 def test_hot_path_allocates_nothing_and_looks_nothing_up(files, monkeypatch):
     """After a warm-up call, a call of the engine makes one tensor (the caller's result),
     binds nothing, runs none of the kernels' launchers (their checks, config choice and
-    argument packing ran once, at bind) and launches exactly the plan's kernels."""
+    argument packing ran once, at bind) and launches exactly the plan's kernels. Building
+    and running the engine leaves every attribute of every Triton class as Triton made it."""
     if cuda_usable():
         pytest.skip("counts the eager hot path under the interpreter; on a GPU a call is a replay")
     import kernels.conv
+    import kernels.fully_connected
     import kernels.pool
     import kernels.quant
     from triton.runtime.interpreter import InterpretedFunction
     from engine.backends.triton import ops, planner, runtime as rtmod
+    from engine.backends.triton.planner import dependencies, explain, streams
+    triton_before = _triton_class_attributes()
     rt = runtime(files.fp32("inception_resnet_v1"), precision="fp32")
     x = torch.from_numpy(images("inception_resnet_v1", 1))
     first = rt._run(x)                               # warm-up: binds batch 1
+    triton_after = _triton_class_attributes()
+    changed = [k for k, v in triton_after.items() if triton_before.get(k) is not v]
+    assert _foreign_triton_methods(triton_after, changed) == [], "the engine changed Triton classes"
+    assert _foreign_triton_methods(triton_after) == []
     arena = rt._bound[1].arena.data_ptr()
     counts = defaultdict(int)
     _count_project_allocations(monkeypatch, counts)
-    _count_calls(monkeypatch, counts, ops, ("bind", "prepare", "prebind", "conv_config",
+    _count_calls(monkeypatch, counts, ops, ("bind", "prepare", "conv_config",
                                             "describe_config", "_torch_dtype"))
-    _count_calls(monkeypatch, counts, planner, ("plan_streams", "step_dependencies"))
+    _count_calls(monkeypatch, counts, rtmod, ("plan_streams", "explain_plan"))
+    _count_calls(monkeypatch, counts, streams, ("plan_streams", "step_dependencies"))
+    _count_calls(monkeypatch, counts, explain, ("plan_streams",))
+    _count_calls(monkeypatch, counts, dependencies, ("dependencies", "ready_steps"))
     _count_calls(monkeypatch, counts, planner.Plan, ("ready", "value_of", "tensor_names"))
     _count_calls(monkeypatch, counts, rtmod._Bound, ("__init__",))
-    _count_calls(monkeypatch, counts, kernels.conv, ("conv2d", "_check_inputs", "_destinations",
-                                                     "interpreter_config", "check_nhwc"))
-    _count_calls(monkeypatch, counts, kernels.pool, ("_pool3x3", "_pool_config", "check_nhwc",
-                                                     "global_avg_pool"))
-    _count_calls(monkeypatch, counts, kernels.quant, ("quantize", "dequantize"))
+    _count_calls(monkeypatch, counts, kernels.conv, ("prepare_conv2d", "_check_inputs", "_destinations",
+                                                     "_launches", "interpreter_config", "check_nhwc"))
+    _count_calls(monkeypatch, counts, kernels.fully_connected, ("prepare_linear", "prepare_conv2d"))
+    _count_calls(monkeypatch, counts, kernels.pool, ("_prepare_pool3x3", "_pool_config", "check_nhwc",
+                                                     "prepare_global_avg_pool"))
+    _count_calls(monkeypatch, counts, kernels.quant, ("prepare_quantize", "prepare_dequantize", "_prepared"))
     launches = defaultdict(int)
     run = InterpretedFunction.run
 

@@ -1,9 +1,9 @@
 """The triton engine on an NVIDIA GPU: parity at full size, CUDA-graph replay, device
-tensors (validated on the device, no host copy), and the benchmark targets. Skipped without
-CUDA.
+tensors (validated on the device, no host copy). Skipped without CUDA.
 
-Run on a GPU machine: ``pytest -m gpu tests/test_triton_engine_gpu.py``. The benchmark test
-records its numbers (``record_property``) for benchmarks/RESULTS.md.
+Run on a GPU machine: ``pytest -m gpu tests/test_triton_engine_gpu.py``. Speed is not judged
+here: the engine's targets are measured against their baselines, in one run, by
+``benchmarks/gpu_check.sh`` (its e2e section, :func:`benchmarks.gpu_run.e2e_targets`).
 """
 import numpy as np
 import pytest
@@ -111,14 +111,3 @@ def test_int8_on_gpu_matches_onnxruntime(tmp_path):
     for n, scale in layers:
         d = np.abs(got[n] - ref[n]) / scale
         assert d.max() <= 1.0 + 1e-3 and (d > 0.5).mean() <= 0.01, n
-
-
-def test_benchmark_targets(record_property):
-    """IR-v2 at 299: FP16 batch-1 latency <= 0.5x eager cuDNN (channels_last, FP16); batch-256
-    throughput >= 1.2x torch.compile(max-autotune); INT8 >= 1.5x our FP16."""
-    res = bench.run("inception_resnet_v2", 299, 256, iters=30)
-    for k, v in res.items():
-        record_property(k, v)
-    assert res["passed"]["latency_vs_eager"], res
-    assert res["passed"]["throughput_vs_compile"], res
-    assert res["passed"]["int8_vs_fp16"], res

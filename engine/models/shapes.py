@@ -1,7 +1,8 @@
 """The layer shapes of the real networks, read from the PyTorch models by forward hooks
-(no hand-written tables): every conv (its geometry, input size, whether it is a residual
-up-projection), every pool, and the groups of 1x1 convs that read the same tensor (the
-candidates for horizontal fusion). Runs on the meta device, so no arithmetic is done.
+(no hand-written tables): every conv, as the :class:`kernels.launches.ConvLaunch` it
+becomes (geometry, input size, whether it is a residual up-projection), every pool, and the
+groups of 1x1 convs that read the same tensor (the candidates for horizontal fusion). Runs
+on the meta device, so no arithmetic is done.
 """
 from __future__ import annotations
 
@@ -12,34 +13,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class ConvShape:
-    c_in: int
-    c_out: int
-    kh: int
-    kw: int
-    stride: int
-    pad_h: int
-    pad_w: int
-    h: int
-    w: int
-    residual: bool            # Inception-ResNet up-projection: own bias, + shortcut, no BN
-
-    @property
-    def out_hw(self) -> Tuple[int, int]:
-        return ((self.h + 2 * self.pad_h - self.kh) // self.stride + 1,
-                (self.w + 2 * self.pad_w - self.kw) // self.stride + 1)
-
-    def flops(self, batch: int) -> int:
-        oh, ow = self.out_hw
-        return 2 * batch * oh * ow * self.c_out * self.c_in * self.kh * self.kw
-
-    @property
-    def label(self) -> str:
-        kind = "up" if self.residual else "conv"
-        return (f"{kind} {self.kh}x{self.kw}/{self.stride} {self.c_in}->{self.c_out} "
-                f"@{self.h}x{self.w}")
+from kernels.launches import ConvLaunch
 
 
 @dataclass(frozen=True)
@@ -56,10 +30,11 @@ class PoolShape:
 
 @dataclass
 class NetworkShapes:
-    convs: Dict[ConvShape, List[str]] = field(default_factory=dict)   # distinct shape -> module names
+    convs: Dict[ConvLaunch, List[str]] = field(default_factory=dict)   # distinct shape -> module names
     pools: Dict[PoolShape, List[str]] = field(default_factory=dict)
     fusion_groups: List[List[str]] = field(default_factory=list)      # 1x1 convs sharing an input (>= 2)
-    conv_of: Dict[str, ConvShape] = field(default_factory=dict)        # module name -> shape
+    conv_of: Dict[str, ConvLaunch] = field(default_factory=dict)        # module name -> shape
+    linears: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # module name -> (in, out) features
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,9 +58,9 @@ def network_shapes(model_name: str, size: int = 0, width: float = 1.0) -> Networ
         def hook(_mod, inputs, _out):
             x = inputs[0]
             keep_alive.append(x)
-            shape = ConvShape(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.kernel_size[1],
+            shape = ConvLaunch(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.kernel_size[1],
                               conv.stride[0], conv.padding[0], conv.padding[1], x.shape[2], x.shape[3],
-                              name in residual_convs)
+                              residual=name in residual_convs)
             result.convs.setdefault(shape, []).append(name)
             result.conv_of[name] = shape
             if shape.kh == shape.kw == 1 and shape.stride == 1 and not shape.residual:
@@ -109,6 +84,8 @@ def network_shapes(model_name: str, size: int = 0, width: float = 1.0) -> Networ
             handles.append(mod.register_forward_hook(pool_hook(name, "max")))
         elif isinstance(mod, nn.AvgPool2d):
             handles.append(mod.register_forward_hook(pool_hook(name, "avg")))
+        elif isinstance(mod, nn.Linear):
+            result.linears[name] = (mod.in_features, mod.out_features)
     model = model.to("meta")
     try:
         with torch.no_grad():

@@ -40,8 +40,28 @@ class QWeight:
         return (self.q.astype(np.float32) * s).astype(np.float32)
 
 
+def follow_aliases(alias: Dict[str, str], name: str) -> str:
+    """The name at the end of ``name``'s alias chain (a tensor that only renames another:
+    Identity, Flatten of a flat value, a merged Q/DQ pair)."""
+    while name in alias:
+        name = alias[name]
+    return name
+
+
+class ReadsValues:
+    """``reads``: the values an operation reads, its inputs then the residual shortcut if
+    any; shared by the graph's layers and the plan's steps, which both carry the two."""
+
+    inputs: List[str]
+    residual: Optional[str]
+
+    @property
+    def reads(self) -> List[str]:
+        return self.inputs + ([self.residual] if self.residual else [])
+
+
 @dataclass
-class Layer:
+class Layer(ReadsValues):
     """One fused operation of the plan.
 
     kind: ``conv`` | ``maxpool`` | ``avgpool`` | ``gap`` | ``linear`` | ``concat`` |
@@ -125,9 +145,7 @@ class _Reader:
     # ---------------------------------------------------------------- helpers
     def value_name(self, name: str) -> str:
         """The value ``name`` stands for, through Identity/Flatten aliases."""
-        while name in self.alias:
-            name = self.alias[name]
-        return name
+        return follow_aliases(self.alias, name)
 
     def const(self, name: str) -> Optional[np.ndarray]:
         return self.consts.get(name)

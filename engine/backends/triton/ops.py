@@ -6,12 +6,12 @@ weights, [K, N] linear weights, merged heads concatenated along N, int8 epilogue
 step on fixed tensor views (the runtime's preallocated buffers), so a whole plan is a list
 of closures, and on a GPU one CUDA graph.
 
-Binding does the host work once, so a call does no checks, no lookups and no allocation. A
-conv binds through :func:`kernels.conv.prepare_conv2d` (checks, tile and split-K choice,
-grid, workspace: once). The other launchers (pools, linear, quantize) run once at bind time
-with their kernel launches *recorded* instead of run (:func:`prebind`); the closure then
-replays those launches, ``kernel[grid](*args, **meta)`` with the very same arguments. The
-glue steps write into buffers allocated at bind time.
+Binding does the host work once, so a call does no checks, no lookups and no allocation:
+every kernel step binds through its ``prepare_*`` launcher (:func:`kernels.conv.prepare_conv2d`,
+``prepare_max_pool``, ``prepare_avg_pool``, ``prepare_global_avg_pool``, ``prepare_linear``,
+``prepare_quantize``, ``prepare_dequantize``), which checks, chooses the tile and packs the
+arguments once and returns the launch itself. The glue steps write into buffers allocated at
+bind time.
 
 Two implementations with the same semantics:
 
@@ -28,7 +28,6 @@ place), and the final L2 normalisation of the face embedder ([N, 512]).
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, List, Optional
@@ -50,61 +49,6 @@ def _torch_dtype(name: str):
 def _flat(t):
     """[N, 1, 1, C] NHWC view -> [N, C] view (feature stride 1)."""
     return t[:, 0, 0, :]
-
-
-# ---------------------------------------------------------------------------- prebinding
-# Launches are recorded per thread: only the thread inside prebind() records, every other
-# thread (another runtime, a test calling the kernels) launches as usual.
-_recording = threading.local()
-_hook_lock = threading.Lock()
-_launch_proxy = None          # Triton's own ``kernel[grid]`` (KernelInterface.__getitem__)
-
-
-def _install_launch_hook():
-    """Route ``kernel[grid]`` through :func:`_hooked_getitem` (once per process)."""
-    global _launch_proxy
-    with _hook_lock:
-        if _launch_proxy is not None:
-            return
-        from triton.runtime.jit import KernelInterface
-        _launch_proxy = KernelInterface.__getitem__
-        KernelInterface.__getitem__ = _hooked_getitem
-
-
-def _hooked_getitem(kernel, grid):
-    launches = getattr(_recording, "launches", None)
-    if launches is None:
-        return _launch_proxy(kernel, grid)
-
-    def record(*args, **kwargs):
-        launches.append(partial(_launch_proxy(kernel, grid), *args, **kwargs))
-    return record
-
-
-def prebind(launcher: Callable[[], object]) -> Callable[[], None]:
-    """Run ``launcher()`` (a call of a :mod:`kernels` launcher on fixed tensors) once, with
-    its kernel launches recorded, and return a closure that replays exactly those launches.
-
-    The launcher's checks, config choice and argument packing (and any scratch tensor it
-    allocates, kept alive by the recorded arguments) happen here, once; a bad view fails
-    here, at load, with the launcher's own error.
-    """
-    _install_launch_hook()
-    _recording.launches = launches = []
-    try:
-        launcher()
-    finally:
-        _recording.launches = None
-    if not launches:
-        raise RuntimeError("the kernel launcher launched nothing; cannot prebind it")
-    if len(launches) == 1:
-        return launches[0]
-    steps = tuple(launches)
-
-    def replay():
-        for launch in steps:
-            launch()
-    return replay
 
 
 def prepare(step: Step, plan: Plan, device) -> Dict:
@@ -252,9 +196,8 @@ def _bind_conv(sv: _StepViews):
             for o, y in zip(outs, ys):
                 o.copy_(y)
         return run_conv_reference
-    from kernels.conv import prepare_conv2d
     dest = outs[0] if len(outs) == 1 else outs
-    return prepare_conv2d(x, weight, bias, out=dest, config=conv_config(step, sv.plan, x.shape[0]), **kw)
+    return kernels.prepare_conv2d(x, weight, bias, out=dest, config=conv_config(step, sv.plan, x.shape[0]), **kw)
 
 
 def _bind_maxpool(sv: _StepViews):
@@ -262,7 +205,7 @@ def _bind_maxpool(sv: _StepViews):
     x, out = sv.src, sv.dest
     if sv.reference:
         return lambda: out.copy_(kernels.max_pool_reference(x))
-    return prebind(partial(kernels.max_pool, x, out))
+    return kernels.prepare_max_pool(x, out)
 
 
 def _bind_avgpool(sv: _StepViews):
@@ -271,7 +214,7 @@ def _bind_avgpool(sv: _StepViews):
     if sv.reference:
         return lambda: out.copy_(kernels.avg_pool_reference(x, x_scale=x_scale, out_scale=out_scale,
                                                             out_dtype=out.dtype))
-    return prebind(partial(kernels.avg_pool, x, out, x_scale=x_scale, out_scale=out_scale))
+    return kernels.prepare_avg_pool(x, out, x_scale=x_scale, out_scale=out_scale)
 
 
 def _bind_gap(sv: _StepViews):
@@ -279,18 +222,18 @@ def _bind_gap(sv: _StepViews):
     x, x_scale, out = sv.src, sv.src_scale, _flat(sv.dest)
     if sv.reference:
         return lambda: out.copy_(kernels.global_avg_pool_reference(x, x_scale=x_scale, out_dtype=out.dtype))
-    return prebind(partial(kernels.global_avg_pool, x, out, x_scale=x_scale))
+    return kernels.prepare_global_avg_pool(x, out, x_scale=x_scale)
 
 
 def _bind_linear(sv: _StepViews):
-    from kernels import linear, linear_reference
+    from kernels import linear_reference, prepare_linear
     x, out = _flat(sv.src), _flat(sv.dest)
     kw = dict(relu=sv.step.layers[0].relu, scale=sv.params.get("scale"), out_scale=sv.dest_scale)
     weight, bias = sv.params["weight"], sv.params["bias"]
     if sv.reference:
         return lambda: out.copy_(linear_reference(x, weight, bias, out_dtype=out.dtype, **kw))
     cfg = conv_config(sv.step, sv.plan, sv.src.shape[0])
-    return prebind(partial(linear, x, weight, bias, out=out, config=cfg, **kw))
+    return prepare_linear(x, weight, bias, out=out, config=cfg, **kw)
 
 
 def _bind_quantize(sv: _StepViews):
@@ -301,7 +244,7 @@ def _bind_quantize(sv: _StepViews):
             v = x.float() * x_scale if x_scale is not None else x.float()
             out.copy_(kernels.quantize_reference(v, out_scale))
         return run_quantize_reference
-    return prebind(partial(kernels.quantize, x, out_scale, out, x_scale=x_scale))
+    return kernels.prepare_quantize(x, out_scale, out, x_scale=x_scale)
 
 
 def _bind_dequantize(sv: _StepViews):
@@ -309,7 +252,7 @@ def _bind_dequantize(sv: _StepViews):
     x, out, x_scale = sv.src, sv.dest, sv.src_scale
     if sv.reference:
         return lambda: out.copy_(kernels.dequantize_reference(x, x_scale, out_dtype=out.dtype))
-    return prebind(partial(kernels.dequantize, x, x_scale, out, out_dtype=out.dtype))
+    return kernels.prepare_dequantize(x, x_scale, out, out_dtype=out.dtype)
 
 
 def _bind_copy(sv: _StepViews):

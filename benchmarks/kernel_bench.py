@@ -19,7 +19,7 @@ Output: CSV (one row per shape x batch x implementation), a PNG of TFLOPS at the
 batch, and the summary the targets (:data:`TARGETS`) are judged on (geometric means over
 IR-v2 conv shapes at batch 128). On a machine without CUDA it says so and exits 0.
 
-    python benchmarks/kernels.py --out kernels.csv [--models inception_resnet_v2] [--batch 128]
+    python -m benchmarks.kernel_bench --out kernels.csv [--models inception_resnet_v2] [--batch 128]
 """
 from __future__ import annotations
 
@@ -31,18 +31,11 @@ import os
 import sys
 import time
 
-# This file is named like the ``kernels`` package it measures: drop its own folder from the
-# import path so ``import kernels`` finds the package (the repo root or the installed one).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if os.path.dirname(_HERE) not in sys.path:
-    sys.path.insert(0, os.path.dirname(_HERE))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from engine.timing import time_calls  # noqa: E402
+from engine.timing import time_calls
 from kernels.env import cuda_usable  # noqa: E402
 
 # peak dense TFLOPS (fp16/bf16, int8) by GPU name fragment, from the vendors' data sheets
@@ -234,7 +227,7 @@ def _conv_impls(s, batch, dev, compile_ok):
 
 def run(args) -> int:
     if not cuda_usable():
-        print("benchmarks/kernels.py needs an NVIDIA GPU (CUDA); none here, nothing measured.")
+        print("benchmarks/kernel_bench.py needs an NVIDIA GPU (CUDA); none here, nothing measured.")
         return 0
     import kernels as K  # noqa: F401  (imports triton kernels for the GPU)
     torch.backends.cudnn.benchmark = True      # the cuDNN baselines pick their best algorithm

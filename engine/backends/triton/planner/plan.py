@@ -1,5 +1,5 @@
 """Layer list -> execution plan: storage and precision per value, in-place concats, merged
-1x1 heads, in-place residuals, one arena of buffers, and the printable plan.
+1x1 heads, in-place residuals, one arena of buffers (the passes of ``_Planner.PASSES``).
 
 Values and storage
 ------------------
@@ -18,25 +18,30 @@ concats, a storage mismatch) is copied in by a convert step, counted in the plan
 
 Merged heads: 1x1 stride-1 convs without residual that read the same value, with the same
 ReLU flag, weight kind and destination dtype/scale run as one GEMM whose output columns go
-to each head's home (up to ``MAX_HEADS`` per launch, the kernel's destination limit).
+to each head's home (up to ``MAX_HEADS`` per launch: the conv kernel's destination limit,
+:data:`kernels.launches.MAX_DESTINATIONS`).
 
 Residuals: ``relu(shortcut + conv(y))`` is the conv's epilogue; when the conv is the last
 reader of the shortcut and both are whole buffers of one shape and dtype, the output
 overwrites the shortcut in place (the trunk of an Inception-ResNet stage is one buffer).
 
-Arena: buffers get byte offsets in one arena per batch size from their lifetimes (greedy by
-size, first fit), computed per image and scaled by the batch.
+Arena: buffers get byte offsets in one arena per batch size, computed per image and scaled
+by the batch, first fit and biggest first. Two buffers may share bytes only when the steps
+that touch one are all dependency-ancestors of the steps that touch the other
+(:mod:`.dependencies`), so reuse never orders launches that could run on parallel streams.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from kernels.launches import MAX_DESTINATIONS
 
-from ...errors import UnsupportedGraphError
-from .graph import Layer, LayerGraph
+from ....errors import UnsupportedGraphError, UnsupportedPrecisionError
+from ..graph import Layer, LayerGraph, ReadsValues, follow_aliases
+from .dependencies import ancestor_bits, dependencies, ready_steps
 
-MAX_HEADS = 3          # destinations one conv launch can write (kernels.conv.MAX_DESTINATIONS)
+MAX_HEADS = MAX_DESTINATIONS   # 1x1 heads one conv launch can write
 ALIGN = 256            # bytes; per-image buffer sizes are rounded up to this
 FLOAT_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
@@ -73,7 +78,7 @@ class Buffer:
 
 
 @dataclass
-class Step:
+class Step(ReadsValues):
     """One launch. op: input | conv | maxpool | avgpool | gap | linear | l2norm | quantize |
     dequantize | copy | output."""
 
@@ -112,30 +117,7 @@ class Plan:
     def ready(self) -> Dict[str, int]:
         """Value -> index of the step after which it is complete (a concat: its last input,
         before anything overwrites its buffer, e.g. an in-place residual)."""
-        r: Dict[str, int] = {}
-        for i, st in enumerate(self.steps):
-            for o in st.outputs:
-                r[o] = i
-        stepped = dict(r)
-        vals = self.values
-
-        def overlap(a: Value, b: Value) -> bool:
-            return a.buf == b.buf and a.offset < b.offset + b.channels and \
-                b.offset < a.offset + a.channels
-
-        def contains(a: Value, b: Value) -> bool:
-            return a.buf == b.buf and a.offset <= b.offset and \
-                b.offset + b.channels <= a.offset + a.channels
-
-        for name, v in vals.items():
-            if name in r or v.buf < 0:
-                continue
-            first_read = min((i for i, st in enumerate(self.steps)
-                              for x in st.inputs + ([st.residual] if st.residual else [])
-                              if contains(vals[x], v)), default=len(self.steps))
-            ks = [k for o, k in stepped.items() if overlap(vals[o], v) and k < first_read]
-            r[name] = max(ks) if ks else 0
-        return r
+        return ready_steps(self.steps, self.values)
 
     def tensor_names(self) -> List[str]:
         """ONNX tensor names the plan can show (for ``intermediates``), in execution order."""
@@ -216,27 +198,54 @@ def _common_quant_scale(readers: List[Layer]) -> Optional[float]:
 
 
 class _Planner:
+    """The passes of :data:`PASSES`, run in that order over one layer graph; each pass reads
+    what the earlier ones decided and records its counts in ``stats``."""
+
+    # The pass order, the one place it is written. Storage first (every later pass needs to
+    # know which values are int8), then the steps, the in-place concats and the merged heads
+    # (which change which step writes where), then buffers and the arena.
+    PASSES = (
+        "merge_identical_quants",    # identical Q/DQ pairs on one tensor: one value
+        "storage_where_produced",    # forward: each value's storage where it is made
+        "storage_of_input",          # the graph input, quantised by the input step
+        "drop_identity_quants",      # Q/DQ on a value already on that grid: nothing
+        "storage_from_concats",      # backward: a concat's storage to the inputs only it reads
+        "build_steps",               # one step per launch, convert steps where storage differs
+        "place_concats",             # each concat input written into its slice
+        "merge_heads",               # 1x1 heads on one input: one launch
+        "assign_buffers",            # a buffer per root value, slices into it
+        "residuals_in_place",        # the trunk overwritten by its last reader
+        "drop_unused_buffers",       # buffers taken over in place: gone
+        "pack_arena",                # byte offsets in one arena
+    )
+
     def __init__(self, lg: LayerGraph, precision: str, float_dtype: str):
         self.lg = lg
         self.precision = precision
         self.fdt = float_dtype
         self.vals = _shapes(lg)
-        self.alias: Dict[str, str] = {}
+        self.alias: Dict[str, str] = {}                  # merged Q/DQ output -> the value it equals
         self.layers: List[Layer] = list(lg.layers)
         self.prod: Dict[str, Layer] = {l.output: l for l in self.layers}
         self.steps: List[Step] = []
         self.stats: Dict[str, int] = {}
+        self.output = ""                                 # the value the output step reads
+        self.home: Dict[str, Tuple[str, int]] = {}       # value -> (root value, channel offset)
+        self.bufs: List[Buffer] = []
+        self.arena = 0                                   # bytes per image
+
+    def run(self):
+        for name in self.PASSES:
+            getattr(self, name)()
 
     def value_name(self, name: str) -> str:
         """The value ``name`` stands for, after the aliases of merged Q/DQ pairs."""
-        while name in self.alias:
-            name = self.alias[name]
-        return name
+        return follow_aliases(self.alias, name)
 
     def consumers(self) -> Dict[str, List[Layer]]:
         out: Dict[str, List[Layer]] = {}
         for lay in self.layers:
-            for i in lay.inputs + ([lay.residual] if lay.residual else []):
+            for i in lay.reads:
                 out.setdefault(self.value_name(i), []).append(lay)
         return out
 
@@ -247,16 +256,11 @@ class _Planner:
                 lay.residual = self.value_name(lay.residual)
 
     # ------------------------------------------------------------ storage (Q/DQ)
-    def resolve_storage(self):
-        """Decide every value's storage: float, or int8 with one scale (Q/DQ graphs)."""
-        self.merge_identical_quants()
-        self.storage_where_produced()
-        # the graph input: quantised by the input step when every reader quantises it alike
+    def storage_of_input(self):
+        """The graph input is quantised by the input step when every reader quantises it alike."""
         scale = _common_quant_scale(self.consumers().get(self.lg.input, []))
         if scale is not None:
             self.vals[self.lg.input].scale = scale
-        self.drop_identity_quants()
-        self.storage_from_concats()
 
     def merge_identical_quants(self):
         """Identical Q/DQ pairs on one tensor are one value."""
@@ -364,7 +368,6 @@ class _Planner:
         lg = self.lg
         self.steps.append(Step("input", "input", [], [lg.input]))
         self.vals[lg.input].names.append(lg.input)
-        self.concat_slots: Dict[str, Tuple[str, int]] = {}  # value -> (concat output, offset)
         for lay in self.layers:
             self.vals[lay.output].names.append(lay.output)
             if lay.kind == "concat":
@@ -377,14 +380,16 @@ class _Planner:
                     x = self.convert(x, None, f"{lay.name} has float weights")
                 st = Step(lay.kind, lay.name, [x], [lay.output], [lay], residual=lay.residual,
                           int8=int8, fused=list(lay.nodes[1:]))
-                if self.vals[lay.output].scale is not None and not int8:
-                    raise AssertionError("float conv cannot write int8")  # can_emit prevents it
+                if self.vals[lay.output].scale is not None and not int8:   # can_emit_int8 prevents it
+                    raise _unsupported(lay, "a float conv planned to write int8 (a planner fault: "
+                                       "please report it with the ONNX file)")
                 self.steps.append(st)
             elif lay.kind in ("maxpool", "avgpool", "gap"):
                 self.steps.append(Step(lay.kind, lay.name, [x], [lay.output], [lay],
                                        fused=list(lay.nodes[1:])))
                 if lay.kind == "maxpool" and self.vals[lay.output].scale != xv.scale:
-                    raise AssertionError("max pool changes scale")
+                    raise _unsupported(lay, "a max pool planned to change the int8 scale (a planner "
+                                       "fault: please report it with the ONNX file)")
             elif lay.kind == "l2norm":
                 if xv.scale is not None:
                     x = self.convert(x, None, "l2 normalisation runs in float")
@@ -401,7 +406,7 @@ class _Planner:
 
     def place_concats(self):
         """Give each concat a buffer and write its inputs into their slices (outer first)."""
-        home: Dict[str, Tuple[str, int]] = {}     # value -> (root value, channel offset)
+        home = self.home
         concats = [l for l in self.layers if l.kind == "concat"]
         concat_of = {l.output: l for l in concats}
 
@@ -445,7 +450,6 @@ class _Planner:
         self.stats["concat_inputs"] = n_in
         self.stats["concat_copies"] = n_copy
         self.stats["concats_in_place"] = n_whole
-        self.home = home
 
     def merge_heads(self):
         groups: Dict[tuple, List[Step]] = {}
@@ -482,13 +486,6 @@ class _Planner:
                 n_heads += len(chunk)
         self.stats["merged_groups"] = n_groups
         self.stats["merged_heads"] = n_heads
-
-    def allocate(self):
-        """Buffers for the values, in-place residuals, then byte offsets in one arena."""
-        self.assign_buffers()
-        self.residuals_in_place()
-        self.drop_unused_buffers()
-        self.pack_arena()
 
     def assign_buffers(self):
         """One buffer per root (a value not in a concat slice); slices point into their root's."""
@@ -560,11 +557,11 @@ class _Planner:
         """Byte offsets per image: first fit, biggest first. Two buffers share bytes only
         when every step touching one is a dependency-ancestor of every step touching the
         other, so the reuse never orders steps that could run on parallel streams."""
-        deps = _dependencies(self.steps, self.vals, self.bufs, arena=False)
-        ancestors = _ancestor_bits(deps)
+        deps = dependencies(self.steps, self.vals, self.bufs, arena=False)
+        ancestors = ancestor_bits(deps)
         touch = [0] * len(self.bufs)               # per buffer: the steps that access it
         for idx, st in enumerate(self.steps):
-            for name in st.inputs + st.outputs + ([st.residual] if st.residual else []):
+            for name in st.reads + st.outputs:
                 touch[self.vals[name].buf] |= 1 << idx
         before_all = []                            # per buffer: ancestors of all its steps
         for t in touch:
@@ -597,14 +594,10 @@ class _Planner:
             b.first, b.last = 10 ** 9, -1
         n = len(self.steps)
         for idx, st in enumerate(self.steps):
-            for o in st.outputs:
-                b = self.bufs[self.vals[o].buf]
+            for name in st.outputs + st.reads:
+                b = self.bufs[self.vals[name].buf]
                 b.first = min(b.first, idx)
                 b.last = max(b.last, idx)
-            for i in st.inputs + ([st.residual] if st.residual else []):
-                b = self.bufs[self.vals[i].buf]
-                b.last = max(b.last, idx)
-                b.first = min(b.first, idx)
         self.bufs[self.vals[self.output].buf].last = n
         for b in self.bufs:
             if b.last < 0:
@@ -624,13 +617,10 @@ def build_plan(lg: LayerGraph, precision: str, float_dtype: Optional[str] = None
         raise UnsupportedGraphError(f"this graph holds Q/DQ nodes; it runs as int8, not {precision}")
     fdt = float_dtype or (precision if precision != "int8" else "fp32")
     if fdt not in FLOAT_DTYPES:
-        raise ValueError(f"float dtype {fdt!r}; valid: {', '.join(FLOAT_DTYPES)}")
+        raise UnsupportedPrecisionError(f"float dtype {fdt!r} is not one the triton plans store; "
+                                        f"pass one of: {', '.join(FLOAT_DTYPES)}")
     p = _Planner(lg, precision, fdt)
-    p.resolve_storage()
-    p.build_steps()
-    p.place_concats()
-    p.merge_heads()
-    p.allocate()
+    p.run()
     names = dict(lg.names)
     for k in list(p.alias):
         names[k] = p.value_name(k)
@@ -651,236 +641,3 @@ def build_plan(lg: LayerGraph, precision: str, float_dtype: Optional[str] = None
     })
     return Plan(p.steps, p.vals, p.bufs, lg.input, p.output, lg.output_name, lg.input_shape,
                 precision, fdt, p.arena, p.stats, lg, names)
-
-
-# ---------------------------------------------------------------------------- streams
-MAX_STREAMS = 4        # an Inception block has at most four parallel branches
-
-
-@dataclass
-class Schedule:
-    """Which CUDA stream runs each step, and the event joins between streams.
-
-    ``stream[i]``: the stream of step ``i`` (0 is the caller's stream). ``waits[i]``: the
-    steps whose completion step ``i`` waits for on another stream (an event recorded after
-    each). ``deps[i]``: every step that must finish before step ``i`` (the dependency DAG,
-    from the values it reads and the arena bytes it reads and writes).
-    """
-
-    stream: List[int]
-    waits: List[List[int]]
-    deps: List[List[int]]
-
-    @property
-    def n_streams(self) -> int:
-        return max(self.stream, default=0) + 1
-
-    @property
-    def recorded(self) -> List[int]:
-        """The steps after which an event is recorded (someone waits for them)."""
-        return sorted({j for w in self.waits for j in w})
-
-
-def _accesses(vals: Dict[str, Value], st: Step):
-    """``(reads, writes)`` of a step as (buffer, first channel, last channel + 1)."""
-    def span(name):
-        v = vals[name]
-        return (v.buf, v.offset, v.offset + v.channels)
-    reads = [span(i) for i in st.inputs + ([st.residual] if st.residual else [])]
-    return reads, [span(o) for o in st.outputs]
-
-
-def _dependencies(steps: List[Step], vals: Dict[str, Value], bufs: List[Buffer],
-                  arena: bool) -> List[List[int]]:
-    """For each step, the earlier steps it must follow: it reads what they wrote, or writes
-    what they read or wrote. Two accesses conflict on one buffer when their channels
-    overlap; with ``arena``, also on two buffers whose arena bytes overlap."""
-    def conflict(a, b) -> bool:
-        if a[0] == b[0]:
-            return a[1] < b[2] and b[1] < a[2]
-        if not arena:
-            return False
-        ba, bb = bufs[a[0]], bufs[b[0]]
-        return ba.offset < bb.offset + bb.nbytes and bb.offset < ba.offset + ba.nbytes
-
-    acc = [_accesses(vals, st) for st in steps]
-    deps: List[List[int]] = []
-    for j, (rj, wj) in enumerate(acc):
-        mine = []
-        for i in range(j):
-            ri, wi = acc[i]
-            if any(conflict(w, r) for w in wi for r in rj) or \
-                    any(conflict(w, x) for w in wj for x in ri + wi):
-                mine.append(i)
-        deps.append(mine)
-    return deps
-
-
-def _ancestor_bits(deps: List[List[int]]) -> List[int]:
-    """Per step, the bit set of every step it transitively depends on."""
-    ancestors: List[int] = []
-    for d in deps:
-        bits = 0
-        for i in d:
-            bits |= ancestors[i] | (1 << i)
-        ancestors.append(bits)
-    return ancestors
-
-
-def step_dependencies(plan: Plan) -> List[List[int]]:
-    """The dependency DAG of a plan's steps, through values and the arena's shared bytes."""
-    return _dependencies(plan.steps, plan.values, plan.buffers, arena=True)
-
-
-def plan_streams(plan: Plan, max_streams: int = MAX_STREAMS) -> Schedule:
-    """Assign the steps to at most ``max_streams`` streams, in plan order.
-
-    A step continues the stream of a dependency that is the last step on its stream (a
-    chain stays on one stream); when every such stream has moved on (a fork: a sibling
-    branch took it), it takes a stream whose last step it depends on anyway, or a new one,
-    or else the least recently used. It then waits, per other stream, for the latest of its
-    dependencies there, unless that stream already told it (vector clocks), so each join
-    is one event.
-    """
-    deps = step_dependencies(plan)
-    ancestors = _ancestor_bits(deps)
-    tail: List[int] = []                      # per stream: its last step
-    clock: List[List[int]] = []               # per stream: the latest step of each stream it follows
-    after: List[List[int]] = []               # per step: its stream's clock once it is done
-    stream, waits = [], []
-    for j, d in enumerate(deps):
-        s = _pick_stream(d, ancestors[j], tail, max_streams)
-        if s == len(tail):
-            tail.append(-1)
-            clock.append([-1] * max_streams)
-        mine = []
-        for other in range(len(tail)):
-            latest = max((i for i in d if stream[i] == other), default=-1)
-            if other != s and latest > clock[s][other]:
-                mine.append(latest)
-                clock[s] = [max(a, b) for a, b in zip(clock[s], after[latest])]
-        tail[s] = j
-        clock[s][s] = j
-        after.append(list(clock[s]))
-        stream.append(s)
-        waits.append(mine)
-    return Schedule(stream, waits, deps)
-
-
-def _pick_stream(deps: List[int], ancestors: int, tail: List[int], max_streams: int) -> int:
-    for i in sorted(deps, reverse=True):      # continue the chain of the latest dependency
-        for s, t in enumerate(tail):
-            if t == i:
-                return s
-    for s, t in enumerate(tail):              # a stream whose work this step follows anyway
-        if t < 0 or ancestors >> t & 1:
-            return s
-    if len(tail) < max_streams:
-        return len(tail)
-    return min(range(len(tail)), key=lambda s: tail[s])
-
-
-# ---------------------------------------------------------------------------- printing
-def _mib(n: int) -> str:
-    return f"{n / 2 ** 20:.2f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB"
-
-
-def _where(plan: Plan, name: str) -> str:
-    v = plan.values[name]
-    b = plan.buffers[v.buf]
-    kind = f"i8@{v.scale:.3g}" if v.scale is not None else b.dtype.replace("float", "f")
-    sl = f"[{v.offset}:{v.offset + v.channels}]" if v.channels != b.channels else ""
-    return f"B{b.id}{sl} {kind}"
-
-
-def _step_line(plan: Plan, n: int, st: Step, config: Optional[str], stream: str) -> str:
-    """Launch ``n`` of the plan as one line: op, layer, what it reads and writes, notes."""
-    notes = []
-    lay = st.layers[0] if st.layers else None
-    op = st.op
-    if st.op == "conv" and lay is not None:
-        kh, kw = lay.attrs["kernel"]
-        sh, _ = lay.attrs["stride"]
-        op = f"conv{kh}x{kw}" + (f"/{sh}" if sh != 1 else "")
-        if st.int8:
-            notes.append("int8 GEMM")
-        if any(l.relu for l in st.layers):
-            notes.append("+relu")
-        if st.residual:
-            notes.append("+residual" + (" in place" if st.in_place else ""))
-        if len(st.layers) > 1:
-            notes.append(f"merged {len(st.layers)} heads")
-    if st.op == "linear" and st.int8:
-        notes.append("int8 GEMM")
-    if st.why:
-        notes.append(st.why)
-    if config:
-        notes.append(config)
-    name = st.name if len(st.name) <= 58 else "..." + st.name[-55:]
-    reads = ", ".join(_where(plan, i) for i in st.inputs)
-    if st.residual:
-        reads += " + " + _where(plan, st.residual)
-    writes = ", ".join(_where(plan, o) for o in st.outputs)
-    return f"{n:>4}  {stream:<10} {op:<10} {name:<58} {reads:<24} {writes:<34} {' '.join(notes)}"
-
-
-def _display_numbers(plan: Plan) -> List[str]:
-    """The number explain prints for each step (launches from 1; "in"/"out" for the ends)."""
-    out, n = [], 0
-    for st in plan.steps:
-        if st.op in ("input", "output"):
-            out.append("in" if st.op == "input" else "out")
-        else:
-            n += 1
-            out.append(str(n))
-    return out
-
-
-def _streams_line(plan: Plan, sched: Schedule) -> str:
-    """The stream summary: how many streams, how many steps on each, how many joins."""
-    per = [sched.stream.count(k) for k in range(sched.n_streams)]
-    return (f"streams (GPU, inside the CUDA graph): {sched.n_streams}, launches per stream "
-            f"{'/'.join(map(str, per))}; {sum(len(w) for w in sched.waits)} event joins; "
-            f"'s2 <5,7' = on stream 2, after launches 5 and 7 on other streams")
-
-
-def explain_plan(plan: Plan, batch: int = 1, configs: Optional[Dict[int, str]] = None,
-                 title: str = "") -> str:
-    """The plan as text: summary of fusions and buffers, then one line per launch."""
-    s = plan.stats
-    lines = []
-    c, h, w = plan.input_shape
-    lines.append(f"triton plan{': ' + title if title else ''} | precision {plan.precision} "
-                 f"(float values {plan.float_dtype}) | input {c}x{h}x{w}, batch {batch}")
-    lines.append(
-        f"fusions: {s['conv_layers']} convs in {s['conv_launches']} launches; "
-        f"{s['relu_fused']} ReLUs in conv epilogues; {s['residuals']} residual epilogues "
-        f"({s['residuals_in_place']} in place on the trunk); concats written in place: "
-        f"{s['concats_in_place']}/{s['concats']} ({s['concat_copies']} input copies); merged 1x1 "
-        f"heads: {s['merged_groups']} groups of {s['merged_heads']} heads"
-        + (f"; int8 GEMMs: {s['int8_gemms']}" if plan.precision == "int8" else "")
-        + f"; convert steps: {s['convert_steps']}")
-    lines.append(f"buffers: {s['buffers']} in one arena of {_mib(s['arena_bytes_per_image'] * batch)}"
-                 f" (without reuse {_mib(s['naive_bytes_per_image'] * batch)}), "
-                 f"{s['steps']} launches")
-    sched = plan_streams(plan)
-    number = _display_numbers(plan)
-    lines.append(_streams_line(plan, sched))
-    lines.append("")
-    lines.append(f"{'#':>4}  {'stream':<10} {'op':<10} {'layer':<58} {'reads':<24} {'writes':<34} notes")
-    for idx, st in enumerate(plan.steps):
-        joins = ",".join(number[i] for i in sched.waits[idx])
-        stream = f"s{sched.stream[idx]}" + (f" <{joins}" if joins else "")
-        if st.op in ("input", "output"):
-            what = (f"NCHW float32 -> {_where(plan, st.outputs[0])}" if st.op == "input"
-                    else f"{_where(plan, st.inputs[0])} -> float32 [{plan.values[st.inputs[0]].channels}]")
-            lines.append(f"{'':>4}  {stream:<10} {st.op:<10} {what}")
-            continue
-        lines.append(_step_line(plan, int(number[idx]), st, (configs or {}).get(idx), stream))
-    lines.append("")
-    lines.append("buffers (per image; x batch at run time):")
-    for b in plan.buffers:
-        vals = [v for v in plan.values.values() if v.buf == b.id]
-        lines.append(f"  B{b.id:<3} {b.h}x{b.w}x{b.channels} {b.dtype:<8} {_mib(b.nbytes):>10} "
-                     f"@ {b.offset:>9}  live steps {b.first}-{b.last}  {len(vals)} values")
-    return "\n".join(lines)

@@ -4,21 +4,21 @@ split-K the shipped table gives it at batch 1, 32, 128 and 256, the wave efficie
 grid on 132 SMs, and the compiled code of every distinct specialization for sm_80/sm_90,
 without a GPU.
 
-    python benchmarks/aot.py --report OUT.json [--dump DIR] [--model inception_resnet_v2 inception_v4]
+    python -m benchmarks.aot_report --report OUT.json [--dump DIR] [--model inception_resnet_v2 inception_v4]
         [--arch 80 90] [--dtypes fp16 int8] [--waves-only]
-    python benchmarks/aot.py --classes --arch 90 --report OUT.json [--kernel-rev REV]
+    python -m benchmarks.aot_report --classes --arch 90 --report OUT.json [--kernel-rev REV]
 
 ``--classes`` compiles one specialization per layer class (:func:`kernels.aot.class_specs`);
 ``--kernel-rev REV`` compiles the same specializations with the conv kernel of git revision
 REV (``git show REV:kernels/conv.py``), for a before/after comparison from one command.
-The layers come from :mod:`engine.models.shapes`; compiling, the report and the gate are
-:mod:`kernels.aot`'s. Exits 1 when the gate finds problems (or, with ``--waves-only``, when
+The launches (:class:`kernels.launches.ConvLaunch`) come from :mod:`engine.models.shapes`;
+compiling, the report and the gate are :mod:`kernels.aot`'s. Exits 1 when the gate finds problems (or, with ``--waves-only``, when
 an IR-v2 conv at batch 1 or 128 is under 80% wave efficiency).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -27,44 +27,37 @@ import tempfile
 import time
 from typing import Dict, List
 
-# Run as a script, this folder comes first on the import path, and its kernels.py (the
-# microbenchmark) would hide the ``kernels`` package: put the repository root there instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_ROOT = os.path.dirname(_HERE)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import torch
 
-import torch  # noqa: E402
+from engine.fileio import atomic_write_text
+from kernels import aot
+from kernels import tuning
+from kernels.launches import ConvLaunch
 
-from kernels import aot  # noqa: E402
-from kernels import tuning  # noqa: E402
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
 MUST_BATCHES = (1, 128)      # where every IR-v2 conv must keep >= 80% of the SMs busy
 
 
-def network_layers(model_name: str = "inception_resnet_v2") -> List[aot.Layer]:
+def network_layers(model_name: str = "inception_resnet_v2") -> List[ConvLaunch]:
     """Every conv launch of the network's plan: each distinct conv, each group of 1x1 heads
     fused into one launch (their outputs side by side), and the classifier (a 1x1 conv over
     a 1x1 map)."""
-    from engine.models.registry import get_config
     from engine.models.shapes import network_shapes
 
     shapes = network_shapes(model_name)   # full width: alignment (channels % 16) matters
-    layers: Dict[str, aot.Layer] = {}
+    layers: Dict[str, ConvLaunch] = {}
     for s in shapes.convs:
-        layer = aot.Layer(s.label, s.kh, s.kw, s.stride, s.pad_h, s.pad_w, s.h, s.w, s.c_in, s.c_out, s.residual)
-        layers.setdefault(layer.label, layer)
+        layers.setdefault(s.label, s)
     for group in shapes.fusion_groups:
         first = shapes.conv_of[group[0]]
         n = sum(shapes.conv_of[g].c_out for g in group)
-        label = f"fused {len(group)}x1x1 {first.c_in}->{n} @{first.h}x{first.w}"
-        layers.setdefault(label, aot.Layer(label, 1, 1, 1, 0, 0, first.h, first.w, first.c_in, n, False, len(group)))
-    features = max(s.c_out for s in shapes.convs)
-    classes = get_config(model_name).num_classes
-    layers.setdefault("classifier", aot.Layer(f"classifier {features}->{classes}", 1, 1, 1, 0, 0, 1, 1,
-                                              features, classes))
+        fused = ConvLaunch(first.c_in, n, 1, 1, 1, 0, 0, first.h, first.w, dests=len(group))
+        layers.setdefault(fused.label, fused)
+    features, classes = list(shapes.linears.values())[-1]    # the head: [B, features] @ [features, classes]
+    head = ConvLaunch(features, classes, 1, 1, 1, 0, 0, 1, 1, role="classifier")
+    layers.setdefault(head.label, head)
     return list(layers.values())
 
 
@@ -87,17 +80,21 @@ def network_specs(model_name: str = "inception_resnet_v2", dtypes=(torch.float16
 
 
 def _conv_module_at(rev: str):
-    """The ``kernels`` package of git revision ``rev`` (its conv, _launch and env), imported
-    under another name from a temporary folder, so its conv kernel compiles beside today's."""
+    """The conv module of the ``kernels`` package at git revision ``rev``: every file of the
+    package at that revision, written to a temporary folder and imported under another name,
+    so its conv kernel compiles beside today's. Its ``__init__`` is left empty: the
+    package's lazy names are not needed, only its conv module and what that imports."""
     tmp = tempfile.mkdtemp(prefix="kernels-rev-")
     pkg = os.path.join(tmp, "kernels_rev")
-    os.makedirs(pkg)
-    for name in ("conv", "_launch", "env"):
-        src = subprocess.run(["git", "show", f"{rev}:kernels/{name}.py"], cwd=_ROOT, capture_output=True,
-                             text=True, check=True).stdout
-        with open(os.path.join(pkg, f"{name}.py"), "w") as f:
-            f.write(src)
-    open(os.path.join(pkg, "__init__.py"), "w").close()
+    names = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "kernels/"], cwd=_ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in names:
+        data = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=_ROOT, capture_output=True,
+                              check=True).stdout
+        dest = os.path.join(pkg, os.path.relpath(name, "kernels"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(b"" if name == "kernels/__init__.py" else data)
     sys.path.insert(0, tmp)
     return importlib.import_module("kernels_rev.conv")
 
@@ -106,7 +103,10 @@ def _compile(specs, archs, rev):
     if not rev:
         return aot.compile_many(specs, archs)
     old = _conv_module_at(rev)
-    return [aot.compile_spec(s, a, fn=old._conv_kernel) for s in specs for a in archs if s.kernel == "conv"]
+    # revisions before the kernel modules listed their kernels (JIT_KERNELS) name it privately
+    listed = getattr(old, "JIT_KERNELS", None)
+    fn = listed["conv"] if listed else old._conv_kernel
+    return [aot.compile_spec(s, a, fn=fn) for s in specs for a in archs if s.kernel == "conv"]
 
 
 def _wave_problems(layers, dtypes) -> List[str]:
@@ -161,7 +161,6 @@ def main(argv=None) -> int:
     if args.dump:
         aot.write_dump(results, args.dump)
     if args.report:
-        from engine.fileio import atomic_write_text
         atomic_write_text(args.report, json.dumps(rep, indent=1))
     return 1 if problems else 0
 
