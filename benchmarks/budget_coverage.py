@@ -15,6 +15,11 @@ refusals, the K chosen and the test-set loss.
 The method is fixed (``--method``, default mse) so that the candidates do not depend on the
 subset; the study's ``method="auto"`` picks it on the split as well.
 
+``--nncf N`` (needs ``nncf``) runs NNCF's ``quantize_with_accuracy_control`` to each budget on
+the first N of the same subsets (its own rule: net top-1 on the subset within the budget, no
+confidence), scores its OpenVINO file on the test set the same way, and reports how often it
+holds. It is slow: minutes per run.
+
     python benchmarks/budget_coverage.py --out benchmarks/results/coverage
 """
 from __future__ import annotations
@@ -105,9 +110,7 @@ def coverage(record, counts, vy, ty, budgets, confidence, subsets, subset_size, 
     """For each budget: per subset, the K the search publishes (or None: refused) and that
     file's loss on the test set (points)."""
     ref_v, ref_t = record["fp32"]
-    rng = np.random.default_rng(seed)
-    draws = [np.sort(rng.choice(len(vy), size=subset_size, replace=False))
-             for _ in range(subsets)]
+    draws = subset_draws(len(vy), subsets, subset_size, seed)
     out = {}
     for pt in budgets:
         trials = []
@@ -138,6 +141,43 @@ def coverage(record, counts, vy, ty, budgets, confidence, subsets, subset_size, 
     return out
 
 
+def subset_draws(n_val, subsets, subset_size, seed):
+    """The random validation subsets, the same for every case and for NNCF."""
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(n_val, size=subset_size, replace=False)) for _ in range(subsets)]
+
+
+def nncf_coverage(model_name, ov_fp32_test, budgets, draws, threads, folder, log=print):
+    """NNCF's accuracy control on each subset of ``draws`` and budget: its test-set losses
+    against OpenVINO FP32 (``ov_fp32_test``: that engine's test predictions)."""
+    from engine.anchors import nncf_accuracy_control
+    model = engine.create_model(model_name, weights="bundled")
+    cfg = model.config
+    fp32 = folder / f"{model_name}.onnx"
+    vx, vy = fashion_mnist("val")
+    tx, ty = fashion_mnist("test")
+    xv, xt = to_model_input(vx, cfg).numpy(), to_model_input(tx, cfg).numpy()
+    calib = to_model_input(fashion_mnist("calib", limit=1000)[0], cfg).numpy()
+    run = engine_evaluator("openvino", xt, threads, log=log)
+    out = {}
+    for pt in budgets:
+        trials = []
+        for i, idx in enumerate(draws):
+            path, seconds = nncf_accuracy_control(fp32, calib, xv[idx], vy[idx].astype(np.int64),
+                                                  pt, folder, threads,
+                                                  name=f"{model_name}.nncf-ac.{pt:g}.{i}")
+            test = Paired.from_predictions(ov_fp32_test, run(path).argmax(1), ty)
+            trials.append({"subset": i, "seconds": round(seconds, 1),
+                           "test_loss_pt": round(test.loss_pt, 4),
+                           "test_delta_pt": round(test.delta_pt, 4),
+                           "holds": test.loss_pt <= pt, "net_holds": -test.delta_pt <= pt})
+            log(f"  nncf-ac {model_name} PT={pt:g} subset {i}: test loss {test.loss_pt:.2f} pt, "
+                f"net Δ {test.delta_pt:+.2f} pt, {seconds:.0f} s")
+        out[str(pt)] = {"runs": len(trials), "hold": sum(t["holds"] for t in trials),
+                        "net_hold": sum(t["net_holds"] for t in trials), "trials": trials}
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="all", help="comma list of subjects, or all")
@@ -150,6 +190,8 @@ def main(argv=None):
     p.add_argument("--cases", default=",".join(f"{t}@{b}" for t, b in CASES),
                    help="comma list of target@engine (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nncf", type=int, default=0, metavar="N",
+                   help="also run NNCF's accuracy control on the first N subsets")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "coverage")
     args = p.parse_args(argv)
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -180,6 +222,11 @@ def main(argv=None):
             for pt, c in report["results"][key]["budgets"].items():
                 print(f"{key} PT={pt}: {c['hold']}/{c['published']} hold, {c['refused']} "
                       f"refused, K {c['k_chosen']}, worst test loss {c['test_loss_pt_max']}")
+        if args.nncf:
+            ov = records.get(("openvino", "openvino")) or records.get(("tensorrt", "openvino"))
+            draws = subset_draws(len(vy), args.subsets, args.subset_size, args.seed)[:args.nncf]
+            report.setdefault("nncf_accuracy_control", {})[name] = nncf_coverage(
+                name, ov["fp32"][1], budgets, draws, args.threads, args.out / "models")
         report["minutes"] = round((time.time() - t0) / 60, 1)
         atomic_write_text(args.out / "coverage.json", json.dumps(report, indent=1) + "\n")
     return 0
