@@ -73,6 +73,7 @@ class Budget:
     metric: str
     confidence: float = CONFIDENCE
     images: Optional[int] = None      # validation images
+    layers: Optional[int] = None      # layers the search could keep float (the ranking's)
     excluded: List[str] = field(default_factory=list)
     bound: Optional[float] = None     # upper bound of the loss (points) at ``confidence``
     loss: Optional[float] = None      # observed loss rate (points)
@@ -93,7 +94,8 @@ class Budget:
                 "confidence": self.confidence, "images": self.images,
                 "loss_pt": _r4(self.loss), "loss_bound_pt": _r4(self.bound),
                 "losses": self.losses, "bound_method": METHOD_BOUND,
-                "kept_float": list(self.excluded), "method": self.method,
+                "layers": self.layers, "kept_float": list(self.excluded),
+                "method": self.method,
                 "methods_tried": self.methods_tried,
                 "steps": [[s.excluded, _r4(s.bound), _r4(s.loss), s.losses]
                           for s in self.steps]}
@@ -107,9 +109,13 @@ class Budget:
         """One line: the file's loss, its bound and what it was held to."""
         what = "images lost (FP32 right, INT8 wrong)" if self.metric == "top1" else \
             "images whose top-1 changed"
-        return (f"{self.losses} of {self.images} validation {what}: loss {self.loss:.3f} pt, "
+        text = (f"{self.losses} of {self.images} validation {what}: loss {self.loss:.3f} pt, "
                 f"{100 * self.confidence:g}% upper bound {self.bound:.3f} pt <= budget "
                 f"{self.max_drop:g} pt, with {len(self.excluded)} layers kept in float")
+        if self.layers and len(self.excluded) == self.layers:
+            text += (" (all of them: on this split only the float graph can be shown to meet "
+                     "the budget; a larger split or budget lets INT8 layers in)")
+        return text
 
 
 def _r4(v):
@@ -167,7 +173,7 @@ def greedy_exclusion(ranked: Sequence[str], drop_with: Callable[[List[str]], Mea
         raise CalibrationArgumentError(f"search must be one of {', '.join(SEARCHES)}, "
                                        f"got {search!r}")
     limit = len(ranked) if max_excluded is None else min(max_excluded, len(ranked))
-    budget = Budget(max_drop, metric, confidence)
+    budget = Budget(max_drop, metric, confidence, layers=len(ranked))
     steps: Dict[int, BudgetStep] = {}
 
     def fits(count):

@@ -114,6 +114,10 @@ def test_greedy_holds_the_upper_bound_not_the_point_estimate():
     assert budget.excluded == ["a", "b"] and budget.losses == 0
     assert budget.steps[1].loss == pytest.approx(0.2) and budget.steps[1].bound > 0.5
     assert budget.bound == pytest.approx(100 * (1 - 0.05 ** (1 / 1000)))   # L = 0, closed form
+    assert "2 layers kept in float" in budget.summary() and "all of them" not in budget.summary()
+    every = greedy_exclusion(["a", "b"], lambda kept: Paired(1000, 9 * (len(kept) < 2), 0, 0),
+                             max_drop=0.5)
+    assert every.excluded == ["a", "b"] and "only the float graph" in every.summary()
 
 
 def test_a_split_too_small_for_the_budget_is_refused_with_the_size_it_needs(tmp_path):
