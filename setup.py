@@ -22,10 +22,10 @@ setup(
         # CPU engines: OpenVINO is the default, ONNX Runtime the portable fallback
         "cpu": ["openvino>=2024.0", "onnxruntime>=1.18", "onnxscript", "matplotlib"],
         "plot": ["matplotlib"],
-        # test-only: reference implementations at random init, serving-config schema and the
-        # end-to-end serving test's clients (the server itself: see "serve" below)
+        # test-only: reference implementations at random init, serving-config schema, the
+        # end-to-end serving test's clients and scipy (an independent check of the intervals) (the server itself: see "serve" below)
         "test": ["pytest", "pytest-timeout", "timm", "requests", "tritonclient[http,grpc]",
-                 "matplotlib", "grimp"],
+                 "matplotlib", "grimp", "scipy"],
         # serving: the clients. The Triton Inference Server comes from the nvidia-pytriton wheel,
         # installed WITHOUT its dependencies (it pins numpy<2 for a Python API we never import):
         #   pip install --no-deps nvidia-pytriton==0.7.0

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.stats as scipy_stats  # in the test extra
 
 from engine.errors import InputError
 from engine.intervals import (Paired, binom_cdf, clopper_pearson, mcnemar_p, needed_images,
                               upper_bound)
-
-scipy_stats = pytest.importorskip("scipy.stats")
 
 
 def planted(n, losses, gains, both_wrong=0, seed=0):
