@@ -411,7 +411,12 @@ def server_environment(root: Path) -> Dict[str, str]:
         env["PYTHONHOME"] = sys.base_prefix
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [p for p in [env.get("LD_LIBRARY_PATH")]
                                                      if p])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    # the stub's interpreter ignores PYTHONPATH; model.py reads it and puts it on sys.path: the
+    # directory holding this ``engine`` package first (an editable install is found through
+    # a .pth hook the stub never runs), then this interpreter's own path
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
+        [here] + [p for p in sys.path if p and Path(p).is_dir()]))
     env.pop("TRITON_INTERPRET", None)   # the stub runs real engines, not Triton's interpreter
     return env
 

@@ -13,12 +13,29 @@ of output". Inside, the batch is a numpy view of the same memory: the runtime's 
 run in numpy, not in torch, whose OpenMP threads (used from two images up) would keep
 spinning and take the cores from the engine.
 
+The stub embeds its own interpreter, which ignores ``PYTHONPATH`` (it starts from the
+stub's base Python, without the virtual environment that runs ``inception-engine serve``). So
+this file puts the ``PYTHONPATH`` entries that ``engine.tritonserver.server_environment``
+passes (the ``engine`` package's directory, then that interpreter's ``sys.path``) in front of
+``sys.path`` itself, before it imports ``engine``, numpy or torch. A server started some other
+way (the NGC container) without ``PYTHONPATH`` keeps its own ``sys.path``.
+
 This file is run by the server's stub, not imported by the ``engine`` package.
 """
 import json
 import os
+import sys
 
 import triton_python_backend_utils as pb_utils
+
+
+def _import_path_from_environment():
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+               if p and os.path.isdir(p)]
+    sys.path[:0] = [p for p in dict.fromkeys(entries)]
+
+
+_import_path_from_environment()
 
 
 def _parameters(model_config: dict) -> dict:
