@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -50,6 +51,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .errors import ArtifactError, BackendUnavailableError, EngineError, InputError
 from .runtime import count_option
+from .tritonguard import Guard, end_group, group_alive, port_holder
 
 # numpy dtype name -> the server's data type
 SERVER_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16",
@@ -359,6 +361,9 @@ HOST = "127.0.0.1"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 # files of the bundled Python backend that go into the backend directory the server reads
 _PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+# the start of the names of the Python backend's /dev/shm regions (then serve's PID)
+SHM_PREFIX = "inception_triton_"
+MODEL_CONTROL = ("none", "explicit")
 
 
 def free_port() -> int:
@@ -425,14 +430,23 @@ class Server:
     """The bundled Triton Inference Server on a model repository, bound to 127.0.0.1.
 
     Use as a context manager, or :meth:`start` and :meth:`stop`. A port of 0 picks a free
-    one; ``ports`` holds the ones in use. The server runs in its own process group, so
-    :meth:`stop` ends it and every backend stub it started. Its log goes to ``log``
-    (default: ``server.log`` in a temporary directory, removed on stop).
+    one; ``ports`` holds the ones in use, and a port something already listens on is refused
+    with the process holding it. The server runs in its own process group, so :meth:`stop`
+    ends it and every backend stub it started; a guard process (:mod:`engine.tritonguard`)
+    does the same, and unlinks the stubs' shared memory, if this process dies without
+    stopping it (SIGKILL included). Its log goes to ``log`` (default: ``server.log`` in a
+    temporary directory, removed on stop).
+
+    require_all: fail the start when any model fails to load (else the start fails only when
+        no model loads; ``failed`` then lists the others, ``name: reason``).
+    model_control: ``none`` (the repository as it is at start) or ``explicit`` (also load,
+        reload and unload through the repository API, ``/v2/repository/models/NAME/load``).
     """
 
     def __init__(self, repo, http_port: int = DEFAULT_PORTS["http"],
                  grpc_port: int = DEFAULT_PORTS["grpc"],
-                 metrics_port: int = DEFAULT_PORTS["metrics"], log=None):
+                 metrics_port: int = DEFAULT_PORTS["metrics"], log=None,
+                 require_all: bool = False, model_control: str = "none"):
         self.repo = Path(repo)
         if not self.repo.is_dir():
             raise ArtifactError(f"{self.repo}: no such model repository; write one with "
@@ -441,9 +455,19 @@ class Server:
         for what, port in asked.items():
             if not isinstance(port, int) or not 0 <= port <= 65535:
                 raise InputError(f"{what} port must be an integer in 0..65535, got {port!r}")
-        self.ports = {k: p or free_port() for k, p in asked.items()}
+        if model_control not in MODEL_CONTROL:
+            raise InputError(f"model control {model_control!r} is not one of "
+                             f"{', '.join(MODEL_CONTROL)}")
+        self.asked = asked
+        self.ports = dict(asked)
         self.log = Path(log) if log else None
+        self.require_all = require_all
+        self.model_control = model_control
+        # the stubs' shared-memory regions carry this prefix, so the guard can find them
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_"
         self.process: Optional[subprocess.Popen] = None
+        self.failed: List[str] = []
+        self._guard: Optional[Guard] = None
         self._workdir: Optional[Path] = None
 
     @property
@@ -459,29 +483,38 @@ class Server:
 
     def command(self, backend_dir: Path) -> List[str]:
         binary = bundled_server() / "bin" / "tritonserver"
-        return [str(binary), "--model-repository", str(self.repo.resolve()),
-                "--backend-directory", str(backend_dir),
-                "--http-address", HOST, "--http-port", str(self.ports["http"]),
-                "--grpc-address", HOST, "--grpc-port", str(self.ports["grpc"]),
-                "--metrics-address", HOST, "--metrics-port", str(self.ports["metrics"]),
-                "--strict-readiness", "true", "--exit-on-error", "true",
-                "--exit-timeout-secs", "10"]
+        cmd = [str(binary), "--model-repository", str(self.repo.resolve()),
+               "--backend-directory", str(backend_dir),
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+               "--http-address", HOST, "--http-port", str(self.ports["http"]),
+               "--grpc-address", HOST, "--grpc-port", str(self.ports["grpc"]),
+               "--metrics-address", HOST, "--metrics-port", str(self.ports["metrics"]),
+               "--strict-readiness", "true",
+               "--exit-on-error", "true" if self.require_all else "false",
+               "--exit-timeout-secs", "10"]
+        if self.model_control == "explicit":
+            cmd += ["--model-control-mode", "explicit", "--load-model", "*"]
+        return cmd
 
     def start(self, timeout: float = 180.0) -> "Server":
         """Start the server and wait (at most ``timeout`` s) until it and its models are
         ready; on failure the server is stopped and the error quotes its log."""
         if self.process is not None:
             raise EngineError("this server is already started; stop it first")
+        check_ports_free({k: p for k, p in self.asked.items() if p})
+        self.ports = {k: p or free_port() for k, p in self.asked.items()}
         self._workdir = Path(tempfile.mkdtemp(prefix="inception-tritonserver-"))
         log = self.log or self._workdir / "server.log"
         try:
             root = bundled_server()
             cmd = self.command(_backend_directory(root, self._workdir / "backends"))
+            self._guard = Guard(self.shm_prefix)
             with open(log, "wb") as out:
                 self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                                 stdin=subprocess.DEVNULL,
                                                 env=server_environment(root),
                                                 start_new_session=True)
+            self._guard.watch(self.process.pid)
             self._wait_ready(timeout, log)
         except BaseException:
             self.stop()
@@ -489,41 +522,60 @@ class Server:
         return self
 
     def _wait_ready(self, timeout: float, log: Path) -> None:
+        """Until the server answers and no model is loading; then fail if no model is ready,
+        or (``require_all``) if any failed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise EngineError(f"the Triton Inference Server exited with status "
                                   f"{self.process.returncode} before it was ready:\n"
                                   f"{_tail(log)}")
-            if self.ready():
+            index = self.models() if self._live() else None
+            if index is not None and all(m.get("state") in ("READY", "UNAVAILABLE")
+                                         for m in index):
+                self.failed = [f"{m.get('name')}: {m.get('reason', '')}" for m in index
+                               if m.get("state") == "UNAVAILABLE"]
+                ready = [m for m in index if m.get("state") == "READY"]
+                if self.failed and (self.require_all or not ready):
+                    raise EngineError(f"the Triton Inference Server could not load "
+                                      f"{', '.join(self.failed)}:\n{_tail(log)}")
+                if not index and self.model_control == "none":
+                    raise EngineError(f"{self.repo}: the repository holds no model; write one "
+                                      "with inception-engine serve-export MODEL --repo DIR")
                 return
-            failed = self.failed_models()
-            if failed:
-                raise EngineError(f"the Triton Inference Server could not load "
-                                  f"{', '.join(failed)}:\n{_tail(log)}")
             time.sleep(0.25)
         raise EngineError(f"the Triton Inference Server was not ready within {timeout:g} s "
                           f"(a model still loading?):\n{_tail(log)}")
 
+    def _live(self) -> bool:
+        return self._get("/v2/health/live") is not None
+
+    def _get(self, path: str, data: Optional[bytes] = None):
+        """The body of a 200 answer to ``path`` (POST when ``data`` is given), else None."""
+        req = urllib.request.Request(f"{self.endpoints['http']}{path}", data=data,
+                                     method="POST" if data is not None else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.read()
+        except (OSError, urllib.error.URLError):
+            return None
+
     def ready(self) -> bool:
         """Whether ``/v2/health/ready`` answers 200 (server and every model ready)."""
-        url = f"{self.endpoints['http']}/v2/health/ready"
+        return self._get("/v2/health/ready") is not None
+
+    def models(self) -> Optional[List[dict]]:
+        """The repository index (``name``, ``version``, ``state``, ``reason`` per model), or
+        None when the server does not answer."""
+        body = self._get("/v2/repository/index", b"{}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.status == 200
-        except (OSError, urllib.error.URLError):
-            return False
+            return json.loads(body) if body is not None else None
+        except ValueError:
+            return None
 
     def failed_models(self) -> List[str]:
         """``name: reason`` of each model the server reports UNAVAILABLE (failed to load)."""
-        req = urllib.request.Request(f"{self.endpoints['http']}/v2/repository/index",
-                                     data=b"{}", method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=2) as r:
-                index = json.loads(r.read())
-        except (OSError, ValueError, urllib.error.URLError):
-            return []
-        return [f"{m.get('name')}: {m.get('reason', '')}" for m in index
+        return [f"{m.get('name')}: {m.get('reason', '')}" for m in self.models() or []
                 if m.get("state") == "UNAVAILABLE"]
 
     def stop(self, grace: float = 20.0) -> None:
@@ -532,6 +584,9 @@ class Server:
         proc, self.process = self.process, None
         if proc is not None:
             _end_group(proc, grace)
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -551,22 +606,27 @@ def _end_group(proc: subprocess.Popen, grace: float) -> None:
         os.killpg(pgid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    deadline = time.monotonic() + grace
-    while group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+    end_group(pgid, grace)
     proc.wait()
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` is still running (zombies are not)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+def check_ports_free(ports: Dict[str, int]) -> None:
+    """Refuse a port that something already listens on, naming the process where it can be
+    found: the server would otherwise fail later with only "address in use" in its log."""
+    for what, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # SO_REUSEADDR: a port left in TIME_WAIT by a stopped server is free to bind
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((HOST, port))
+                continue
+            except OSError as e:
+                reason = e.strerror
+        holder = port_holder(port)
+        who = (f"process {holder[0]} ({holder[1][:200]})" if holder else
+               "a process this user cannot see")
+        raise InputError(f"{what} port {port} on {HOST} is in use ({reason}) by {who}; stop "
+                         f"it, or pick another port with --{what}-port (0 picks a free one)")
 
 
 _ERROR_LINE = re.compile(r"^(E\d{4} |error: )")

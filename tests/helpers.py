@@ -114,3 +114,33 @@ openvino_int8_saturates = pytest.mark.xfail(
     not cpu_has_int8_dot_product(), strict=False, raises=AssertionError,
     reason="this CPU has no VNNI/AMX: OpenVINO's AVX2 INT8 kernels saturate u8 x s8 pair sums "
            "at int16 on this signed (TensorRT-target) file; the openvino target avoids it")
+
+
+def processes_mentioning(text: str):
+    """Live ``(pid, command line)`` of the processes whose command line holds ``text`` (a
+    Triton Inference Server and its stubs name the repository on theirs), this one excepted."""
+    import os
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmd and state != "Z" and int(entry.name) != os.getpid():
+            found.append((int(entry.name), cmd))
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listening socket can be bound on 127.0.0.1:``port`` (closed connections that
+    linger in TIME_WAIT do not count)."""
+    import socket
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        except OSError:
+            return False
+    return True

@@ -8,9 +8,7 @@ Only 127.0.0.1 ports are used and every wait is bounded.
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +21,7 @@ import pytest
 import engine
 from engine import datasets, tritonserver
 from engine.preprocess import labels_for
-from helpers import tiny_onnx
+from helpers import port_is_free, processes_mentioning, tiny_onnx
 
 if importlib.util.find_spec("pytriton") is None:
     pytest.skip('the server comes from nvidia-pytriton (pip install -e ".[serve]")',
@@ -43,21 +41,6 @@ def _infer_input(module, x, name="input", dtype="FP32"):
     inp = module.InferInput(name, list(x.shape), dtype)
     inp.set_data_from_numpy(x)
     return inp
-
-
-def _processes_mentioning(text: str):
-    """Live processes whose command line holds ``text`` (the server and its stubs name the
-    repository on theirs)."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmd and state != "Z" and int(entry.name) != os.getpid():
-            found.append((int(entry.name), cmd))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -215,19 +198,15 @@ def test_model_that_fails_to_load_is_reported(tmp_path):
                        "not a readable ONNX model"):
         server.start(timeout=120)
     assert time.monotonic() - t0 < 100
-    assert server.process is None and _processes_mentioning(str(repo)) == []
+    assert server.process is None and processes_mentioning(str(repo)) == []
 
 
 def test_stop_leaves_no_process(served):
     """Last: SIGTERM to ``serve`` stops the server and its stubs; nothing names the
     repository afterwards and the ports are free again."""
     proc, ports, _, repo = served
-    assert _processes_mentioning(str(repo)), "no server process found while serving"
+    assert processes_mentioning(str(repo)), "no server process found while serving"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
-    assert _processes_mentioning(str(repo)) == []
-    for port in ports.values():      # nothing listens (closed connections may linger)
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-            s.listen()
+    assert processes_mentioning(str(repo)) == []
+    assert all(port_is_free(port) for port in ports.values())
