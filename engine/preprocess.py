@@ -2,11 +2,20 @@
 
 ``preprocess`` follows timm's eval transform: resize the shorter side to
 ``floor(size / crop_pct)`` with the config's interpolation, center-crop to ``size``, scale to
-[0, 1], normalise with the config's mean and std. Grayscale images are replicated to RGB.
+[0, 1], normalise with the config's mean and std.
+
+Reading an image (a file, or encoded bytes with :func:`decode_image`, which the served
+``--input encoded`` model uses) is one path, so a file run by ``inception-engine run`` and the
+same bytes sent to the server give the same input: the header is read first and an image over
+``max_pixels`` is refused before its pixels are decoded; the EXIF orientation is applied; and
+every mode becomes RGB the same way (grayscale replicated, alpha dropped, CMYK and palettes
+converted by Pillow).
 """
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -17,14 +26,70 @@ from .runtime import count_option
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 _INTERP = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST", "lanczos": "LANCZOS"}
+# limits on one image: its encoded size (the served model's; the bundled server has no request
+# size cap of its own) and its pixel count, checked from the header before decoding
+MAX_IMAGE_BYTES = 32 * 2 ** 20
+MAX_IMAGE_PIXELS = 40_000_000
+ENCODED_FORMATS = ("JPEG", "PNG")   # what decode_image takes by default
 
 
 class ImageNotFoundError(InputError, FileNotFoundError):
     """An image path that does not exist."""
 
 
-def _open(image):
+def to_rgb(img):
+    """A PIL image upright (its EXIF orientation applied) and in RGB."""
+    from PIL import ImageOps
+    img = ImageOps.exif_transpose(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _read(source, what: str, max_pixels: int, formats):
+    """Open ``source`` (a path or a binary file), check its size from the header, decode."""
     from PIL import Image, UnidentifiedImageError
+    kinds = "/".join(formats) if formats else "JPEG/PNG/BMP"
+    try:
+        with warnings.catch_warnings():     # Pillow warns from 89 MP; the limit here is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source, formats=formats)       # reads the header only
+        w, h = img.size
+    except Image.DecompressionBombError as e:   # Pillow's own cap, above ours
+        raise InputError(f"{what}: {e}; the limit is {max_pixels:,} pixels") from e
+    except UnidentifiedImageError as e:
+        raise InputError(f"{what} is not a readable image (not a {kinds} file); pass a {kinds} "
+                         "file") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{what} is not a readable image ({e}); pass a {kinds} file") from e
+    if w * h > max_pixels:
+        raise InputError(f"{what} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                         f"{max_pixels / 1e6:g} megapixels; downscale it first")
+    try:
+        img.load()
+        return to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"{what} is a corrupt or truncated {img.format} image ({e})") from e
+
+
+def decode_image(data, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS,
+                 formats=ENCODED_FORMATS):
+    """Encoded image bytes (JPEG or PNG by default) -> an upright RGB PIL image.
+
+    Refused with an :class:`InputError` saying why: anything but bytes, zero bytes, more than
+    ``max_bytes``, an unreadable or corrupt image, more than ``max_pixels`` pixels (from the
+    header, before the pixels are decoded).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"an encoded image must be bytes, got {type(data).__name__}")
+    size = memoryview(data).nbytes
+    if size == 0:
+        raise InputError("the image is empty (0 bytes); send the bytes of a JPEG or PNG file")
+    if size > max_bytes:
+        raise InputError(f"the image is {size:,} bytes, over the limit of {max_bytes:,} bytes")
+    return _read(io.BytesIO(data), "the image", max_pixels, formats)
+
+
+def _open(image):
+    from PIL import Image
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, np.ndarray):
@@ -32,15 +97,12 @@ def _open(image):
             raise InputError(f"a numpy image must be uint8 HxW or HxWxC, got {image.dtype} "
                              f"{image.shape}")
         return Image.fromarray(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(image)
     path = Path(image)
     if not path.exists():
         raise ImageNotFoundError(f"image {path} does not exist; check the path")
-    try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{path} is not a readable image ({e}); pass a JPEG/PNG/BMP file") from e
+    return _read(path, str(path), MAX_IMAGE_PIXELS, None)
 
 
 def resize_crop(img, size: int, crop_pct: float, interpolation: str):
@@ -62,9 +124,10 @@ def resize_crop(img, size: int, crop_pct: float, interpolation: str):
 
 
 def preprocess(image, config, dtype="float32"):
-    """One image (path, PIL image or uint8 array) -> 1x3xHxW float32 torch tensor."""
+    """One image (path, encoded bytes, PIL image or uint8 array) -> 1x3xHxW float32 torch
+    tensor."""
     import torch
-    img = _open(image).convert("RGB")
+    img = to_rgb(_open(image))
     _, h, w = config.input_size
     if h != w:
         raise ValueError(f"non-square input sizes are not supported ({h}x{w})")

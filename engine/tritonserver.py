@@ -8,6 +8,12 @@ Layout written (every file atomically)::
     <repo>/<name>/<version>/model.onnx
     <repo>/<name>/<version>/model.py         (target ``python`` only)
 
+Inputs: ``tensor`` (the default: the model's own float NCHW input, preprocessed by the client)
+or ``encoded`` (target ``python`` only: one JPEG or PNG file's bytes per request, as a ragged
+UINT8 ``image`` tensor of shape [1, N]; ``model.py`` decodes and preprocesses it with
+``engine.preprocess``, as ``inception-engine run`` does for a file, within stated limits on
+bytes and pixels). An encoded model warms up on a grey PNG written to ``<name>/warmup/``.
+
 Targets (the server backend that runs the model):
 
 - ``python``: the server's Python backend runs ``model.py``, which opens the model file with
@@ -63,6 +69,11 @@ TARGETS = {"python": ("backend", "python", (".onnx", ".plan")),
            "onnxruntime_onnx": ("platform", "onnxruntime_onnx", (".onnx",)),
            "openvino": ("backend", "openvino", (".onnx",))}
 LABELS_FILE = "labels.txt"
+INPUT_KINDS = ("tensor", "encoded")
+# the input of an --input encoded model: one image's encoded bytes per request (ragged: the
+# requests of one dynamic batch have different lengths)
+ENCODED_INPUT = {"name": "image", "dtype": "uint8", "shape": [None, None], "ragged": True}
+WARMUP_IMAGE = "image.png"      # in <name>/warmup/, the server's warm-up data folder
 # the Python-backend model, shipped as package data and copied into each version directory
 MODEL_PY = Path(__file__).with_name("data") / "tritonserver_model.py"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -116,6 +127,8 @@ def _tensor_block(t: dict, label_file: Optional[str] = None) -> str:
              f"    dims: [ {', '.join(str(d) for d in _dims(t['shape'], t['name']))} ]"]
     if label_file:
         lines.append(f"    label_filename: {json.dumps(label_file)}")
+    if t.get("ragged"):
+        lines.append("    allow_ragged_batch: true")
     lines.append("  }")
     return "\n".join(lines)
 
@@ -126,14 +139,19 @@ def _parameters_block(parameters: Dict[str, str]) -> List[str]:
             for k, v in parameters.items()]
 
 
-def _warmup_block(io: dict, batch_sizes: Sequence[int]) -> List[str]:
+def _warmup_block(io: dict, batch_sizes: Sequence[int],
+                  warmup_file: Optional[tuple] = None) -> List[str]:
     """``model_warmup``: one all-zeros request per batch size, run before the model is READY,
-    so the first client does not pay for the engine's first-call setup."""
+    so the first client does not pay for the engine's first-call setup. ``warmup_file``
+    (``(name, size in bytes)`` in ``<name>/warmup/``) is the one request of an encoded model
+    instead."""
     t = io["inputs"][0]
-    dims = ", ".join(str(d) for d in _dims(t["shape"], t["name"]))
-    samples = [f"  {{ name: \"zeros_{b}\" batch_size: {int(b)} inputs {{ key: "
-               f"{json.dumps(t['name'])} value: {{ data_type: {SERVER_DTYPES[t['dtype']]} "
-               f"dims: [ {dims} ] zero_data: true }} }} }}" for b in batch_sizes]
+    value = f"data_type: {SERVER_DTYPES[t['dtype']]} dims: [ " + (
+        f"{warmup_file[1]} ] input_data_file: {json.dumps(warmup_file[0])}" if warmup_file else
+        ", ".join(str(d) for d in _dims(t["shape"], t["name"])) + " ] zero_data: true")
+    sizes = [1] if warmup_file and batch_sizes else batch_sizes
+    samples = [f"  {{ name: \"warmup_{b}\" batch_size: {int(b)} inputs {{ key: "
+               f"{json.dumps(t['name'])} value: {{ {value} }} }} }}" for b in sizes]
     return ["model_warmup [", ",\n".join(samples), "]"] if samples else []
 
 
@@ -142,7 +160,8 @@ def make_config(name: str, target: str, max_batch: int, io: dict,
                 instances: int, kind: str, label_file: Optional[str] = None,
                 default_model_filename: Optional[str] = None,
                 parameters: Optional[Dict[str, str]] = None,
-                warmup_batch_sizes: Sequence[int] = ()) -> str:
+                warmup_batch_sizes: Sequence[int] = (), warmup_file: Optional[tuple] = None,
+                max_queue_size: int = 0) -> str:
     """The text of ``config.pbtxt`` (the server's ModelConfig in protobuf text format)."""
     field, value, _ = TARGETS[target]
     ins = ",\n".join(_tensor_block(t) for t in io["inputs"])
@@ -159,6 +178,10 @@ def make_config(name: str, target: str, max_batch: int, io: dict,
              "dynamic_batching {",
              f"  preferred_batch_size: [ {pref} ]" if pref else "",
              f"  max_queue_delay_microseconds: {int(max_queue_delay_us)}",
+             # past max_queue_size queued requests the server rejects at once (HTTP 503,
+             # gRPC UNAVAILABLE) instead of queueing without bound
+             f"  default_queue_policy {{ max_queue_size: {int(max_queue_size)} }}"
+             if max_queue_size else "",
              "}",
              "instance_group [",
              "  {",
@@ -167,7 +190,7 @@ def make_config(name: str, target: str, max_batch: int, io: dict,
              "  }",
              "]"]
     text += _parameters_block(parameters or {})
-    text += _warmup_block(io, warmup_batch_sizes)
+    text += _warmup_block(io, warmup_batch_sizes, warmup_file)
     return "\n".join(line for line in text if line) + "\n"
 
 
@@ -200,7 +223,9 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
                   preferred_batch_sizes: Optional[Sequence[int]] = None,
                   max_queue_delay_us: int = 100, kind: Optional[str] = None,
                   onnx=None, target: Optional[str] = None, engine: Optional[str] = None,
-                  threads: Optional[int] = None, warmup: bool = True) -> Path:
+                  threads: Optional[int] = None, warmup: bool = True,
+                  input_kind: str = "tensor", max_image_bytes: Optional[int] = None,
+                  max_image_pixels: Optional[int] = None, max_queue_size: int = 0) -> Path:
     """Write a Triton Inference Server model repository entry for ``model_file`` (``.plan``
     or ``.onnx``).
 
@@ -215,6 +240,11 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
         its own pick) and its CPU threads per instance (default: the engine's).
     warmup: send all-zeros requests (batch 1 and the largest preferred size) before the model
         is READY.
+    input_kind: ``tensor`` (the model's input) or ``encoded`` (JPEG/PNG bytes, target
+        ``python``); max_image_bytes and max_image_pixels cap an encoded image (default
+        ``engine.preprocess.MAX_IMAGE_BYTES`` / ``MAX_IMAGE_PIXELS``).
+    max_queue_size: requests the dynamic batcher queues before it rejects new ones at once
+        (0: no limit).
     Returns the model directory ``<repo>/<name>``.
     """
     model_file = Path(model_file)
@@ -227,6 +257,8 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
     if target != "python" and (engine is not None or threads is not None):
         raise InputError(f"engine and threads choose this package's runtime inside the server; "
                          f"they apply to --target python only, not {target}")
+    if int(max_queue_size) < 0:
+        raise InputError(f"max_queue_size must be >= 0 (0: no limit), got {max_queue_size}")
     io, cfg, side, plan_max = _model_info(model_file, Path(onnx) if onnx else None)
     build = side["build_options"] if side else {}
     max_batch = _max_batch(max_batch, plan_max, build.get("min_batch"))
@@ -239,15 +271,54 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
     if target == "python":
         parameters.update(model_file=filename, engine=engine or "", threads=str(threads or ""))
     warm = sorted({1, max(preferred_batch_sizes, default=1)}) if warmup else ()
+    warm_image = None
+    if _input_kind(input_kind, target, cfg, model_file) == "encoded":
+        io = dict(io, inputs=[ENCODED_INPUT])
+        parameters.update(input="encoded", **_image_limits(max_image_bytes, max_image_pixels))
+        warm_image = _warmup_image(cfg) if warmup else None
     text = make_config(name, target, max_batch, io, preferred_batch_sizes,
                        max_queue_delay_us, instances, kind,
                        LABELS_FILE if labels is not None else None,
                        default_model_filename=filename if target == "openvino" else None,
-                       parameters=parameters, warmup_batch_sizes=warm)
+                       parameters=parameters, warmup_batch_sizes=warm,
+                       warmup_file=(WARMUP_IMAGE, len(warm_image)) if warm_image else None,
+                       max_queue_size=max_queue_size)
     model_dir = Path(repo) / name
     _write_entry(model_dir, int(version), model_file, filename, side, labels, text,
-                 with_model_py=target == "python")
+                 with_model_py=target == "python", warmup_image=warm_image)
     return model_dir
+
+
+def _input_kind(kind: str, target: str, config, model_file: Path) -> str:
+    if kind not in INPUT_KINDS:
+        raise InputError(f"input {kind!r} is not one of {', '.join(INPUT_KINDS)}")
+    if kind == "encoded" and target != "python":
+        raise InputError(f"--input encoded decodes images with this package inside the "
+                         f"server: it needs --target python, not {target}")
+    if kind == "encoded" and config is None:
+        raise ArtifactError(f"{model_file} carries no model config, so the server cannot "
+                            "preprocess images for it; export it with inception-engine export")
+    return kind
+
+
+def _image_limits(max_bytes: Optional[int], max_pixels: Optional[int]) -> Dict[str, str]:
+    from .preprocess import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+    limits = {"max_image_bytes": MAX_IMAGE_BYTES if max_bytes is None else max_bytes,
+              "max_image_pixels": MAX_IMAGE_PIXELS if max_pixels is None else max_pixels}
+    for what, value in limits.items():
+        if int(value) < 1:
+            raise InputError(f"{what} must be >= 1, got {value}")
+    return {k: str(int(v)) for k, v in limits.items()}
+
+
+def _warmup_image(config) -> bytes:
+    """A mid-grey PNG of the model's input size: the warm-up request of an encoded model."""
+    import io as _io
+    from PIL import Image
+    _, h, w = config.input_size
+    buf = _io.BytesIO()
+    Image.new("RGB", (w, h), (128, 128, 128)).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _target(model_file: Path, target: Optional[str]):
@@ -329,7 +400,7 @@ def _checked_labels(config, io: dict) -> Optional[List[str]]:
 
 def _write_entry(model_dir: Path, version: int, model_file: Path, filename: str,
                  side: Optional[dict], labels: Optional[List[str]], config_text: str,
-                 with_model_py: bool = False) -> None:
+                 with_model_py: bool = False, warmup_image: Optional[bytes] = None) -> None:
     """Write the model (and its sidecar, and ``model.py`` for the Python backend), the labels
     and ``config.pbtxt``, each atomically; the config last, so the server never sees a config
     without its model."""
@@ -347,6 +418,10 @@ def _write_entry(model_dir: Path, version: int, model_file: Path, filename: str,
                           json.dumps(side_copy, indent=2, sort_keys=True) + "\n")
     if labels is not None:
         atomic_write_text(model_dir / LABELS_FILE, "\n".join(labels) + "\n")
+    if warmup_image is not None:
+        (model_dir / "warmup").mkdir(exist_ok=True)
+        with atomic_path(model_dir / "warmup" / WARMUP_IMAGE) as tmp:
+            Path(tmp).write_bytes(warmup_image)
     atomic_write_text(model_dir / "config.pbtxt", config_text)
 
 

@@ -144,3 +144,60 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _encode(img, fmt: str, **kw) -> bytes:
+    import io
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def image_variants(pixels: np.ndarray) -> dict:
+    """One uint8 RGB picture (H, W, 3) encoded the ways clients send it: ``rgb.png``,
+    ``rgb.jpg``, ``gray.png`` (its luma, as 8-bit grayscale), ``gray_as_rgb.png`` (the same luma in
+    three channels), ``rgba.png`` (with a varying alpha), ``cmyk.jpg``, and ``rotated.png``
+    (stored turned a quarter, with EXIF orientation 6 saying how to turn it upright)."""
+    from PIL import Image
+    rgb = Image.fromarray(pixels, "RGB")
+    gray = rgb.convert("L")
+    alpha = Image.fromarray(np.linspace(0, 255, pixels.shape[0] * pixels.shape[1])
+                            .reshape(pixels.shape[:2]).astype(np.uint8), "L")
+    rgba = rgb.copy()
+    rgba.putalpha(alpha)
+    exif = Image.Exif()
+    exif[0x0112] = 6      # Orientation: the stored image must turn 90° clockwise to stand
+    return {"rgb.png": _encode(rgb, "PNG"), "rgb.jpg": _encode(rgb, "JPEG", quality=95),
+            "gray.png": _encode(gray, "PNG"),
+            "gray_as_rgb.png": _encode(gray.convert("RGB"), "PNG"),
+            "rgba.png": _encode(rgba, "PNG"),
+            "cmyk.jpg": _encode(rgb.convert("CMYK"), "JPEG", quality=95),
+            "rotated.png": _encode(rgb.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif)}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """The signature and IHDR chunk of a ``width`` x ``height`` 8-bit RGB PNG, then an IDAT
+    chunk cut after 16 bytes: a reader that decodes before checking the size fails on
+    truncation instead."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)) + struct.pack(">I", 1 << 20) + b"IDAT"
+            + zlib.compress(b"\0" * 64)[:16])
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid, all-black 8-bit grayscale PNG of ``width`` x ``height``: a few hundred KB that
+    decode to ``width * height`` bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pack = zlib.compressobj(9)
+    row = b"\0" * (width + 1)      # filter byte + pixels
+    idat = b"".join(pack.compress(row) for _ in range(height)) + pack.flush()
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -60,3 +60,76 @@ def test_labels_and_topk():
     assert top[0][:2] == (1, "goldfish") and top[0][2] > 0.9
     assert abs(sum(p for *_, p in topk(logits, 1000)[0]) - 1) < 1e-6
     assert labels_for(engine.get_config("inception_resnet_v1_face")) is None
+
+
+# --------------------------------------------------------------------------- encoded images
+from engine.preprocess import MAX_IMAGE_PIXELS, decode_image  # noqa: E402
+from helpers import image_variants, png_bomb, png_header_only  # noqa: E402
+
+
+def _picture():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, size=(6, 10, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(base).resize((40, 24), Image.Resampling.NEAREST))
+
+
+def test_encoded_variants_decode_alike():
+    """Grayscale is its luma in three channels, alpha is dropped, EXIF orientation is applied
+    (losslessly: equal pixels), CMYK comes back near the RGB it was made from, not inverted;
+    each decodes to the same pixels every time."""
+    pic = _picture()
+    v = image_variants(pic)
+    arr = {k: np.asarray(decode_image(b)) for k, b in v.items()}
+    assert all(a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 for a in arr.values())
+    np.testing.assert_array_equal(arr["rgb.png"], pic)
+    np.testing.assert_array_equal(arr["rotated.png"], pic)
+    np.testing.assert_array_equal(arr["rgba.png"], pic)
+    np.testing.assert_array_equal(arr["gray.png"], arr["gray_as_rgb.png"])
+    # JPEG loss on this blocky noise is ~10 levels; inverted CMYK would be ~100 off
+    assert np.abs(arr["cmyk.jpg"].astype(int) - pic).mean() < 16
+    for k, b in v.items():
+        np.testing.assert_array_equal(np.asarray(decode_image(b)), arr[k], err_msg=k)
+
+
+def test_encoded_bytes_and_files_preprocess_alike(tmp_path):
+    """The bytes path (the served model) and the file path (``inception-engine run``) give
+    the same model input, EXIF rotation included."""
+    c = engine.get_config("inception_resnet_v2_fmnist")
+    for name, data in image_variants(_picture()).items():
+        (tmp_path / name).write_bytes(data)
+        np.testing.assert_array_equal(preprocess(data, c).numpy(),
+                                      preprocess(tmp_path / name, c).numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", r"the image is empty \(0 bytes\)"),
+    (b"GIF89a not really", r"not a readable image \(not a JPEG/PNG file\)"),
+    ("text", "an encoded image must be bytes, got str"),
+    (png_header_only(10_000, 10_000), r"10000x10000 = 100\.0 megapixels, over the limit of 40 "
+                                      "megapixels"),
+])
+def test_encoded_refusals(data, message):
+    with pytest.raises(engine.InputError, match=message):
+        decode_image(data)
+
+
+def test_encoded_limits_and_truncation():
+    png = image_variants(_picture())["rgb.png"]
+    with pytest.raises(engine.InputError, match=f"the image is {len(png):,} bytes, over the "
+                       f"limit of {len(png) - 1:,} bytes"):
+        decode_image(png, max_bytes=len(png) - 1)
+    with pytest.raises(engine.InputError, match="corrupt or truncated PNG image"):
+        decode_image(png[:len(png) // 2])
+    with pytest.raises(engine.InputError, match="over the limit of 0.0009 megapixels"):
+        decode_image(png, max_pixels=900)
+    assert decode_image(png, max_pixels=40 * 24).size == (40, 24)
+    assert MAX_IMAGE_PIXELS == 40_000_000
+
+
+def test_hundred_megapixel_image_refused_from_its_header():
+    """A valid 100-MP PNG (100 MB of pixels in a few hundred KB): refused on its header's size
+    (the message is the pixel limit), and Pillow's own bomb cap does not get there first."""
+    bomb = png_bomb(10_000, 10_000)
+    assert len(bomb) < 1_000_000
+    with pytest.raises(engine.InputError, match="100.0 megapixels, over the limit of 40"):
+        decode_image(bomb)

@@ -34,6 +34,19 @@ def register(sub):
                    help="--target python: CPU threads per instance (default: the engine's)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="no all-zeros warm-up requests before the model is READY")
+    p.add_argument("--input", choices=["tensor", "encoded"], default="tensor",
+                   dest="input_kind", help="tensor: the model's preprocessed float input "
+                   "(default); encoded: JPEG/PNG bytes, one image per request as a UINT8 "
+                   "[1, N] tensor named 'image', decoded and preprocessed in the server "
+                   "(--target python)")
+    p.add_argument("--max-image-bytes", type=positive_int, metavar="N",
+                   help="--input encoded: refuse an image over N bytes (default 32 MiB)")
+    p.add_argument("--max-image-pixels", type=positive_int, metavar="N",
+                   help="--input encoded: refuse an image over N pixels, from its header, "
+                        "before decoding (default 40,000,000)")
+    p.add_argument("--max-queue-size", type=non_negative_int, default=0, metavar="N",
+                   help="requests queued per model before new ones are rejected at once "
+                        "(HTTP 503, gRPC UNAVAILABLE; default 0: no limit)")
     p.set_defaults(func=run)
 
 
@@ -45,7 +58,10 @@ def run(args):
                       max_queue_delay_us=args.max_queue_delay_us,
                       kind=f"KIND_{args.kind.upper()}" if args.kind else None, onnx=args.onnx,
                       target=args.target, engine=args.engine, threads=args.threads,
-                      warmup=args.warmup)
+                      warmup=args.warmup, input_kind=args.input_kind,
+                      max_image_bytes=args.max_image_bytes,
+                      max_image_pixels=args.max_image_pixels,
+                      max_queue_size=args.max_queue_size)
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
         print(f)
     print(f"serve with: inception-engine serve {d.parent}\n"

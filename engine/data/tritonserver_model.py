@@ -6,6 +6,16 @@ process: it opens the file with ``engine.load`` (OpenVINO on a CPU by default; t
 ``backend`` parameter picks another engine) and answers the server's dynamic batches with one
 runtime call each.
 
+With the ``input`` parameter ``encoded`` (``serve-export --input encoded``) each request carries
+one encoded image (JPEG or PNG) as a UINT8 tensor of shape [1, N], its file's bytes, and the
+model decodes and preprocesses it with ``engine.preprocess`` (the code ``inception-engine
+run`` uses on files) before the batch runs. The bytes travel as UINT8, not as a BYTES
+tensor, because the stub bundled with server 2.51 reads BYTES tensors through its numpy
+bridge, which misreads numpy 2 buffers (the stub aborts on the length prefix of every
+element). The input is ragged (``allow_ragged_batch``), so requests of different sizes share
+one dynamic batch. An image that fails its checks fails its own request only: its batchmates
+run and get their answers.
+
 Tensors cross between the server and this process as DLPack capsules (through torch), never
 through the stub's numpy bridge: that bridge is built for numpy 1.x and misreads the arrays of
 numpy 2 (their dtype layout changed), which shows as "output tensor shape does not match size
@@ -59,11 +69,30 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         self.errors = (engine.EngineError, RuntimeError)
         self.bad_input = engine.InputError
+        self.encoded = params.get("input") == "encoded"
+        if self.encoded:
+            if self.runtime.config is None:
+                raise engine.ArtifactError(f"{model_file} carries no model config, so images "
+                                           "cannot be preprocessed for it; export it with "
+                                           "inception-engine export")
+            self.image_limits = {"max_bytes": int(params["max_image_bytes"]),
+                                 "max_pixels": int(params["max_image_pixels"])}
 
     def _inputs(self, request):
         import torch
         tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
-        return torch.from_dlpack(tensor.to_dlpack()).numpy()
+        x = torch.from_dlpack(tensor.to_dlpack()).numpy()
+        return self._decoded(x) if self.encoded else x
+
+    def _decoded(self, data):
+        """The model input of one request's encoded image (UINT8 [1, N])."""
+        from engine.preprocess import decode_image, preprocess
+        if data.ndim != 2 or data.shape[0] != 1:
+            raise self.bad_input(f"input {self.input_name!r} must hold one encoded image per "
+                                 f"request, shape [1, N] (N bytes), got {list(data.shape)}; "
+                                 "send each image as its own request (the server batches them)")
+        image = decode_image(data[0].tobytes(), **self.image_limits)
+        return preprocess(image, self.runtime.config).numpy()
 
     def _response(self, outputs):
         import numpy as np
@@ -89,17 +118,28 @@ class TritonPythonModel:
         return responses
 
     def execute(self, requests):
-        """Run the server's batch of requests as one batch; split the outputs back."""
+        """Run the server's batch of requests as one batch; split the outputs back. A request
+        whose input cannot be read gets its error; the others still run."""
         import numpy as np
-        batches = [self._inputs(r) for r in requests]
+        responses, batches, good = [None] * len(requests), [], []
+        for i, request in enumerate(requests):
+            try:
+                batches.append(self._inputs(request))
+                good.append(i)
+            except self.errors as e:
+                responses[i] = self._error(e)
         if len(batches) == 1:
-            return self._run_each(batches)
-        try:
-            outputs = self.runtime(np.concatenate(batches))
-        except self.errors:
-            return self._run_each(batches)
-        ends = np.cumsum([len(x) for x in batches])[:-1]
-        return [self._response(part) for part in np.split(outputs, ends)]
+            outputs = self._run_each(batches)
+        elif batches:
+            try:
+                joined = self.runtime(np.concatenate(batches))
+                ends = np.cumsum([len(x) for x in batches])[:-1]
+                outputs = [self._response(part) for part in np.split(joined, ends)]
+            except self.errors:
+                outputs = self._run_each(batches)
+        for i, response in zip(good, outputs if batches else []):
+            responses[i] = response
+        return responses
 
     def finalize(self):
         self.runtime.close()
