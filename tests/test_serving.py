@@ -262,3 +262,50 @@ def test_serve_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["serve", str(tmp_path), "--grpc-port", "-1"])
     assert "below the minimum 0" in capsys.readouterr().err
+
+
+def test_encoded_input_repository(tmp_path):
+    """``--input encoded``: a ragged UINT8 ``image`` input, the limits as parameters, and a
+    warm-up request reading a real PNG of the model's input size from ``warmup/``."""
+    from PIL import Image
+    src = tiny_onnx(tmp_path / "m.onnx")
+    d = export_triton(src, tmp_path / "repo", target="python", input_kind="encoded",
+                      max_image_bytes=1000, max_queue_size=6)
+    cfg = parse_config(d / "config.pbtxt")
+    mc = model_config_pb2
+    assert [(i.name, i.data_type, list(i.dims), i.allow_ragged_batch) for i in cfg.input] == \
+        [("image", mc.TYPE_UINT8, [-1], True)]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("logits", [10])]
+    params = _params(cfg)
+    assert (params["input"], params["max_image_bytes"], params["max_image_pixels"]) == \
+        ("encoded", "1000", "40000000")
+    assert cfg.dynamic_batching.default_queue_policy.max_queue_size == 6
+    [warm] = cfg.model_warmup
+    png = d / "warmup" / warm.inputs["image"].input_data_file
+    assert (warm.batch_size, list(warm.inputs["image"].dims)) == (1, [png.stat().st_size])
+    assert Image.open(png).size == (75, 75)
+    assert _all_temp(tmp_path / "repo") == []
+    plain = parse_config(export_triton(src, tmp_path / "r2", target="python") / "config.pbtxt")
+    assert not plain.dynamic_batching.HasField("default_queue_policy")
+    assert not plain.input[0].allow_ragged_batch
+
+
+def test_encoded_input_errors(tmp_path):
+    import onnx
+    src = tiny_onnx(tmp_path / "m.onnx")
+    with pytest.raises(InputError, match="it needs --target python, not onnxruntime_onnx"):
+        export_triton(src, tmp_path / "repo", target="onnxruntime_onnx", input_kind="encoded")
+    with pytest.raises(InputError, match="input 'jpeg' is not one of tensor, encoded"):
+        export_triton(src, tmp_path / "repo", target="python", input_kind="jpeg")
+    with pytest.raises(InputError, match="max_image_pixels must be >= 1, got 0"):
+        export_triton(src, tmp_path / "repo", target="python", input_kind="encoded",
+                      max_image_pixels=0)
+    with pytest.raises(InputError, match="max_queue_size must be >= 0"):
+        export_triton(src, tmp_path / "repo", target="python", max_queue_size=-1)
+    m = onnx.load(str(src))
+    del m.metadata_props[:]
+    onnx.save(m, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(ArtifactError, match="carries no model config, so the server cannot "
+                       "preprocess images"):
+        export_triton(tmp_path / "foreign.onnx", tmp_path / "repo", target="python",
+                      input_kind="encoded")
