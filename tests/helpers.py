@@ -14,8 +14,9 @@ FMNIST = "inception_resnet_v2_fmnist"
 
 
 def tiny_onnx(path, config_name=FMNIST, num_classes=None, qdq=False, zero_point=0,
-              calibration=None):
-    """A small graph with our I/O and metadata: input [N,3,H,W] -> pool -> Gemm -> logits.
+              calibration=None, seed=0):
+    """A small graph with our I/O and metadata: input [N,3,H,W] -> pool -> Gemm -> logits
+    (Gemm weights drawn with ``seed``).
 
     With ``qdq`` a symmetric QuantizeLinear/DequantizeLinear pair sits on the input.
     """
@@ -27,7 +28,7 @@ def tiny_onnx(path, config_name=FMNIST, num_classes=None, qdq=False, zero_point=
         cfg = cfg.with_(num_classes=num_classes)
     c, h, w = cfg.input_size
     k = cfg.num_classes
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(rng.standard_normal((k, c)).astype(np.float32), "W"),
              numpy_helper.from_array(np.zeros(k, np.float32), "B")]
     nodes, src = [], "input"
