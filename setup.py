@@ -23,9 +23,10 @@ setup(
         "cpu": ["openvino>=2024.0", "onnxruntime>=1.18", "onnxscript", "matplotlib"],
         "plot": ["matplotlib"],
         # test-only: reference implementations at random init, serving-config schema, the
-        # end-to-end serving test's clients and scipy (an independent check of the intervals) (the server itself: see "serve" below)
+        # end-to-end serving test's clients and scipy (an independent check of the intervals) (the server itself: see "serve" below);
+        # pyyaml reads the KServe manifest
         "test": ["pytest", "pytest-timeout", "timm", "requests", "tritonclient[http,grpc]",
-                 "matplotlib", "grimp", "scipy"],
+                 "matplotlib", "grimp", "scipy", "pyyaml"],
         # serving: the clients. The Triton Inference Server comes from the nvidia-pytriton wheel,
         # installed WITHOUT its dependencies (it pins numpy<2 for a Python API we never import):
         #   pip install --no-deps nvidia-pytriton==0.7.0

@@ -47,11 +47,27 @@ def register(sub):
     p.add_argument("--max-queue-size", type=non_negative_int, default=0, metavar="N",
                    help="requests queued per model before new ones are rejected at once "
                         "(HTTP 503, gRPC UNAVAILABLE; default 0: no limit)")
+    k = p.add_argument_group("KServe (an InferenceService manifest for this repository)")
+    k.add_argument("--kserve", metavar="FILE", help="also write the InferenceService manifest "
+                   "(serving.kserve.io/v1beta1, Triton runtime) to FILE")
+    k.add_argument("--storage-uri", metavar="URI", help="with --kserve: where the repository "
+                   "is copied for the cluster (s3://, gs://, pvc://, ...)")
+    k.add_argument("--kserve-image", metavar="IMAGE", help="with --kserve: the server image "
+                   "(needed by --target python: one with this package installed)")
+    k.add_argument("--max-replicas", type=positive_int, default=4,
+                   help="with --kserve: most replicas the autoscaler starts (default 4)")
     p.set_defaults(func=run)
 
 
 def run(args):
+    from ..errors import InputError
     from ..tritonserver import export_triton
+    if bool(args.kserve) != bool(args.storage_uri):
+        raise InputError("--kserve FILE and --storage-uri URI go together: the manifest names "
+                         "the URI the repository is copied to")
+    if args.kserve:
+        from ..kserve import check_storage_uri
+        check_storage_uri(args.storage_uri)
     d = export_triton(args.model_file, args.repo, name=args.name, max_batch=args.max_batch,
                       version=args.model_version, instances=args.instances,
                       preferred_batch_sizes=args.preferred,
@@ -64,6 +80,12 @@ def run(args):
                       max_queue_size=args.max_queue_size)
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
         print(f)
+    if args.kserve:
+        from ..kserve import inference_service, write_manifest
+        manifest = inference_service(d, args.storage_uri, image=args.kserve_image,
+                                     max_replicas=args.max_replicas)
+        print(f"{write_manifest(args.kserve, manifest)} (copy {d.parent} to "
+              f"{args.storage_uri}, then kubectl apply -f {args.kserve})")
     print(f"serve with: inception-engine serve {d.parent}\n"
           f"        or: tritonserver --model-repository {d.parent}")
     return 0
