@@ -196,7 +196,8 @@ def png_bomb(width: int, height: int) -> bytes:
     import zlib
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     pack = zlib.compressobj(9)
     row = b"\0" * (width + 1)      # filter byte + pixels

@@ -27,7 +27,8 @@ import pytest
 LAYERS = [
     ("api", ["engine$"]),
     ("apps", ["engine.__main__", "engine.cli", "engine.commands", "engine.study", "engine.anchors",
-              "engine.parity", "engine.tritonserver", "engine.tritonguard", "engine.kserve"]),
+              "engine.parity", "engine.tritonserver", "engine.tritonguard",
+              "engine.kserve"]),
     ("loader", ["engine.loader"]),
     ("engines", ["engine.backends", "calibration"]),
     ("core", ["engine.errors", "engine.fileio", "engine.onnxmeta", "engine.version", "engine.runtime",

@@ -87,10 +87,11 @@ def _group_rss_kib(pgid: int) -> int:
 # --------------------------------------------------------------------------- a flood
 def test_flood_past_the_queue_is_rejected_at_once(no_leftovers):
     """The shipped subject (tens of ms per image here, so requests pile up), one instance,
-    batches of one, a queue of 2, and 48 requests at once over HTTP and again over gRPC: the overflow is rejected with the server's own status (HTTP 503, gRPC
-    UNAVAILABLE, "Exceeds maximum queue size") while it arrives, every accepted request gets
-    its exact answer, every request is answered within the client's timeout, and the server
-    still serves afterwards."""
+    batches of one, a queue of 2, and 48 requests at once over HTTP and again over gRPC: the
+    overflow is rejected with the server's own status (HTTP 503, gRPC UNAVAILABLE, "Exceeds
+    maximum queue size") while it arrives, every accepted request gets its exact answer,
+    every request is answered within the client's timeout, and the server still serves
+    afterwards."""
     tmp = no_leftovers
     onnx_file = engine.export_onnx(engine.create_model("inception_resnet_v2_fmnist",
                                                        weights="bundled"), tmp / "m.onnx")
