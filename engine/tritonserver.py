@@ -57,7 +57,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .errors import ArtifactError, BackendUnavailableError, EngineError, InputError
 from .runtime import count_option
-from .tritonguard import Guard, end_group, group_alive, port_holder
+from .tritonguard import Guard, end_group, port_holder
 
 # numpy dtype name -> the server's data type
 SERVER_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16",
