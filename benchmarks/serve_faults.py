@@ -1,8 +1,9 @@
 """A flood past the queue: what a bounded queue (``serve-export --max-queue-size``) buys.
 
 Subject: the IR-v2 subject (``inception_resnet_v2_fmnist``, bundled weights, 75x75) written
-twice into one python-backend repository, one instance each, batches of one, no queue delay:
-``bounded`` with ``max_queue_size`` 2, ``unbounded`` without a limit. Each round sends a burst
+twice into one python-backend repository, one instance each, batches of one, no queue delay
+(``--delay-us`` sets one): ``bounded`` with ``max_queue_size`` 2, ``unbounded`` without a
+limit. Each round sends a burst
 of ``--burst`` single-image gRPC requests at once to one model, then to the other (rounds
 alternate which goes first); the latency of a request is from its submission to its
 callback. Reported per model: answered and rejected counts, p50/p99 latency of the answered
@@ -73,7 +74,7 @@ def _server_stats(client, model: str) -> dict:
             "compute_infer_ms_mean": int(inf["compute_infer"].get("ns", 0)) / n / 1e6}
 
 
-def run(rounds: int, n: int) -> dict:
+def run(rounds: int, n: int, delay_us: int = 0) -> dict:
     import tritonclient.grpc as grpcclient
     cfg = engine.get_config(SUBJECT)
     raw, _ = datasets.fashion_mnist("test", limit=64)
@@ -86,7 +87,7 @@ def run(rounds: int, n: int) -> dict:
         for name, queue in (("bounded", 2), ("unbounded", 0)):
             tritonserver.export_triton(onnx_file, Path(tmp) / "repo", name=name,
                                        target="python", max_batch=1, preferred_batch_sizes=[],
-                                       max_queue_delay_us=0, max_queue_size=queue)
+                                       max_queue_delay_us=delay_us, max_queue_size=queue)
         with tritonserver.Server(Path(tmp) / "repo", 0, 0, 0) as server:
             client = grpcclient.InferenceServerClient(server.endpoints["grpc"])
             for m in samples:                       # warm-up, not recorded
@@ -107,7 +108,8 @@ def run(rounds: int, n: int) -> dict:
                   "server": server_side[m]}
     out["answered_p99_ratio_bounded_to_unbounded"] = (
         out["bounded"]["answered_ms"]["p99_ms"] / out["unbounded"]["answered_ms"]["p99_ms"])
-    return {"subject": SUBJECT, "rounds": rounds, "burst": n, "cpu": cpu_model(),
+    return {"subject": SUBJECT, "rounds": rounds, "burst": n, "queue_delay_us": delay_us,
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(), "loadavg": Path("/proc/loadavg").read_text().split()[:3],
             "models": out}
 
@@ -116,10 +118,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=4, help="bursts per model")
     p.add_argument("--burst", type=int, default=48, help="requests per burst")
+    p.add_argument("--delay-us", type=int, default=0,
+                   help="both models' max queue delay in microseconds (default 0)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
-    result = run(args.rounds, args.burst)
+    result = run(args.rounds, args.burst, args.delay_us)
     print(json.dumps(result, indent=2))
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
