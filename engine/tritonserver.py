@@ -240,15 +240,17 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
         its own pick) and its CPU threads per instance (default: the engine's).
     warmup: send all-zeros requests (batch 1 and the largest preferred size) before the model
         is READY.
-    input_kind: ``tensor`` (the model's input) or ``encoded`` (JPEG/PNG bytes, target
-        ``python``); max_image_bytes and max_image_pixels cap an encoded image (default
+    input_kind: ``tensor`` (the model's input) or ``encoded`` (JPEG/PNG bytes; the target
+        defaults to ``python``, the only one that takes it); max_image_bytes and max_image_pixels cap an encoded image (default
         ``engine.preprocess.MAX_IMAGE_BYTES`` / ``MAX_IMAGE_PIXELS``).
     max_queue_size: requests the dynamic batcher queues before it rejects new ones at once
         (0: no limit).
     Returns the model directory ``<repo>/<name>``.
     """
     model_file = Path(model_file)
-    target, filename = _target(model_file, target)
+    # images are decoded by this package inside the server: an encoded input picks python
+    target, filename = _target(model_file, target or ("python" if input_kind == "encoded"
+                                                      else None))
     name = _model_name(name, model_file)
     for what, value in (("version", version), ("instances", instances)):
         if int(value) < 1:

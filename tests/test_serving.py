@@ -295,6 +295,11 @@ def test_encoded_input_errors(tmp_path):
     src = tiny_onnx(tmp_path / "m.onnx")
     with pytest.raises(InputError, match="it needs --target python, not onnxruntime_onnx"):
         export_triton(src, tmp_path / "repo", target="onnxruntime_onnx", input_kind="encoded")
+    import kernels.env
+    with pytest.MonkeyPatch.context() as mp:     # on a GPU machine too, encoded means python
+        mp.setattr(kernels.env, "cuda_usable", lambda: True)
+        d = export_triton(src, tmp_path / "gpu", input_kind="encoded")
+        assert parse_config(d / "config.pbtxt").backend == "python"
     with pytest.raises(InputError, match="input 'jpeg' is not one of tensor, encoded"):
         export_triton(src, tmp_path / "repo", target="python", input_kind="jpeg")
     with pytest.raises(InputError, match="max_image_pixels must be >= 1, got 0"):

@@ -38,7 +38,7 @@ def register(sub):
                    dest="input_kind", help="tensor: the model's preprocessed float input "
                    "(default); encoded: JPEG/PNG bytes, one image per request as a UINT8 "
                    "[1, N] tensor named 'image', decoded and preprocessed in the server "
-                   "(--target python)")
+                   "(--target python, its default)")
     p.add_argument("--max-image-bytes", type=positive_int, metavar="N",
                    help="--input encoded: refuse an image over N bytes (default 32 MiB)")
     p.add_argument("--max-image-pixels", type=positive_int, metavar="N",
