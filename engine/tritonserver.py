@@ -578,12 +578,12 @@ class Server:
         ready; on failure the server is stopped and the error quotes its log."""
         if self.process is not None:
             raise EngineError("this server is already started; stop it first")
+        root = bundled_server()
         check_ports_free({k: p for k, p in self.asked.items() if p})
         self.ports = {k: p or free_port() for k, p in self.asked.items()}
         self._workdir = Path(tempfile.mkdtemp(prefix="inception-tritonserver-"))
         log = self.log or self._workdir / "server.log"
         try:
-            root = bundled_server()
             cmd = self.command(_backend_directory(root, self._workdir / "backends"))
             self._guard = Guard(self.shm_prefix)
             with open(log, "wb") as out:
