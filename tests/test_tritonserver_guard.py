@@ -57,6 +57,7 @@ def test_port_holder_names_the_listener(listening):
     assert port_holder(tritonserver.free_port()) is None
 
 
+@needs_server
 def test_port_in_use_is_refused_with_its_holder(tmp_path, listening, capsys):
     """Before anything starts: the port, its role, and this test's PID and command line."""
     (tmp_path / "repo").mkdir()
