@@ -42,7 +42,7 @@ import triton_python_backend_utils as pb_utils
 def _import_path_from_environment():
     entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                if p and os.path.isdir(p)]
-    sys.path[:0] = [p for p in dict.fromkeys(entries)]
+    sys.path[:0] = list(dict.fromkeys(entries))
 
 
 _import_path_from_environment()
@@ -126,8 +126,8 @@ class TritonPythonModel:
             try:
                 batches.append(self._inputs(request))
                 good.append(i)
-            except self.errors as e:
-                responses[i] = self._error(e)
+            except Exception as e:      # noqa: BLE001 - whatever one request's bytes raise
+                responses[i] = self._error(e)   # fails that request alone, with its message
         if len(batches) == 1:
             outputs = self._run_each(batches)
         elif batches:
