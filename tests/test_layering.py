@@ -27,7 +27,7 @@ import pytest
 LAYERS = [
     ("api", ["engine$"]),
     ("apps", ["engine.__main__", "engine.cli", "engine.commands", "engine.study", "engine.anchors",
-              "engine.parity", "engine.tritonserver"]),
+              "engine.parity", "engine.tritonserver", "engine.servetune", "engine.loadgen"]),
     ("loader", ["engine.loader"]),
     ("engines", ["engine.backends", "calibration"]),
     ("core", ["engine.errors", "engine.fileio", "engine.onnxmeta", "engine.version", "engine.runtime",
