@@ -153,6 +153,13 @@ def apply_setting(config, setting: Setting):
     return new
 
 
+def input_spec(config) -> List[dict]:
+    """The config's inputs as :func:`engine.loadgen.make_inputs` takes them."""
+    pb, _ = _pb()
+    return [{"name": t.name, "data_type": pb.DataType.Name(t.data_type), "dims": list(t.dims)}
+            for t in config.input]
+
+
 def model_dir(repo, name: str) -> Path:
     """``repo/name``, checked: the repository exists and holds that model."""
     repo = Path(repo)
@@ -268,13 +275,7 @@ class Sweep:
         shutil.copyfile(mdir / CONFIG, self.entry / CONFIG)
         self.server = _ExplicitServer(self.entry.parent, self.name, log=log)
         self.timeout = timeout
-        self.inputs = [{"name": t.name, "data_type": self._type_name(t.data_type),
-                        "dims": list(t.dims)} for t in self.base.input]
-
-    @staticmethod
-    def _type_name(value: int) -> str:
-        pb, _ = _pb()
-        return pb.DataType.Name(value)
+        self.inputs = input_spec(self.base)
 
     def __enter__(self):
         self.server.start(timeout=self.timeout)

@@ -310,3 +310,10 @@ def test_cli_unknown_model_and_missing_repo(tmp_path, capsys):
     assert "no model 'beta'" in err and "(models there: alpha)" in err
     assert cli.main(["serve-tune", str(tmp_path / "nope"), "--model", "alpha"]) == 2
     assert "no such model repository" in capsys.readouterr().err
+
+
+def test_input_spec_feeds_the_load_generator():
+    spec = servetune.input_spec(servetune.parse_config(_config_text()))
+    assert spec == [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, 75, 75]}]
+    (name, wire, x), = loadgen.make_inputs(spec)
+    assert (name, wire, x.shape) == ("input", "FP32", (1, 3, 75, 75))
