@@ -371,12 +371,13 @@ def progress_bar(total: int):
 def sweep(mdir: Path, settings: Sequence[Setting], concurrencies: Sequence[int],
           requests: int, seconds: float, warmup: Optional[int] = None, log=None,
           timeout: float = 180.0, step: Callable[[str], None] = lambda text: None,
-          confirm: int = 0) -> dict:
+          confirm: int = 0, p99_ms: Optional[float] = None) -> dict:
     """Measure the current config and every setting at every concurrency; returns
     ``{"rows": [...], "base": ModelConfig, "confirm": [...]}``. ``warmup``: unmeasured
     requests before each point (default: two per client). ``confirm``: rounds of the
-    current config and the chosen one measured again, alternately, at the chosen point's
-    concurrency (a paired check of the sweep's ratio on a machine whose load drifts)."""
+    current config and the one :func:`select` chooses (with ``p99_ms``) measured again,
+    alternately, at the chosen point's concurrency (a paired check of the sweep's ratio on a
+    machine whose load drifts)."""
     for what, values in (("concurrency", concurrencies), ("requests", [requests])):
         if not values or any(int(v) < 1 for v in values):
             raise InputError(f"{what} must be >= 1, got {list(values)}")
@@ -397,14 +398,13 @@ def sweep(mdir: Path, settings: Sequence[Setting], concurrencies: Sequence[int],
                 figures = run.measure(c, requests, seconds, 2 * c if warmup is None else warmup)
                 rows.append(_row(setting, is_current, c, figures))
                 step(f"{setting.label()} @ {c}: {figures['throughput_ips']:.0f} img/s")
-        checks = _confirm(run, rows, current, confirm, requests, seconds, warmup) \
-            if confirm else []
+        checks = _confirm(run, select(rows, p99_ms), current, confirm, requests, seconds,
+                          warmup) if confirm else []
     return {"rows": rows, "base": run.base, "confirm": checks}
 
 
-def _confirm(run: Sweep, rows, current: Setting, rounds: int, requests: int, seconds: float,
-             warmup: Optional[int]) -> List[dict]:
-    best = select(rows)
+def _confirm(run: Sweep, best: Optional[dict], current: Setting, rounds: int, requests: int,
+             seconds: float, warmup: Optional[int]) -> List[dict]:
     if best is None or best["current"]:
         return []
     chosen = Setting(best["instances"], best["max_batch"], best["queue_delay_us"],
@@ -482,6 +482,20 @@ def compare(chosen: dict, base: Optional[dict]) -> Optional[dict]:
             "current_throughput_ips": base["throughput_ips"], "current_p99_ms": base["p99_ms"]}
 
 
+def confirmed(pairs: Sequence[dict]) -> Optional[dict]:
+    """The median, over the confirmation rounds, of each round's chosen / current ratios."""
+    import statistics
+    pairs = [p for p in pairs if _ok(p["current"]) and _ok(p["chosen"])]
+    if not pairs:
+        return None
+    return {"rounds": len(pairs), "concurrency": pairs[0]["concurrency"],
+            "throughput_ratio": statistics.median(p["chosen"]["throughput_ips"]
+                                                  / p["current"]["throughput_ips"]
+                                                  for p in pairs),
+            "p99_ratio": statistics.median(p["chosen"]["p99_ms"] / p["current"]["p99_ms"]
+                                           for p in pairs)}
+
+
 def tune(repo, name: str, settings: Sequence[Setting], concurrencies: Sequence[int],
          requests: int, seconds: float, p99_ms: Optional[float] = None,
          dry_run: bool = False, warmup: Optional[int] = None, log=None,
@@ -496,10 +510,11 @@ def tune(repo, name: str, settings: Sequence[Setting], concurrencies: Sequence[i
     mdir = model_dir(repo, name)
     old_text = (mdir / CONFIG).read_text()
     done = sweep(mdir, settings, concurrencies, requests, seconds, warmup=warmup, log=log,
-                 timeout=timeout, step=step, confirm=confirm)
+                 timeout=timeout, step=step, confirm=confirm, p99_ms=p99_ms)
     rows = done["rows"]
     result = {"model": name, "repo": str(repo), "p99_target_ms": p99_ms, "rows": rows,
-              "confirm": done["confirm"], "chosen": None, "versus_current": None,
+              "confirm": done["confirm"], "confirmed": confirmed(done["confirm"]),
+              "chosen": None, "versus_current": None,
               "written": None, "backup": None}
     chosen = select(rows, p99_ms)
     if chosen is None:

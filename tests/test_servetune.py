@@ -317,3 +317,17 @@ def test_input_spec_feeds_the_load_generator():
     assert spec == [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, 75, 75]}]
     (name, wire, x), = loadgen.make_inputs(spec)
     assert (name, wire, x.shape) == ("input", "FP32", (1, 3, 75, 75))
+
+
+def test_confirmed_takes_the_median_of_each_rounds_ratio():
+    def fig(ips, p99, failures=0):
+        return {"requests": 10, "failures": failures, "throughput_ips": ips, "p99_ms": p99}
+    pairs = [{"concurrency": 8, "current": fig(100.0, 50.0), "chosen": fig(150.0, 40.0)},
+             {"concurrency": 8, "current": fig(50.0, 100.0), "chosen": fig(150.0, 50.0)},
+             {"concurrency": 8, "current": fig(100.0, 50.0), "chosen": fig(110.0, 45.0)},
+             {"concurrency": 8, "current": fig(100.0, 50.0), "chosen": fig(900.0, 1.0, 1)}]
+    c = servetune.confirmed(pairs)
+    assert c["rounds"] == 3                               # the round with a failure is out
+    assert c["throughput_ratio"] == pytest.approx(1.5)    # of 1.5, 3.0, 1.1
+    assert c["p99_ratio"] == pytest.approx(0.8)           # of 0.8, 0.5, 0.9
+    assert servetune.confirmed([]) is None

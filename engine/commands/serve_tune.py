@@ -74,6 +74,10 @@ def run(args):
         print(f"confirm @ {pair['concurrency']}: current {cur['throughput_ips']:.1f} img/s "
               f"p99 {cur['p99_ms']:.2f} ms, chosen {new['throughput_ips']:.1f} img/s "
               f"p99 {new['p99_ms']:.2f} ms")
+    if result["confirmed"]:
+        c = result["confirmed"]
+        print(f"confirmed over {c['rounds']} alternating rounds (median of chosen / current): "
+              f"throughput x{c['throughput_ratio']:.2f}, p99 x{c['p99_ratio']:.2f}")
     if result["chosen"] is None:
         raise EngineError(result["error"])
     chosen, vs = result["chosen"], result["versus_current"]
