@@ -482,6 +482,19 @@ def compare(chosen: dict, base: Optional[dict]) -> Optional[dict]:
             "current_throughput_ips": base["throughput_ips"], "current_p99_ms": base["p99_ms"]}
 
 
+def per_concurrency(rows: Sequence[dict], p99_ms: Optional[float] = None) -> List[dict]:
+    """At each concurrency: the swept setting :func:`select` picks there (within the target),
+    beside the current config at that concurrency, as ratios."""
+    out = []
+    for c in sorted({r["concurrency"] for r in rows}):
+        best = select([r for r in rows if r["concurrency"] == c and not r["current"]], p99_ms)
+        vs = compare(best, baseline_at(rows, c)) if best else None
+        out.append({"concurrency": c, "best": best["config"] if best else None,
+                    "throughput_ips": best["throughput_ips"] if best else None,
+                    "p99_ms": best["p99_ms"] if best else None, **(vs or {})})
+    return out
+
+
 def confirmed(pairs: Sequence[dict]) -> Optional[dict]:
     """The median, over the confirmation rounds, of each round's chosen / current ratios."""
     import statistics
@@ -521,6 +534,7 @@ def tune(repo, name: str, settings: Sequence[Setting], concurrencies: Sequence[i
         result["error"] = _unmet(rows, p99_ms)
         return result
     result["chosen"] = chosen
+    result["per_concurrency"] = per_concurrency(rows, p99_ms)
     result["versus_current"] = compare(chosen, baseline_at(rows, chosen["concurrency"]))
     if chosen["current"] or dry_run:
         return result

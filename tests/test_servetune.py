@@ -331,3 +331,13 @@ def test_confirmed_takes_the_median_of_each_rounds_ratio():
     assert c["throughput_ratio"] == pytest.approx(1.5)    # of 1.5, 3.0, 1.1
     assert c["p99_ratio"] == pytest.approx(0.8)           # of 0.8, 0.5, 0.9
     assert servetune.confirmed([]) is None
+
+
+def test_per_concurrency_best_swept_setting_against_the_current_config():
+    table = {c["concurrency"]: c for c in servetune.per_concurrency(ROWS, 50.0)}
+    assert sorted(table) == [1, 4, 8]
+    assert table[1]["best"] == Setting(1, 4, 0).label()
+    assert table[1]["throughput_ratio"] == pytest.approx(160.0 / 150.0)
+    assert table[4]["best"] == Setting(1, 4, 0).label() and "throughput_ratio" not in table[4]
+    assert table[8]["best"] == Setting(1, 4, 0).label()          # 2x8x500 misses 50 ms
+    assert table[8]["p99_ratio"] == pytest.approx(45.0 / 80.0)

@@ -69,6 +69,11 @@ def run(args):
     print(format_table(result["rows"]))
     print("(* the current config; latencies are the client's, queue and compute the server's "
           "mean per request)")
+    for c in result.get("per_concurrency", []):
+        if c["best"] and "throughput_ratio" in c:
+            print(f"best swept @ {c['concurrency']}: {c['best']}: {c['throughput_ips']:.1f} "
+                  f"img/s, p99 {c['p99_ms']:.2f} ms; against the current config: throughput "
+                  f"x{c['throughput_ratio']:.2f}, p99 x{c['p99_ratio']:.2f}")
     for pair in result["confirm"]:
         cur, new = pair["current"], pair["chosen"]
         print(f"confirm @ {pair['concurrency']}: current {cur['throughput_ips']:.1f} img/s "
