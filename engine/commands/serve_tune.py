@@ -12,8 +12,7 @@ def register(sub):
     from ..servetune import (DEFAULT_CONCURRENCY, DEFAULT_DELAYS_US, DEFAULT_INSTANCES,
                              DEFAULT_MAX_BATCHES)
     p = add_command(sub, "serve-tune", "inception-engine serve-tune models --model irv2_fmnist "
-                    "--p99-ms 50\ninception-engine serve-tune models --model irv2_fmnist "
-                    "--instances 1 --max-batch 4 8 --dry-run --out sweep.csv",
+                    "--p99-ms 25 --out sweep.csv",
                     help="sweep instances, max batch and queue delay of a served model under "
                          "load (127.0.0.1 only) and write the best config")
     p.add_argument("repo", help="model repository (written by serve-export)")
