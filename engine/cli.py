@@ -21,7 +21,7 @@ import sys
 import traceback
 
 COMMANDS = ["models", "run", "export", "verify", "quantize", "study", "build", "bench",
-            "serve_export", "serve"]
+            "serve_export", "serve", "serve_tune"]
 ERROR_STATUS = 2
 LOGGERS = ("engine", "calibration", "kernels")
 _LEVELS = {0: logging.WARNING, 1: logging.INFO}

@@ -28,7 +28,7 @@ LAYERS = [
     ("api", ["engine$"]),
     ("apps", ["engine.__main__", "engine.cli", "engine.commands", "engine.study", "engine.anchors",
               "engine.parity", "engine.tritonserver", "engine.tritonguard",
-              "engine.kserve"]),
+              "engine.kserve", "engine.servetune", "engine.loadgen"]),
     ("loader", ["engine.loader"]),
     ("engines", ["engine.backends", "calibration"]),
     ("core", ["engine.errors", "engine.fileio", "engine.onnxmeta", "engine.version", "engine.runtime",
