@@ -95,7 +95,9 @@ def test_sweep_writes_the_best_config_and_the_server_runs_it(repo, tmp_path):
     assert all(r["failures"] == 0 and r["requests"] == 30 for r in rows)
     # the server saw every measured request and reports its own times beside the client's
     assert all(r["server_requests"] == 30 and r["compute_ms"] > 0 for r in rows)
-    assert rows[0]["queue_ms"] > rows[1]["queue_ms"]
+    # the slow config's 100 ms batch wait is a floor on its queue time, whatever the load
+    # (comparing it with the swept row's queue time would be a speed check, and load decides it)
+    assert rows[0]["queue_ms"] >= 50
     assert result["chosen"]["max_batch"] == 4 and result["written"]
     assert result["versus_current"]["throughput_ratio"] > 1
     assert "chosen: 1 inst, max batch 4, delay 0 us" in done.stdout
