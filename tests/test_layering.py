@@ -6,7 +6,8 @@ layers or closes a cycle, it only hides it from the interpreter until the call.
 Layers, top first; a module may import its own layer and the layers below, never above:
 
 - api: ``engine`` (the package façade, lazy names only);
-- apps: the CLI and its commands, the study, parity checks, Triton Inference Server export;
+- apps: the CLI and its commands, the study, parity checks, Triton Inference Server export,
+  its guard process and the KServe manifest;
 - loader: ``engine.loader`` (``engine.load``);
 - engines: ``engine.backends`` and ``calibration``, independent of each other;
 - core: the ``engine`` modules named in the table (errors, file I/O, ONNX metadata, models,
