@@ -17,10 +17,11 @@ What it prints and writes (``--out`` JSON):
   the Reorder/Convert nodes between layers;
 - **the islands**: every compute layer of the runtime model (after the plugin's fusions) that
   runs in a float precision, with the source ops fused into it (what causes it);
-- **the INT8 peak**: a chain of large Q/DQ convolutions (3x3 and 1x1) on the same plugin and
-  threads; the best MAC rate is the machine's achievable INT8 peak, and each file's fraction of
-  it is the network's MACs (counted from the model, ``engine.models.stats.count_macs``)
-  divided by its batch-1 latency;
+- **the INT8 peak**: chains of large uint8 Q/DQ convolutions (3x3 and 1x1) on the same
+  plugin, threads and hint; the fastest shape (best call of each) is then timed in every paired
+  round beside the files, and each file's fraction of the peak is, per round, its MAC rate
+  (the network's MACs, counted from the model by ``engine.models.stats.count_macs``, over its
+  batch-1 latency) over the chain's MAC rate in that round;
 - **speed, paired**: batch-1 latency and batch-8 call time under the LATENCY hint, and batch-8
   images/s under the THROUGHPUT hint (as many callers as infer requests,
   :func:`engine.timing.concurrent_rate`), the files interleaved round by round (the order
@@ -139,20 +140,27 @@ def open_runtime(path, threads: int, hint: str = "latency", profile: bool = Fals
 
 
 # ----------------------------------------------------------------------------- the profile
-def profile(rt, x: np.ndarray, runs: int) -> List[dict]:
-    """Per executed node: name, type, exec_type and mean ms over ``runs`` inferences."""
-    request = rt.compiled.create_infer_request()
-    request.infer({0: x})                                  # first run: allocations
-    total: Dict[str, dict] = {}
-    for _ in range(runs):
-        request.infer({0: x})
-        for p in request.profiling_info:
-            if str(p.status).endswith("NOT_RUN"):
-                continue
-            row = total.setdefault(p.node_name, {"name": p.node_name, "type": p.node_type,
-                                                 "exec_type": p.exec_type, "ms": 0.0})
-            row["ms"] += p.real_time.total_seconds() * 1e3 / runs
-    return list(total.values())
+def profile(runtimes: Dict[str, object], x: np.ndarray, runs: int) -> Dict[str, List[dict]]:
+    """Per file, per executed node: name, type, exec_type and the median ms over ``runs``
+    inferences, the files run in turn (one inference each per round, so a busy machine
+    slows them alike)."""
+    requests = {k: rt.compiled.create_infer_request() for k, rt in runtimes.items()}
+    samples: Dict[str, Dict[str, dict]] = {k: {} for k in runtimes}
+    for k, request in requests.items():
+        request.infer({0: x})                              # first run: allocations
+    for r in range(runs):
+        for k in (list(requests) if r % 2 == 0 else list(requests)[::-1]):
+            requests[k].infer({0: x})
+            for p in requests[k].profiling_info:
+                if str(p.status).endswith("NOT_RUN"):
+                    continue
+                row = samples[k].setdefault(p.node_name, {
+                    "name": p.node_name, "type": p.node_type, "exec_type": p.exec_type,
+                    "times": []})
+                row["times"].append(p.real_time.total_seconds() * 1e3)
+    return {k: [{"name": n["name"], "type": n["type"], "exec_type": n["exec_type"],
+                 "ms": float(np.median(n["times"]))} for n in nodes.values()]
+            for k, nodes in samples.items()}
 
 
 def class_table(nodes: List[dict], layers: List[dict]) -> Dict[str, dict]:
@@ -232,60 +240,75 @@ def conv_chain(path: Path, channels: int, size: int, kernel: int, depth: int) ->
 PEAK_SHAPES = ((384, 35, 3, 4), (1024, 17, 1, 8), (256, 71, 3, 2))
 
 
-def int8_peak(work: Path, threads: int, rounds: int) -> dict:
-    """The best MAC rate of :data:`PEAK_SHAPES` (channels, size, kernel, depth) on OpenVINO at
-    batch 1, ``threads`` threads, LATENCY hint; each shape's runtime precision checked."""
-    from engine.backends.openvino import runtime_layers
-    from engine.timing import time_calls
-    shapes = []
+def peak_files(work: Path) -> Dict[str, dict]:
+    """``{shape name: {"path", "macs", "channels", "size"}}`` of :data:`PEAK_SHAPES` (channels,
+    size, kernel, depth): the candidates for the INT8 peak."""
+    out = {}
     for channels, size, kernel, depth in PEAK_SHAPES:
+        name = f"{depth} x conv {kernel}x{kernel} {channels}->{channels} at {size}x{size}"
         path = work / f"peak_{channels}_{size}_{kernel}x{kernel}_{depth}.onnx"
         macs = conv_chain(path, channels, size, kernel, depth)
-        with open_runtime(path, threads) as rt:
+        out[name] = {"path": path, "macs": macs, "channels": channels, "size": size}
+    return out
+
+
+def choose_peak(peaks: Dict[str, dict], threads: int, iters: int) -> dict:
+    """Each candidate's best (minimum) MAC rate at batch 1 and its runtime precision; the
+    fastest shape is the one the paired rounds time beside the files."""
+    from engine.backends.openvino import runtime_layers
+    from engine.timing import time_calls
+    shapes = {}
+    for name, p in peaks.items():
+        with open_runtime(p["path"], threads) as rt:
             kinds = Counter(f"{layer['type']} {layer['precision']}"
                             for layer in runtime_layers(rt.compiled)
                             if layer["type"] == "Convolution")
-            x = np.random.default_rng(1).standard_normal((1, channels, size, size),
-                                                         np.float32)
-            ms = float(np.median(time_calls(lambda: rt(x), iters=rounds, warmup=3,
-                                            cuda=False)))
-        shapes.append({"shape": f"{depth} x conv {kernel}x{kernel} {channels}->{channels} "
-                                f"at {size}x{size}", "gmacs": macs / 1e9, "ms": ms,
-                       "tmacs_per_s": macs / ms / 1e9, "convs": dict(kinds)})
-    best = max(shapes, key=lambda s: s["tmacs_per_s"])
-    return {"tmacs_per_s": best["tmacs_per_s"], "shapes": shapes}
+            x = np.random.default_rng(1).standard_normal((1, p["channels"], p["size"],
+                                                          p["size"]), np.float32)
+            ms = min(time_calls(lambda: rt(x), iters=iters, warmup=2, cuda=False))
+        shapes[name] = {"gmacs": p["macs"] / 1e9, "best_ms": ms,
+                        "best_tmacs_per_s": p["macs"] / ms / 1e9, "convs": dict(kinds)}
+    best = max(shapes, key=lambda k: shapes[k]["best_tmacs_per_s"])
+    return {"shape": best, "shapes": shapes}
 
 
 # ----------------------------------------------------------------------------- speed, paired
 def _spread(values) -> dict:
     a = np.asarray(values, np.float64)
     return {"median": float(np.median(a)), "p10": float(np.percentile(a, 10)),
-            "p90": float(np.percentile(a, 90)), "n": int(a.size)}
+            "p90": float(np.percentile(a, 90)), "min": float(a.min()), "n": int(a.size)}
 
 
 def paired_speed(files: Dict[str, Path], threads: int, rounds: int, iters: int,
-                 baseline: str = "nncf") -> dict:
+                 peak: dict, baseline: str = "nncf") -> dict:
     """Batch-1 latency and batch-8 call time (LATENCY hint) and batch-8 images/s (THROUGHPUT
-    hint, one caller per infer request) of every file, interleaved; per-round ratios to
-    ``baseline``."""
+    hint, one caller per infer request) of every file, and the batch-1 time of the ``peak``
+    conv chain (``{"path", "macs", "channels", "size"}``), interleaved round by round;
+    per-round ratios to ``baseline``, and the peak's MAC rate per round."""
     from engine.timing import concurrent_rate, time_calls
     x1 = synthetic_images(1, SIZE, seed=1)
     x8 = synthetic_images(8, SIZE, seed=2)
+    xp = np.random.default_rng(1).standard_normal((1, peak["channels"], peak["size"],
+                                                   peak["size"]), np.float32)
     latency = {k: open_runtime(p, threads, "latency") for k, p in files.items()}
+    latency["peak"] = open_runtime(peak["path"], threads, "latency")
     throughput = {k: open_runtime(p, threads, "throughput") for k, p in files.items()}
+    inputs = {k: x1 for k in files}
+    inputs["peak"] = xp
     samples = defaultdict(lambda: defaultdict(list))
     names = list(files)
     try:
         for k in names:                                    # warm every request once
             latency[k](x1), latency[k](x8), throughput[k](x8)
+        latency["peak"](xp)
         for r in range(rounds):
             order = names if r % 2 == 0 else names[::-1]
-            for k in order:
+            for k in (*order, "peak"):
                 samples["b1_ms"][k].append(float(np.median(time_calls(
-                    lambda: latency[k](x1), iters=iters, warmup=0, cuda=False))))
+                    lambda: latency[k](inputs[k]), iters=iters, warmup=0, cuda=False))))
             for k in order:
                 samples["b8_ms"][k].append(float(np.median(time_calls(
-                    lambda: latency[k](x8), iters=max(1, iters // 4), warmup=0, cuda=False))))
+                    lambda: latency[k](x8), iters=iters, warmup=0, cuda=False))))
             for k in order:
                 rt = throughput[k]
                 rate = concurrent_rate(lambda: rt(x8), rt.num_requests, 2 * rt.num_requests,
@@ -296,13 +319,25 @@ def paired_speed(files: Dict[str, Path], threads: int, rounds: int, iters: int,
     finally:
         for rt in (*latency.values(), *throughput.values()):
             rt.close()
-    out = {"streams_throughput_hint": streams}
+    peak_ms = np.asarray(samples["b1_ms"].pop("peak"))
+    out = {"streams_throughput_hint": streams,
+           "peak_tmacs_per_s": _spread(peak["macs"] / peak_ms / 1e9)}
     for metric, per_file in samples.items():
         out[metric] = {k: _spread(v) for k, v in per_file.items()}
         out[metric + "_vs_" + baseline] = {
             k: _spread(np.asarray(v) / np.asarray(per_file[baseline]))
             for k, v in per_file.items() if k != baseline}
+    out["b1_ms_rounds"] = {k: list(v) for k, v in samples["b1_ms"].items()}
+    out["peak_ms_rounds"] = peak_ms.tolist()
     return out
+
+
+def fraction_of_peak(speed: dict, macs: int, peak_macs: int) -> Dict[str, dict]:
+    """Per file, per round: (the network's MACs / its batch-1 time) / (the peak chain's MACs /
+    its time in the same round)."""
+    peak_rate = peak_macs / np.asarray(speed["peak_ms_rounds"])
+    return {k: _spread(macs / np.asarray(v) / peak_rate)
+            for k, v in speed["b1_ms_rounds"].items()}
 
 
 # ----------------------------------------------------------------------------- accuracy
@@ -312,8 +347,10 @@ SUBJECT = "inception_resnet_v2_fmnist"
 def accuracy(work: Path, threads: int, method: str, calib_images: int, log=print) -> dict:
     """Top-1 on the subject's 10k test images of ours (each variant) and NNCF's file, all
     quantized from the same ``calib_images`` calibration images and run as in the profile,
-    each paired with PyTorch FP32 on the same images (:class:`engine.intervals.Paired`)."""
-    import torch
+    each paired with FP32 on the same images (:class:`engine.intervals.Paired`). The FP32
+    reference is the FP32 export on OpenVINO at f32 (``inception-engine verify`` holds it to
+    PyTorch's logits; its top-1 count is checked against the subject's record, which PyTorch
+    measured), because PyTorch eager takes far longer on 10k images on a shared 2-core box."""
     import calibration
     import engine
     from engine.anchors import ANCHORS
@@ -330,8 +367,13 @@ def accuracy(work: Path, threads: int, method: str, calib_images: int, log=print
     fp32 = work / "fp32.onnx"
     if not fp32.exists():
         engine.export_onnx(model, fp32)
-    with torch.no_grad():
-        ref = predict(lambda b: model(torch.from_numpy(b)).numpy(), x).argmax(1)
+    from engine.backends.openvino import OpenVINORuntime
+    with OpenVINORuntime(fp32, precision="fp32", threads=threads) as rt:
+        ref = predict(rt, x).argmax(1)
+    record = json.loads((Path(engine.__file__).parent / "data" / f"{SUBJECT}.json").read_text())
+    if int((ref == labels).sum()) != record["test_correct"]:
+        log(f"  note: FP32 on OpenVINO gets {int((ref == labels).sum())} right, the record "
+            f"(PyTorch) {record['test_correct']}")
     stats = calibration.collect_statistics(fp32, calib, threads=threads)
     files = {}
     for name, options in VARIANTS.items():
@@ -339,7 +381,8 @@ def accuracy(work: Path, threads: int, method: str, calib_images: int, log=print
                                            statistics=stats, method=method, target="openvino",
                                            **options).path
     files["nncf"] = ANCHORS["nncf"].quantize(fp32, calib, work, threads, name="nncf")[0]
-    rows = {"fp32 (torch)": {"top1": 100.0 * float((ref == labels).mean())}}
+    rows = {"fp32 (openvino f32)": {"top1": 100.0 * float((ref == labels).mean()),
+                                    "record_top1_pytorch": record["test_top1"]}}
     for name, path in files.items():
         with open_runtime(path, threads) as rt:
             pred = predict(rt, x).argmax(1)
@@ -358,10 +401,11 @@ def print_report(res: dict) -> None:
     print(f"\n{res['machine']['cpu']} ({res['machine']['isa']}), {res['threads']} threads, "
           f"loadavg {res['machine']['loadavg_start']} -> {res['machine']['loadavg_end']}")
     head = " | ".join(f"{k} ms | {k} kernels (count) | {k} reorders" for k in files)
-    print(f"| class | {head} |")
-    print("|---|" + "---|---|---|" * len(files))
+    print(f"| class | {head} | " + " | ".join(f"{k} / nncf" for k in files if k != "nncf")
+          + " |")
+    print("|---|" + "---|---|---|" * len(files) + "---|" * (len(files) - 1))
     for c in ORDER:
-        cells = []
+        cells, base = [], res["profiles"]["nncf"]["classes"].get(c, {}).get("ms")
         for k in files:
             row = res["profiles"][k]["classes"].get(c)
             if row is None:
@@ -370,6 +414,10 @@ def print_report(res: dict) -> None:
             kernels = ", ".join(f"{name} ({n})" for name, n in row["kernels"].items())
             cells.append(f"{row['ms']:.2f} | {kernels} | {row['moves']} ({row['moves_ms']:.2f} "
                          "ms)")
+        for k in files:
+            ms = res["profiles"][k]["classes"].get(c, {}).get("ms")
+            if k != "nncf":
+                cells.append(f"{ms / base:.2f}" if ms and base else "-")
         print(f"| {c} | " + " | ".join(cells) + " |")
     for k in files:
         p = res["profiles"][k]
@@ -382,9 +430,12 @@ def print_report(res: dict) -> None:
         for m in sorted(p["moves"], key=lambda m: -m["ms"])[:12]:
             print(f"  {m['type']} {m['class']}: {m['exec_type']} {m['ms']:.3f} ms  {m['name']}")
     peak = res["int8_peak"]
-    print(f"\nINT8 peak: {peak['tmacs_per_s']:.3f} TMAC/s")
-    for s in peak["shapes"]:
-        print(f"  {s['shape']}: {s['ms']:.2f} ms, {s['tmacs_per_s']:.3f} TMAC/s  {s['convs']}")
+    tm = peak["paired_tmacs_per_s"]
+    print(f"\nINT8 peak ({peak['shape']}, timed in the rounds): {tm['median']:.3f} TMAC/s "
+          f"[p10 {tm['p10']:.3f}, p90 {tm['p90']:.3f}]")
+    for name, s in peak["shapes"].items():
+        print(f"  {name}: best {s['best_ms']:.2f} ms, {s['best_tmacs_per_s']:.3f} TMAC/s  "
+              f"{s['convs']}")
     sp = res["speed"]
     for metric in ("b1_ms", "b8_ms", "b8_tput_ips"):
         for k, v in sp[metric].items():
@@ -393,7 +444,9 @@ def print_report(res: dict) -> None:
                                               f"[{ratio['p10']:.3f}, {ratio['p90']:.3f}]")
             frac = ""
             if metric == "b1_ms":
-                frac = f"  {res['fraction_of_peak'][k]:.1%} of the INT8 peak"
+                f = res["fraction_of_peak"][k]
+                frac = (f"  {f['median']:.1%} of the INT8 peak [p10 {f['p10']:.1%}, "
+                        f"p90 {f['p90']:.1%}]")
             print(f"{metric} {k}: {v['median']:.2f} [p10 {v['p10']:.2f}, p90 {v['p90']:.2f}]"
                   f"{extra}{frac}")
     print(f"THROUGHPUT-hint streams: {sp['streams_throughput_hint']}")
@@ -414,10 +467,11 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/cpu_profile", help="files kept here, reused")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calib", type=int, default=8, help="synthetic calibration images")
-    ap.add_argument("--profile-runs", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
-    ap.add_argument("--iters", type=int, default=4, help="batch-1 calls per file per round")
-    ap.add_argument("--peak-iters", type=int, default=20)
+    ap.add_argument("--profile-runs", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=40, help="interleaved timing rounds")
+    ap.add_argument("--iters", type=int, default=1, help="batch-1 calls per file per round")
+    ap.add_argument("--peak-iters", type=int, default=10,
+                    help="calls per peak candidate when choosing the shape")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"our files to compare (of {', '.join(VARIANTS)})")
     ap.add_argument("--accuracy-method", default="mse",
@@ -445,20 +499,27 @@ def main(argv=None):
     with torch.device("meta"):
         macs = count_macs(create_model(ARCH), (3, SIZE, SIZE))
     x1 = synthetic_images(1, SIZE, seed=1)
-    profiles = {}
-    for name, path in compared.items():
-        with open_runtime(path, args.threads, profile=True) as rt:
-            nodes = profile(rt, x1, args.profile_runs)
-            layers = runtime_layers(rt.compiled)
-        profiles[name] = {"total_ms": sum(n["ms"] for n in nodes),
-                          "classes": class_table(nodes, layers),
-                          "islands": islands(nodes, layers), "moves": moves(nodes)}
-    peak = int8_peak(work, args.threads, args.peak_iters)
-    speed = paired_speed(compared, args.threads, args.rounds, args.iters)
+    runtimes = {k: open_runtime(p, args.threads, profile=True) for k, p in compared.items()}
+    try:
+        per_file = profile(runtimes, x1, args.profile_runs)
+        layers = {k: runtime_layers(rt.compiled) for k, rt in runtimes.items()}
+    finally:
+        for rt in runtimes.values():
+            rt.close()
+    profiles = {k: {"total_ms": sum(n["ms"] for n in nodes),
+                    "classes": class_table(nodes, layers[k]),
+                    "islands": islands(nodes, layers[k]), "moves": moves(nodes),
+                    "nodes": nodes}
+                for k, nodes in per_file.items()}
+    candidates = peak_files(work)
+    peak = choose_peak(candidates, args.threads, args.peak_iters)
+    speed = paired_speed(compared, args.threads, args.rounds, args.iters,
+                         candidates[peak["shape"]])
+    peak["paired_tmacs_per_s"] = speed["peak_tmacs_per_s"]
     res = {"model": ARCH, "size": SIZE, "gmacs": macs / 1e9, "threads": args.threads,
            "openvino": ov.__version__, "profiles": profiles, "int8_peak": peak, "speed": speed,
-           "fraction_of_peak": {k: macs / (v["median"] * 1e-3) / (peak["tmacs_per_s"] * 1e12)
-                                for k, v in speed["b1_ms"].items()},
+           "fraction_of_peak": fraction_of_peak(speed, macs,
+                                                candidates[peak["shape"]]["macs"]),
            "machine": {"cpu": cpu_model(), "isa": isa(), "nproc": os.cpu_count(),
                        "loadavg_start": load_start, "loadavg_end": os.getloadavg()}}
     if not args.skip_accuracy:
