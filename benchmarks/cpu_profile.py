@@ -10,8 +10,8 @@ INT8 runtime's fallback: bf16 where the CPU has it).
 
 What it prints and writes (``--out`` JSON):
 
-- **the profile**: each file compiled with ``PERF_COUNT``; the per-node times of
-  ``--profile-runs`` inferences at batch 1 are summed per layer class (stem, Block35,
+- **the profile**: each file compiled with ``PERF_COUNT``; each node's best time over
+  ``--profile-runs`` inferences at batch 1 (the files in turn) is summed per layer class (stem, Block35,
   Reduction-A, Block17, Reduction-B, Block8, the final 1x1 conv, head) with the kernels
   OpenVINO chose (``exec_type``: ``brgconv_avx512_amx_I8``, ``jit_avx512_amx_bf16``, ...) and
   the Reorder/Convert nodes between layers;
@@ -141,9 +141,10 @@ def open_runtime(path, threads: int, hint: str = "latency", profile: bool = Fals
 
 # ----------------------------------------------------------------------------- the profile
 def profile(runtimes: Dict[str, object], x: np.ndarray, runs: int) -> Dict[str, List[dict]]:
-    """Per file, per executed node: name, type, exec_type and the median ms over ``runs``
-    inferences, the files run in turn (one inference each per round, so a busy machine
-    slows them alike)."""
+    """Per file, per executed node: name, type, exec_type, ``ms`` (the best of ``runs``
+    inferences: on a shared machine a node's median can include time the thread was
+    preempted, its minimum is the node's own work) and ``median_ms``; the files run in turn,
+    one inference each per round."""
     requests = {k: rt.compiled.create_infer_request() for k, rt in runtimes.items()}
     samples: Dict[str, Dict[str, dict]] = {k: {} for k in runtimes}
     for k, request in requests.items():
@@ -159,7 +160,8 @@ def profile(runtimes: Dict[str, object], x: np.ndarray, runs: int) -> Dict[str, 
                     "times": []})
                 row["times"].append(p.real_time.total_seconds() * 1e3)
     return {k: [{"name": n["name"], "type": n["type"], "exec_type": n["exec_type"],
-                 "ms": float(np.median(n["times"]))} for n in nodes.values()]
+                 "ms": float(np.min(n["times"])), "median_ms": float(np.median(n["times"]))}
+                for n in nodes.values()]
             for k, nodes in samples.items()}
 
 
@@ -198,6 +200,29 @@ def moves(nodes: List[dict]) -> List[dict]:
     """Every Reorder and Convert that ran, with its time."""
     return [dict(n, **{"class": layer_class(n["name"])}) for n in nodes
             if n["type"] in ("Reorder", "Convert")]
+
+
+def sibling_heads(fp32_path) -> List[List[str]]:
+    """Groups of 1x1 convs of the FP32 export that read the same tensor (the branch heads of
+    an Inception block): what one merged conv (weights concatenated, output split) would
+    replace. Node names as the ONNX has them."""
+    import onnx
+    proto = onnx.load(str(fp32_path), load_external_data=False)
+    by_input: Dict[str, List[str]] = defaultdict(list)
+    for n in proto.graph.node:
+        kernel = next((list(a.ints) for a in n.attribute if a.name == "kernel_shape"), None)
+        if n.op_type == "Conv" and kernel == [1, 1]:
+            by_input[n.input[0]].append(n.name)
+    return [names for names in by_input.values() if len(names) > 1]
+
+
+def heads_ms(nodes: List[dict], groups: List[List[str]]) -> dict:
+    """The time of the sibling heads in a profile: its total and node count (a merge could at
+    best remove part of it: the per-node overhead of all but one conv per group)."""
+    wanted = {name for group in groups for name in group}
+    hits = [n for n in nodes if n["type"] == "Convolution"
+            and n["name"].rsplit("/", 1)[0] in wanted]
+    return {"ms": sum(n["ms"] for n in hits), "convs": len(hits), "groups": len(groups)}
 
 
 # ----------------------------------------------------------------------------- the INT8 peak
@@ -424,6 +449,9 @@ def print_report(res: dict) -> None:
         print(f"\n{k}: {p['total_ms']:.2f} ms profiled, {len(p['islands'])} float layers "
               f"({sum(i['ms'] for i in p['islands']):.2f} ms), {len(p['moves'])} reorders/"
               f"converts ({sum(m['ms'] for m in p['moves']):.2f} ms)")
+        h = p["sibling_heads"]
+        print(f"  sibling 1x1 heads: {h['convs']} convs in {h['groups']} groups, "
+              f"{h['ms']:.2f} ms")
         for i in p["islands"]:
             print(f"  float {i['class']}: {i['type']} {i['precision']} {i['exec_type']} "
                   f"{i['ms']:.3f} ms  {i['name']}  (fused: {i['fused'][:120]})")
@@ -506,7 +534,9 @@ def main(argv=None):
     finally:
         for rt in runtimes.values():
             rt.close()
+    groups = sibling_heads(files["fp32"])
     profiles = {k: {"total_ms": sum(n["ms"] for n in nodes),
+                    "sibling_heads": heads_ms(nodes, groups),
                     "classes": class_table(nodes, layers[k]),
                     "islands": islands(nodes, layers[k]), "moves": moves(nodes),
                     "nodes": nodes}
