@@ -2,8 +2,8 @@
 class, on OpenVINO's CPU plugin, from one process.
 
 Inception-ResNet-v2 at 299x299 (random weights: speed does not depend on them), exported FP32,
-then quantized twice from the same calibration images: ours (``calibration.quantize``,
-target ``openvino``, one file per ``--variant``) and NNCF's (the ``nncf`` anchor of
+then quantized from the same calibration images: ours (``calibration.quantize``, target
+``openvino``, one file per ``--variants`` entry of :data:`VARIANTS`) and NNCF's (the ``nncf`` anchor of
 ``engine.anchors``: ``nncf.quantize``, default preset). Both are opened the same way
 (:class:`engine.backends.openvino.OpenVINORuntime`, ``--threads`` threads, float layers at the
 INT8 runtime's fallback: bf16 where the CPU has it).
@@ -11,8 +11,9 @@ INT8 runtime's fallback: bf16 where the CPU has it).
 What it prints and writes (``--out`` JSON):
 
 - **the profile**: each file compiled with ``PERF_COUNT``; each node's best time over
-  ``--profile-runs`` inferences at batch 1 (the files in turn) is summed per layer class (stem, Block35,
-  Reduction-A, Block17, Reduction-B, Block8, the final 1x1 conv, head) with the kernels
+  ``--profile-runs`` inferences at batch 1 (the files in turn) is summed per layer class
+  (stem, Block35, Reduction-A, Block17, Reduction-B, Block8, the final 1x1 conv, head), with
+  the sibling 1x1 heads' share (what merging them could save at most), the kernels
   OpenVINO chose (``exec_type``: ``brgconv_avx512_amx_I8``, ``jit_avx512_amx_bf16``, ...) and
   the Reorder/Convert nodes between layers;
 - **the islands**: every compute layer of the runtime model (after the plugin's fusions) that
@@ -26,12 +27,14 @@ What it prints and writes (``--out`` JSON):
   images/s under the THROUGHPUT hint (as many callers as infer requests,
   :func:`engine.timing.concurrent_rate`), the files interleaved round by round (the order
   flipped every round) so a busy machine slows them alike; medians over rounds with p10/p90,
-  and the per-round ratio to NNCF's.
+  and the per-round ratio to NNCF's;
+- **accuracy** (unless ``--skip-accuracy``): top-1 of ours (each variant) and NNCF's on the
+  shipped subject's 10k test images with paired intervals against FP32 (:func:`accuracy`).
 
-    python -m benchmarks.cpu_profile --work /tmp/cpu_profile --out benchmarks/results/cpu_profile.json
+    python -m benchmarks.cpu_profile --work /tmp/cpu_profile --out /tmp/cpu_profile.json
 
 The FP32 export, the calibration statistics and every quantized file are kept in ``--work``
-and reused by the next run.
+and reused by the next run (by name: empty it after changing how a file is written).
 """
 from __future__ import annotations
 
