@@ -35,7 +35,7 @@ Public API (stable; extend, don't rename):
 
 - ``quantize(onnx_in, onnx_out, data=None, method="entropy", exclude=(), percentile=99.99,
   num_images=None, batch_size=32, statistics=None, scales=None, auto_exclude=0,
-  sensitivity_images=64, quantize_gemm=False, target=None, unsigned_relu=None,
+  sensitivity_images=64, quantize_gemm=None, target=None, unsigned_relu=None,
   bias_correction=None, bias_images=128, cache=None, cache_version=None, threads=None,
   progress=False) -> QuantizeResult``. ``bias_correction``: shift each conv's bias by the
   mean error quantization adds to its output (``calibration/bias.py``); None applies it

@@ -50,6 +50,7 @@ from engine.runtime import count_option
 
 from .errors import CalibrationArgumentError, CalibrationError
 from .methods import METHODS
+from .targets import DEFAULT_TARGET, get_target, quantizes_head
 
 METRICS = ("top1", "agreement")
 
@@ -347,8 +348,9 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
     if statistics is None:
         statistics = collect_statistics(proto, data, num_images=num_images,
                                         batch_size=batch_size, threads=threads)
-    plan = plan_quantization(proto, options.get("exclude", ()),
-                             quantize_gemm=options.get("quantize_gemm", False))
+    head = quantizes_head(get_target(options.get("target") or DEFAULT_TARGET),
+                          options.get("quantize_gemm"))
+    plan = plan_quantization(proto, options.get("exclude", ()), quantize_gemm=head)
     exclude = list(options.pop("exclude", ()))
     out = Path(onnx_out)
     trial = out.with_name(f".{out.name}.budget-trial.onnx")   # each step's file, until one fits

@@ -12,8 +12,12 @@ OpenVINO runs fast):
 - a Concat whose output is read only by quantized consumers reads every input quantized with
   one shared scale, the output's; a MaxPool likewise passes its input's scale through. These
   tensors form a *scale group* whose amax is the largest of its members';
-- an AveragePool reads its input quantized when its output is quantized (it is requantized);
-- Gemm (the classifier, < 0.1 % of the MACs) stays float unless ``quantize_gemm=True``.
+- an AveragePool or GlobalAveragePool reads its input quantized when its output is quantized
+  (it is requantized); a Flatten passes its input's scale through, like a MaxPool;
+- Gemm (the classifier, < 0.1 % of the MACs) stays float unless ``quantize_gemm=True``; with
+  it, the head (global pool, Flatten, classifier) is int8 end to end, as NNCF writes it: on
+  OpenVINO a float head costs a bf16/f32 pool, a float conv output before it and a float
+  classifier (``benchmarks/cpu_profile.py``).
 
 ``nonnegative`` lists the scale groups whose every member is provably >= 0 (ReLU outputs and
 pools/concats of them). With ``unsigned_relu=True`` the writer quantizes those to uint8 with
@@ -36,7 +40,7 @@ from engine.export import module_path  # noqa: F401  (the exporter's node-name c
 
 from .errors import AlreadyQuantizedError, CalibrationError
 
-PASSTHROUGH = {"Concat", "MaxPool"}
+PASSTHROUGH = {"Concat", "MaxPool", "Flatten"}
 
 
 def load_fp32(model):
@@ -213,7 +217,7 @@ def plan_quantization(proto, exclude: Iterable[str] = (), quantize_gemm: bool = 
             for k in range(len(n.input)):
                 read_quantized(n, k)
                 uf.union(n.output[0], n.input[k])
-        elif op == "AveragePool" and n.output[0] in readers:
+        elif op in ("AveragePool", "GlobalAveragePool") and n.output[0] in readers:
             read_quantized(n, 0)
     plan.layers.reverse()
     order = {}

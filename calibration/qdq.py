@@ -15,7 +15,7 @@ from .errors import CalibrationError
 from .graph import QuantPlan, load_fp32, plan_quantization
 from .methods import METHODS, QMAX, check_percentile, quantize_weight
 from .nodes import activation_qdq, qdq_names
-from .targets import TARGET_FIELD, resolve_target, wants_bias_correction
+from .targets import TARGET_FIELD, quantizes_head, resolve_target, wants_bias_correction
 
 
 def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: bool = False,
@@ -242,7 +242,7 @@ def _save(out, onnx_out, check, cache, cache_version, from_cache, amax):
 def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Sequence[str] = (),
              percentile: float = 99.99, num_images: Optional[int] = None, batch_size: int = 32,
              statistics=None, scales=None, auto_exclude: int = 0, sensitivity_images: int = 64,
-             quantize_gemm: bool = False, target: Optional[str] = None,
+             quantize_gemm: Optional[bool] = None, target: Optional[str] = None,
              unsigned_relu: Optional[bool] = None, bias_correction: Optional[bool] = None,
              bias_images: int = 128, cache=None,
              cache_version: Optional[str] = None,
@@ -255,6 +255,8 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     wrote it) is given. method: minmax | percentile | entropy | mse. exclude: node names or
     module paths kept in float. auto_exclude: also keep the K layers of largest output error
     (:func:`calibration.sensitivity`, on the first ``sensitivity_images`` images) in float.
+    quantize_gemm: the head (global pool, Flatten, classifier) in int8 too; None (default): the
+    target's choice (``Target.quantize_head``: int8 on openvino, float elsewhere).
     target: the engine the file is for (``calibration.targets.TARGETS``): "openvino" gets
     uint8 (zero point 0) on non-negative tensors (ReLU outputs and their concats/pools);
     "tensorrt" (the default), "triton" and "onnxruntime" get signed int8 everywhere. The
@@ -276,10 +278,19 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     _check_arguments(onnx_in, onnx_out, data, method, auto_exclude, bias_correction)
     proto = load_fp32(onnx_in)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
-    plan = plan_quantization(proto, exclude, quantize_gemm=quantize_gemm)
+    head = quantizes_head(chosen, quantize_gemm)
+    plan = plan_quantization(proto, exclude, quantize_gemm=head)
     stats, from_cache = statistics, None
     if scales is not None:
-        amax, from_cache = _ranges_from_scales(plan, scales)
+        try:
+            amax, from_cache = _ranges_from_scales(plan, scales)
+        except CalibrationError:
+            if quantize_gemm is not None or not head:
+                raise
+            # scales made for a float head (a TensorRT or ModelOpt cache): keep the head float
+            head = False
+            plan = plan_quantization(proto, exclude, quantize_gemm=False)
+            amax, from_cache = _ranges_from_scales(plan, scales)
     else:
         amax, stats = _ranges_from_statistics(
             proto, plan, stats, data, method, percentile,
@@ -291,7 +302,7 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     if auto_exclude:
         plan, amax, ranking = _auto_exclude(
             proto, plan, amax, stats, data, auto_exclude, method, percentile, exclude,
-            quantize_gemm, dict(num_images=sensitivity_images, batch_size=batch_size,
+            head, dict(num_images=sensitivity_images, batch_size=batch_size,
                                 threads=threads, progress=progress))
     auto_excluded = [r.node for r in ranking[:auto_exclude]] if ranking is not None else []
     final = plan.group_amax(amax)

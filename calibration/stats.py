@@ -197,7 +197,8 @@ def collect_statistics(model, data, tensors: Optional[Sequence[str]] = None,
     num_images = check_num_images(num_images)
     proto = load_fp32(model)
     if tensors is None:
-        tensors = plan_quantization(proto).activation_tensors()
+        # every tensor any plan may quantize (the head's too), so one pass serves every target
+        tensors = plan_quantization(proto, quantize_gemm=True).activation_tensors()
     tensors = list(dict.fromkeys(tensors))
     sess = _session_with_outputs(proto, tensors, threads)
     in_name = sess.get_inputs()[0].name

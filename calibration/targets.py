@@ -26,6 +26,12 @@ The target is written into the file's ``inception.calibration`` record under
 :data:`TARGET_FIELD`; ``engine.load`` reads it back with :func:`file_target` and warns, through
 :func:`mismatch`, when a file runs on an engine whose layout differs.
 
+The head (global pool, Flatten, classifier: < 0.1 % of the MACs) is int8 on the openvino
+target (:attr:`Target.quantize_head`, as NNCF writes it): kept float, OpenVINO's CPU plugin ran
+the pool and the classifier in bf16 and the last conv with a float output, its slower jit
+kernel instead of brgconv (``benchmarks/cpu_profile.py``; benchmarks/RESULTS.md, "Where the CPU
+time goes"). The other targets keep it float unless ``quantize_gemm=True``.
+
 Layers kept in higher precision (``exclude``, ``auto_exclude``, ``max_drop``) stay float in the
 file; the engine runs them at its float precision: :attr:`Target.fallback` names it (OpenVINO:
 BF16 where the CPU has it, else FP32; TensorRT and Triton: FP16 on the GPU; ONNX Runtime's CPU
@@ -53,6 +59,8 @@ class Target:
     # calibration methods whose files bias correction improved on this target's engines
     # (validation split of the three shipped subjects; ``calibration/bias.py``)
     bias_correction: FrozenSet[str] = frozenset()
+    # the head (global pool, Flatten, classifier) in int8 when ``quantize_gemm`` is not given
+    quantize_head: bool = False
 
 
 # Bias correction pays where the range method clips hard: entropy cuts the long tails of ReLU
@@ -68,7 +76,8 @@ CLIPPING_METHODS = frozenset({"entropy"})
 TARGETS: Dict[str, Target] = {t.name: t for t in (
     Target("openvino", True, "bf16 where the CPU has it, else fp32",
            "OpenVINO's CPU plugin keeps a Concat (and the conv after it) in int8 only when its "
-           "input is uint8", input_weight_qmax=63, bias_correction=CLIPPING_METHODS),
+           "input is uint8", input_weight_qmax=63, bias_correction=CLIPPING_METHODS,
+           quantize_head=True),
     Target("onnxruntime", False, "fp32",
            "ONNX Runtime's uint8 kernels saturate on x86 CPUs without VNNI; signed int8 stays "
            "accurate on every CPU", bias_correction=CLIPPING_METHODS),
@@ -110,6 +119,12 @@ def resolve_target(target: Optional[str], unsigned_relu: Optional[bool]) -> Targ
             f"unsigned_relu={unsigned_relu} contradicts target={target!r} (whose layout is "
             f"{'uint8' if chosen.unsigned_relu else 'int8'} after ReLU); pass only target")
     return chosen
+
+
+def quantizes_head(target: Target, quantize_gemm: Optional[bool]) -> bool:
+    """Whether the file's head (global pool, Flatten, classifier) is int8: ``quantize_gemm``
+    when given, else the target's default (:attr:`Target.quantize_head`)."""
+    return target.quantize_head if quantize_gemm is None else bool(quantize_gemm)
 
 
 def wants_bias_correction(target: Target, method: str) -> bool:

@@ -62,6 +62,30 @@ def time_calls(fn: Callable[[], object], iters: int = 20, warmup: int = 3,
     return times
 
 
+def concurrent_rate(fn: Callable[[], object], workers: int, calls: int,
+                    warmup: int = 1) -> Dict[str, float]:
+    """Calls per second of ``fn()`` with ``workers`` threads calling at once: ``calls`` calls
+    in all, after ``warmup`` untimed calls per worker.
+
+    This is throughput as a server sees it: an engine that runs several requests in parallel
+    (OpenVINO's THROUGHPUT hint: one infer request per stream) only shows its rate when that
+    many callers keep it busy. ``fn`` must be thread-safe (every runtime here is). Returns
+    ``calls``, ``seconds``, ``calls_per_s`` and ``workers``."""
+    from concurrent.futures import ThreadPoolExecutor
+    workers = count_option("workers", workers, 1, allow_none=False)
+    calls = count_option("calls", calls, 1, allow_none=False)
+    warmup = count_option("warmup", warmup, 0, allow_none=False)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for f in [pool.submit(fn) for _ in range(warmup * workers)]:
+            f.result()
+        start = time.perf_counter()
+        for f in [pool.submit(fn) for _ in range(calls)]:
+            f.result()
+        seconds = time.perf_counter() - start
+    return {"calls": calls, "seconds": seconds, "calls_per_s": calls / seconds,
+            "workers": workers}
+
+
 def median_ms(fn: Callable[[], object], iters: int = 20, warmup: int = 3,
               cuda: Optional[bool] = None) -> float:
     """Median of :func:`time_calls`."""

@@ -102,8 +102,15 @@ def test_openvino_gives_the_image_layers_7_bit_weights(files):
 
 
 def test_targets_share_one_set_of_ranges(files):
+    """One calibration: every tensor two targets quantize has one range; the openvino file
+    adds only its int8 head's (the last conv's output, the pooled features)."""
     ranges = {t: r.amax for t, r in files.items()}
-    assert all(a == ranges["tensorrt"] for a in ranges.values())
+    signed = ranges["tensorrt"]
+    for a in ranges.values():
+        assert {t: a[t] for t in signed} == signed
+    extra = set(ranges["openvino"]) - set(signed)
+    assert len(extra) == 3 and any("Flatten" in t for t in extra), extra
+    assert all(set(a) == set(signed) for t, a in ranges.items() if t != "openvino")
 
 
 def test_several_targets_calibrate_once(fp32, images, tmp_path, monkeypatch):
@@ -187,3 +194,55 @@ def test_cli_target_defaults_to_openvino(fp32, images, tmp_path, capsys):
                  "--method", "minmax", "--target", "triton", "--json"]) == 0
     assert _record(out)["target"] == "triton"
     assert set(_zero_point_types(out).values()) == {np.dtype(np.int8)}
+
+
+def _float_islands(path):
+    from engine.backends.openvino import OpenVINORuntime, float_layers, runtime_layers
+    with OpenVINORuntime(path, threads=1) as rt:
+        return runtime_layers(rt.compiled), float_layers(rt.compiled)
+
+
+def test_openvino_target_runs_without_a_float_island(files, fp32, stats, tmp_path):
+    """On OpenVINO's compiled model (after its fusions, not the ONNX), every compute layer of
+    the openvino-target file runs in int8: convs, concats, pools, the global pool and the
+    classifier (benchmarks/cpu_profile.py found nothing that must stay float). The same
+    network with the head left float shows its island, so the check can fail."""
+    pytest.importorskip("openvino")
+    layers, islands = _float_islands(files["openvino"].path)
+    convs = [la for la in layers if la["type"] == "Convolution"]
+    assert len(convs) > 200 and all(la["precision"] in ("u8", "i8") for la in convs)
+    assert {"Reduce", "FullyConnected"} <= {la["type"] for la in layers}
+    assert islands == [], "float layers: " + "; ".join(
+        f"{la['type']} {la['precision']} {la['name']}" for la in islands)
+
+    float_head = calibration.quantize(fp32, tmp_path / "float-head.onnx", statistics=stats,
+                                      method="minmax", target="openvino", quantize_gemm=False)
+    kinds = {la["type"] for la in _float_islands(float_head.path)[1]}
+    assert {"Reduce", "FullyConnected"} <= kinds
+
+
+def _head_is_int8(path) -> bool:
+    """Whether the classifier reads int8 weights and a quantized input."""
+    proto = onnx.load(str(path))
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    return [producers.get(t) for t in gemm.input[:2]] == ["DequantizeLinear"] * 2
+
+
+def test_only_the_openvino_target_quantizes_the_head(files):
+    """The classifier is int8 in the openvino file and float in the others."""
+    assert {t: _head_is_int8(r.path) for t, r in files.items()} == {
+        t: t == "openvino" for t in files}
+
+
+def test_a_cache_without_the_head_keeps_it_float(files, fp32, tmp_path):
+    """Scales made for a float head (a TensorRT cache) still write an openvino file: its head
+    stays float instead of the call failing on the missing tensors."""
+    cache = tmp_path / "trt.cache"
+    calibration.quantize(fp32, tmp_path / "t.onnx", statistics=None, scales=files["tensorrt"]
+                         .amax, target="tensorrt", cache=cache)
+    res = calibration.quantize(fp32, tmp_path / "ov.onnx", scales=cache, target="openvino")
+    assert not _head_is_int8(res.path)
+    with pytest.raises(calibration.CalibrationError, match="lack"):
+        calibration.quantize(fp32, tmp_path / "ov2.onnx", scales=cache, target="openvino",
+                             quantize_gemm=True)

@@ -183,6 +183,92 @@ class OpenVINORuntime(Runtime):
         super().close()
 
 
+# ----------------------------------------------------------------------------- what ran how
+# The runtime model's layer types that compute (what a float island is made of); the rest
+# (Input, Output, Reorder, Convert, Reshape, ...) only move or relabel data.
+COMPUTE_LAYERS = frozenset({"Convolution", "Deconvolution", "FullyConnected", "MatMul",
+                            "Pooling", "Eltwise", "Concatenation", "Subgraph", "Reduce",
+                            "Interpolate", "MVN", "Softmax", "GatherElements"})
+FLOAT_PRECISIONS = frozenset({"f32", "bf16", "f16"})
+
+
+def _rt_text(rt, key: str) -> str:
+    value = rt.get(key) if hasattr(rt, "get") else (rt[key] if key in rt else None)
+    if value is None:
+        return ""
+    return value.astype(str) if hasattr(value, "astype") else str(value)
+
+
+def runtime_layers(compiled) -> list:
+    """How OpenVINO's CPU plugin runs each layer of a compiled model, in execution order:
+    ``{"name", "type" (layerType), "precision" (runtimePrecision), "outputs"
+    (outputPrecisions), "original" (the source ops fused into it)}`` from the runtime model's
+    rt_info, after the plugin's fusions, so it says what really runs (the ONNX says what was
+    asked for)."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        out.append({"name": op.get_friendly_name(),
+                    "type": _rt_text(rt, "layerType") or op.get_type_name(),
+                    "precision": _rt_text(rt, "runtimePrecision"),
+                    "outputs": _rt_text(rt, "outputPrecisions"),
+                    "original": _rt_text(rt, "originalLayersNames")})
+    return out
+
+
+def float_layers(compiled) -> list:
+    """The compute layers of :func:`runtime_layers` that run in a float precision (f32, bf16,
+    f16): a quantized file's float islands."""
+    return [layer for layer in runtime_layers(compiled)
+            if layer["type"] in COMPUTE_LAYERS and layer["precision"] in FLOAT_PRECISIONS]
+
+
+# ----------------------------------------------------------------------------- hints
+def hint_throughput(path, batch: int = 8, hints: Sequence[str] = ("latency", "throughput"),
+                    threads: Optional[int] = None, precision: Optional[str] = None,
+                    calls_per_request: int = 4, config: Optional[dict] = None) -> Dict[str, dict]:
+    """Images/s of ``path`` at ``batch`` under each performance hint, as a server sees it:
+    as many callers at once as the compiled model has infer requests (one per stream), each
+    sending random ``batch``-image calls (:func:`engine.timing.concurrent_rate`).
+
+    Returns ``{hint: {"images_per_s", "streams", "requests", "calls", "seconds"}}``;
+    :func:`choose_hint` picks the better one. Hints are timed one after the other (one
+    runtime at a time); a paired comparison of two files interleaves its own rounds."""
+    from ..timing import concurrent_rate
+    batch = count_option("batch", batch, allow_none=False)
+    calls_per_request = count_option("calls_per_request", calls_per_request, allow_none=False)
+    unknown = [h for h in hints if h not in _HINTS]
+    if unknown or not hints:
+        raise InputError(f"hints must be some of {', '.join(_HINTS)}, got {list(hints)!r}")
+    results = {}
+    for hint in hints:
+        rt = OpenVINORuntime(path, precision=precision, threads=threads, hint=hint,
+                             config=config)
+        with rt:
+            shape = rt.config.input_size if rt.config is not None else tuple(
+                rt.inputs[0].shape[1:])
+            if any(d is None for d in shape):
+                raise InputError(f"{path}: the input size is unknown (no config, dynamic "
+                                 "spatial dims); export it with its config")
+            x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+            workers = rt.num_requests
+            rate = concurrent_rate(lambda: rt(x), workers, calls_per_request * workers)
+            results[hint] = {"images_per_s": rate["calls_per_s"] * batch,
+                             "streams": int(rt.compiled.get_property("NUM_STREAMS")),
+                             "requests": workers, "calls": rate["calls"],
+                             "seconds": rate["seconds"]}
+    return results
+
+
+def choose_hint(measured: Dict[str, dict]) -> tuple:
+    """``(hint, streams)`` of the faster entry of :func:`hint_throughput`'s result: what a
+    server deploys (its instance count is the streams)."""
+    if not measured:
+        raise InputError("no hint was measured")
+    hint = max(measured, key=lambda h: measured[h]["images_per_s"])
+    return hint, measured[hint]["streams"]
+
+
 def _request_pool(compiled) -> "queue.Queue":
     """A queue holding ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` infer requests of ``compiled``."""
     size = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))

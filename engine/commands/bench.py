@@ -8,6 +8,11 @@ A TensorRT plan gets trtexec's performance summary instead of the table: through
 (queries/s and images/s over the timed run), host latency (host array in, host array out:
 the copies to and from the GPU included) and GPU compute time (a CUDA tensor in and out,
 timed with CUDA events on the stream: the engine's work alone).
+
+An OpenVINO file also gets its throughput under each ``--hint`` (default LATENCY and
+THROUGHPUT) as a server sees it: as many callers at once as the compiled model has infer
+requests (one per stream), :func:`engine.backends.openvino.hint_throughput`; the faster hint
+and its stream count are what a deployment should use.
 """
 from __future__ import annotations
 
@@ -38,6 +43,11 @@ def register(sub):
                         "trtexec --duration); --iters is then the minimum count")
     p.add_argument("--device-input", action="store_true",
                    help="feed a torch CUDA tensor (GPU engines: excludes host<->device copies)")
+    p.add_argument("--hint", nargs="+", choices=("latency", "throughput"),
+                   default=["latency", "throughput"],
+                   help="OpenVINO: the performance hints whose concurrent throughput is "
+                        "measured per batch size (default both; the table above is one "
+                        "caller under LATENCY)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -165,10 +175,11 @@ def run(args):
                              device_input=args.device_input)
             r.update(engine=f"{rt.backend}/{rt.precision}")
             rows.append(r)
+    hints = _hint_rows(rt, args) if rt.backend == "openvino" else {}
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.json:
         print(json.dumps({"model": args.model, "threads": args.threads, "loadavg_1m": load_avg,
-                          "results": rows}, indent=2))
+                          "results": rows, "hints": hints}, indent=2))
         return 0
     name = rt.config.name if rt.config is not None else "config unknown"
     print(f"{args.model} ({name}) on {rt.backend}/{rt.precision}, threads "
@@ -180,4 +191,19 @@ def run(args):
         print(f"  {r['batch']:>5} {r['min_ms']:8.2f} {r['mean_ms']:8.2f} {r['p50_ms']:8.2f} "
               f"{r['p90_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f} "
               f"{r['throughput_ips']:9.1f} {r['n']:>5}")
+    if hints:
+        from ..backends.openvino import choose_hint
+        print("  concurrent callers (one per infer request), images/s:")
+        for b, measured in hints.items():
+            best, streams = choose_hint(measured)
+            cells = ", ".join(f"{h.upper()} {m['images_per_s']:.1f} ({m['streams']} streams, "
+                              f"{m['requests']} requests)" for h, m in measured.items())
+            print(f"  {b:>5} {cells}; faster: {best.upper()} with {streams} streams")
     return 0
+
+
+def _hint_rows(rt, args) -> Dict[int, dict]:
+    """``{batch: hint_throughput(...)}`` for an OpenVINO runtime, opened as ``rt`` was."""
+    from ..backends.openvino import hint_throughput
+    return {b: hint_throughput(rt.path, b, hints=args.hint, threads=args.threads,
+                               precision=rt.precision) for b in args.batch}

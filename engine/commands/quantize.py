@@ -1,6 +1,7 @@
 """``inception-engine quantize``: FP32 ONNX + calibration images -> symmetric INT8 Q/DQ ONNX."""
 from __future__ import annotations
 
+import argparse
 import json
 
 from calibration.budget import AUTO
@@ -44,8 +45,10 @@ def register(sub):
                    help="also keep the K layers with the largest output error when quantized "
                         "alone in float (sensitivity analysis on --sensitivity-images images)")
     p.add_argument("--sensitivity-images", type=positive_int, default=64, metavar="N")
-    p.add_argument("--quantize-gemm", action="store_true",
-                   help="quantize the classifier too (default: float; < 0.1%% of the MACs)")
+    p.add_argument("--quantize-gemm", action=argparse.BooleanOptionalAction, default=None,
+                   help="the head (global pool and classifier, < 0.1%% of the MACs) in int8 "
+                        "(default: the target's choice: int8 for openvino, where it was "
+                        "measured faster, float for the others)")
     p.add_argument("--target", choices=list(TARGETS), default=None,
                    help="the engine that will run OUT.onnx; each gets its fastest Q/DQ layout "
                         "(openvino: uint8 after ReLU; onnxruntime, tensorrt, triton: signed "
