@@ -291,6 +291,26 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
     return model_dir
 
 
+def measured_instances(model_file, batch: int = 8, threads: Optional[int] = None,
+                       measure=None) -> dict:
+    """The instance count and threads per instance for ``--target python`` on OpenVINO, from
+    a measurement: the model's images/s at ``batch`` under the LATENCY and THROUGHPUT hints
+    (:func:`engine.backends.openvino.hint_throughput`). The faster hint's stream count
+    becomes the instance count: each python-backend instance runs one batch at a time, so
+    the server's instances play the part of the streams, and the threads are split between
+    them (at least one each).
+
+    ``measure`` replaces ``hint_throughput`` (same arguments, same result). Returns
+    ``{"instances", "threads", "hint", "measured"}``."""
+    from .backends.openvino import choose_hint, hint_throughput
+    total = count_option("threads", threads) or os.cpu_count() or 1
+    measured = (measure or hint_throughput)(model_file, batch=batch, threads=total)
+    hint, streams = choose_hint(measured)
+    streams = max(1, int(streams))
+    return {"instances": streams, "threads": max(1, total // streams), "hint": hint,
+            "measured": measured}
+
+
 def _input_kind(kind: str, target: str, config, model_file: Path) -> str:
     if kind not in INPUT_KINDS:
         raise InputError(f"input {kind!r} is not one of {', '.join(INPUT_KINDS)}")

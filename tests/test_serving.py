@@ -314,3 +314,48 @@ def test_encoded_input_errors(tmp_path):
                        "preprocess images"):
         export_triton(tmp_path / "foreign.onnx", tmp_path / "repo", target="python",
                       input_kind="encoded")
+
+
+@pytest.mark.parametrize("faster, instances, threads", [("throughput", 2, 2), ("latency", 1, 4)])
+def test_measured_instances_deploy_the_faster_hints_streams(tmp_path, faster, instances,
+                                                            threads):
+    """The rule: the faster hint's streams become the instance count, the threads split
+    between them (planted measurements, so the rule is checked, not this machine)."""
+    seen = {}
+
+    def measure(path, batch, threads):
+        seen.update(path=path, batch=batch, threads=threads)
+        rate = {"latency": 10.0, "throughput": 25.0}
+        if faster == "latency":
+            rate = {"latency": 25.0, "throughput": 10.0}
+        return {"latency": {"images_per_s": rate["latency"], "streams": 1},
+                "throughput": {"images_per_s": rate["throughput"], "streams": 2}}
+
+    got = tritonserver.measured_instances(tmp_path / "m.onnx", batch=8, threads=4,
+                                          measure=measure)
+    assert (got["instances"], got["threads"], got["hint"]) == (instances, threads, faster)
+    assert seen == {"path": tmp_path / "m.onnx", "batch": 8, "threads": 4}
+
+
+def test_cli_instances_auto_measures_on_openvino(tmp_path, capsys):
+    """``--instances auto`` on the real OpenVINO runtime: the config holds the count it
+    printed, and each instance's threads; a target other than python is refused."""
+    pytest.importorskip("openvino")
+    from engine.cli import main
+    src = tiny_onnx(tmp_path / "m.onnx")
+    repo = tmp_path / "repo"
+    assert main(["serve-export", str(src), "--repo", str(repo), "--name", "m",
+                 "--target", "python", "--max-batch", "4", "--threads", "2",
+                 "--instances", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert "latency hint:" in out and "throughput hint:" in out
+    cfg = parse_config(repo / "m" / "config.pbtxt")
+    count = cfg.instance_group[0].count
+    assert f"instances: {count} " in out and 1 <= count <= 2
+    assert _params(cfg)["threads"] == str(max(1, 2 // count))
+    assert main(["serve-export", str(src), "--repo", str(repo), "--name", "n",
+                 "--target", "onnxruntime_onnx", "--instances", "auto"]) == 2
+    assert "--instances auto times this package's OpenVINO runtime" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve-export", str(src), "--repo", str(repo), "--instances", "two"])
+    assert "(or auto: measured on OpenVINO)" in capsys.readouterr().err

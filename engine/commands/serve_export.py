@@ -16,7 +16,11 @@ def register(sub):
                    help="max_batch_size (default: the plan's profile maximum, 32 for ONNX)")
     p.add_argument("--version", type=positive_int, default=1, dest="model_version", metavar="N",
                    help="model version directory (default 1)")
-    p.add_argument("--instances", type=positive_int, default=1, help="instances per device (default 1)")
+    p.add_argument("--instances", type=_instances, default=1,
+                   help="instances per device (default 1), or auto (--target python on "
+                        "OpenVINO): time the model at batch 8 under OpenVINO's LATENCY and "
+                        "THROUGHPUT hints and deploy the faster one's stream count, the "
+                        "threads split between the instances")
     p.add_argument("--preferred", type=positive_int, nargs="+", metavar="N",
                    help="preferred dynamic batch sizes (default: opt and max batch)")
     p.add_argument("--max-queue-delay-us", type=non_negative_int, default=100,
@@ -59,9 +63,42 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _instances(text: str):
+    import argparse
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{err} (or auto: measured on OpenVINO)") from None
+
+
+def _auto_instances(args):
+    """``--instances auto``: the measured instance count and threads (engine.tritonserver's
+    measured_instances), printed with what was measured."""
+    from ..errors import InputError
+    from ..tritonserver import default_target, measured_instances
+    target = args.target or ("python" if args.input_kind == "encoded"
+                             else default_target(args.model_file))
+    if target != "python" or args.engine not in (None, "openvino"):
+        raise InputError("--instances auto times this package's OpenVINO runtime: it needs "
+                         f"--target python on the openvino engine, not {target}"
+                         f"{' / ' + args.engine if args.engine else ''}; give a number instead")
+    batch = min(8, args.max_batch or 8)
+    chosen = measured_instances(args.model_file, batch=batch, threads=args.threads)
+    for hint, m in chosen["measured"].items():
+        print(f"{hint:>10} hint: {m['images_per_s']:.1f} images/s at batch {batch}, "
+              f"{m['streams']} stream(s)")
+    print(f"instances: {chosen['instances']} ({chosen['hint']} hint's streams), "
+          f"{chosen['threads']} thread(s) each")
+    return chosen["instances"], chosen["threads"]
+
+
 def run(args):
     from ..errors import InputError
     from ..tritonserver import export_triton
+    if args.instances == "auto":
+        args.instances, args.threads = _auto_instances(args)
     if bool(args.kserve) != bool(args.storage_uri):
         raise InputError("--kserve FILE and --storage-uri URI go together: the manifest names "
                          "the URI the repository is copied to")
