@@ -1,0 +1,139 @@
+"""Measuring one row: accuracy on the test set, agreement with the reference, latency,
+throughput and file size of one engine on one file (:class:`Bench`)."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..evaluation import predict
+from .row import Row
+from .timing import latency_ms
+
+
+def _torch_fn(model):
+    import torch
+
+    def fn(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+    return fn
+
+
+@dataclass
+class Bench:
+    """What every row is measured on: the labelled test set, the FP32 reference's top-1, and
+    the batch-1 inputs at the model's own size (``x1``) and at 299 (``x299``)."""
+
+    x_test: np.ndarray
+    y_test: np.ndarray
+    threads: int = 2
+    iters: int = 20
+    eval_batch: int = 64
+    ref_pred: Optional[np.ndarray] = None
+    x299: Optional[np.ndarray] = None
+    log: Callable[[str], None] = print
+
+    @property
+    def x1(self) -> np.ndarray:
+        return self.x_test[:1]
+
+    @property
+    def iters_299(self) -> int:
+        return max(5, self.iters // 2)
+
+    def batch8_throughput(self, fn) -> float:
+        """img/s of ``fn`` on batches of 8 (median call time)."""
+        x8 = self.x_test[:8]
+        return len(x8) / latency_ms(fn, x8, max(3, self.iters // 4), warmup=1) * 1000.0
+
+    def score(self, logits):
+        """(top-1 %, agreement % with the reference's top-1, the top-1 per image)."""
+        pred = logits.argmax(1)
+        return (100.0 * float((pred == self.y_test).mean()),
+                100.0 * float((pred == self.ref_pred).mean()), pred)
+
+    def torch_row(self, model) -> Row:
+        """The PyTorch eager FP32 baseline; its predictions become the reference."""
+        fn = _torch_fn(model)
+        logits = predict(fn, self.x_test, self.eval_batch)
+        self.ref_pred = logits.argmax(1)
+        top1, agreement, pred = self.score(logits)
+        row = Row("torch", "fp32", "-", top1, agreement, latency_ms(fn, self.x1, self.iters),
+                  note="PyTorch eager: the baseline", throughput_b8=self.batch8_throughput(fn),
+                  pred=pred,
+                  file_mb=sum(t.numel() * t.element_size() for t in model.state_dict().values())
+                  / 1e6)
+        t = time.perf_counter()
+        predict(fn, self.x_test[:self.eval_batch * 2], self.eval_batch)
+        row.throughput = min(len(self.x_test), self.eval_batch * 2) / (time.perf_counter() - t)
+        self.log(f"  torch fp32: top1 {row.top1:.2f}%  {row.latency_ms:.2f} ms")
+        return row
+
+    def delta_text(self, pred) -> str:
+        """`` (Δ -0.12 pt, 95% CI [-0.25, 0.01])`` against the reference, for the log."""
+        if pred is None or self.ref_pred is None:
+            return ""
+        from ..intervals import Paired
+        paired = Paired.from_predictions(self.ref_pred, pred, self.y_test)
+        lo, hi = paired.delta_interval()
+        return f" (Δ {paired.delta_pt:+.2f} pt, 95% CI [{lo:+.2f}, {hi:+.2f}])"
+
+    def open(self, path, backend, precision):
+        """``engine.load`` without its target-mismatch advice (the study runs every target's
+        file on every engine on purpose, and each row's ``target`` says which layout it is),
+        nor its unknown-config notice (an anchor's file carries no config of ours; the study
+        knows its model)."""
+        from ..loader import ConfigUnknownWarning, TargetMismatchWarning, load
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TargetMismatchWarning)
+            warnings.simplefilter("ignore", ConfigUnknownWarning)
+            return load(path, backend=backend, precision=precision, threads=self.threads)
+
+    def engine_row(self, backend, precision, method, path, big_path=None, calib_s=None,
+                   excluded=(), as_file: bool = False, target: str = "-",
+                   quantizer: str = "-") -> Row:
+        """One engine on one file: accuracy, latency, throughput (and latency at 299).
+
+        as_file: open the file at its own precision (an anchor's OpenVINO IR carries no
+        precision record: OpenVINO runs its FakeQuantize layers in INT8 by itself)."""
+        row = Row(backend, precision, method, calib_seconds=calib_s, excluded=list(excluded),
+                  file_mb=_file_mb(path), target=target, quantizer=quantizer)
+        opened = None if as_file else precision
+        try:
+            with self.open(path, backend, opened) as rt:
+                row.top1, row.agreement, row.pred = self.score(
+                    predict(rt, self.x_test, self.eval_batch))
+                row.latency_ms = latency_ms(rt, self.x1, self.iters)
+                row.throughput_b8 = self.batch8_throughput(rt)
+                t0 = time.perf_counter()
+                rt(self.x_test[:self.eval_batch])
+                row.throughput = self.eval_batch / (time.perf_counter() - t0)
+            if big_path is not None:
+                with self.open(big_path, backend, opened) as rt:
+                    row.latency_ms_299 = latency_ms(rt, self.x299, self.iters_299)
+        except Exception as e:  # one engine failing must not sink the study: record why
+            row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        name = method if precision != "int8" else (
+            f"{method}@{target}" if quantizer == "ours" else f"{quantizer} ({method})")
+        big = "" if row.latency_ms_299 is None else f"  @299 {row.latency_ms_299:.1f} ms"
+        self.log(f"  {backend} {precision} {name}: top1 {_rounded(row.top1, 2)}"
+                 f"{self.delta_text(row.pred)}  {_rounded(row.latency_ms, 2)} ms{big} "
+                 f"{row.note}".rstrip())
+        return row
+
+
+def _file_mb(path) -> float:
+    """Size of a model file in MB, with an OpenVINO IR's weights (.bin) counted."""
+    path = Path(path)
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file()
+                                   else 0)) / 1e6
+
+
+def _rounded(value, digits):
+    return value if value is None else round(value, digits)

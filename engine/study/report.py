@@ -1,0 +1,189 @@
+"""The study's rows as records and text: ratios to the baseline, the paired comparison with
+it, the best INT8 rows (:data:`BEST_RULE`), report.md and comparison.md."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..intervals import METHOD_DELTA, METHOD_PROPORTION
+from .row import Row
+
+
+BEST_RULE = ("Best INT8: among the INT8 rows, the fastest at batch 1 whose top-1 is not "
+             "distinguishable from the most accurate one's (their own paired exact McNemar "
+             "test on the test images, 95%); a row is within noise of FP32 when its Δ "
+             "interval contains 0.")
+
+
+def result_rows(rows: List[Row], model: str, random_weights: bool,
+                labels: Optional[np.ndarray] = None) -> List[dict]:
+    """The rows as dicts, with the ratios to the baseline (the first row) and, where the
+    test labels and the baseline's predictions are known, each row's paired comparison with
+    it (:mod:`engine.intervals`: losses, gains, Δ top-1 and agreement with their 95%
+    intervals, "within noise"), and the best INT8 rows flagged (:data:`BEST_RULE`). Each
+    row's predictions stay out of the dict: :func:`write_outputs` puts them in
+    ``predictions.npz`` (``predictions`` names the row's array there)."""
+    from ..intervals import Paired
+    base = rows[0]
+    result = []
+    for i, row in enumerate(rows):
+        r = asdict(row)
+        r.pop("pred")
+        r["model"] = model
+        r["random_weights"] = random_weights
+        if base.latency_ms and r["latency_ms"]:
+            r["latency_vs_torch"] = r["latency_ms"] / base.latency_ms
+        if base.latency_ms_299 and r["latency_ms_299"]:
+            r["latency_299_vs_torch"] = r["latency_ms_299"] / base.latency_ms_299
+        if base.top1 is not None and r["top1"] is not None:
+            r["top1_delta_vs_fp32"] = r["top1"] - base.top1
+        if row.pred is not None:
+            r["predictions"] = f"row_{i}"
+            if i and labels is not None and base.pred is not None:
+                paired = Paired.from_predictions(base.pred, row.pred, labels).record()
+                r.update({k: paired[k] for k in ("losses", "gains", "top1_delta_ci",
+                                                 "agreement_ci", "p_value", "within_noise")})
+        result.append(r)
+    if labels is not None:
+        flag_best(result, {f"row_{i}": r.pred for i, r in enumerate(rows)}, labels)
+    return result
+
+
+def _indistinguishable(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> bool:
+    from ..intervals import Paired
+    return Paired.from_predictions(a, b, labels).within_noise()
+
+
+def choose_best(rows: List[dict], predictions: Dict[str, np.ndarray], labels: np.ndarray):
+    """The row :data:`BEST_RULE` picks among ``rows`` (INT8 rows with a top-1 and a latency),
+    or None."""
+    pool = [r for r in rows if r["precision"] == "int8" and r["top1"] is not None
+            and r.get("latency_ms") and predictions.get(r.get("predictions")) is not None]
+    if not pool:
+        return None
+    top = max(pool, key=lambda r: (r["top1"], -r["latency_ms"]))
+    same = [r for r in pool if r is top or _indistinguishable(
+        predictions[top["predictions"]], predictions[r["predictions"]], labels)]
+    return min(same, key=lambda r: (r["latency_ms"], -r["top1"]))
+
+
+def flag_best(rows: List[dict], predictions: Dict[str, np.ndarray], labels: np.ndarray) -> None:
+    """Mark ``best_int8`` (over every engine) and ``best_on_engine`` (per engine)."""
+    for r in rows:
+        r["best_int8"] = r["best_on_engine"] = False
+    best = choose_best(rows, predictions, labels)
+    if best is not None:
+        best["best_int8"] = True
+    for engine in dict.fromkeys(r["engine"] for r in rows):
+        best = choose_best([r for r in rows if r["engine"] == engine], predictions, labels)
+        if best is not None:
+            best["best_on_engine"] = True
+
+
+def best_line(rows: List[dict]) -> Optional[str]:
+    """The report's "Best INT8" sentence, from the flags of :func:`flag_best`."""
+    best = next((r for r in rows if r.get("best_int8")), None)
+    if best is None:
+        return None
+    ci = best.get("top1_delta_ci")
+    interval = f", 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+    noise = "; within noise of FP32" if best.get("within_noise") else ""
+    return (f"Best INT8: {best['engine']} / {_int8_name(best)}: top-1 {best['top1']:.2f}% "
+            f"({_fmt(best.get('top1_delta_vs_fp32'))} pt vs PyTorch FP32{interval}{noise}), "
+            f"{_fmt(best.get('latency_ms'))} ms at batch 1.")
+
+
+def _int8_name(row) -> str:
+    """``method@target`` for our rows, ``anchor method`` for a third-party quantizer's."""
+    if row.get("quantizer", "ours") in ("ours", "-"):
+        return f"{row['method']}@{row['target']}"
+    return f"{row['quantizer']} ({row['method']})"
+
+
+def _best_int8(rows, engine):
+    """The best INT8 row of ``engine`` by :data:`BEST_RULE` (flagged by :func:`flag_best`),
+    or None."""
+    return next((r for r in rows if r["engine"] == engine and r.get("best_on_engine")), None)
+
+
+def _delta_cell(r) -> str:
+    """``-0.12 [-0.25, +0.01] within noise`` (points, 95% interval; "within noise" of FP32
+    when the interval contains 0)."""
+    text = _fmt(r.get("top1_delta_vs_fp32"))
+    ci = r.get("top1_delta_ci")
+    if ci is None:
+        return text
+    return f"{text} [{ci[0]:+.2f}, {ci[1]:+.2f}]" + (" within noise" if r.get("within_noise")
+                                                      else "")
+
+
+def _agreement_cell(r) -> str:
+    ci = r.get("agreement_ci")
+    text = _fmt(r.get("agreement"))
+    return text if ci is None else f"{text} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def comparison_markdown(rows: List[dict]) -> str:
+    """One line per network and engine: FP32 top-1, the best INT8 row, its speed ratios."""
+    lines = ["# INT8 study: the three networks", "",
+             "Each network's baseline is its own PyTorch eager FP32 row; full tables in "
+             "`<model>/report.md`.", "",
+             "| network | engine | FP32 top-1 % | best INT8 (method@target, or anchor) "
+             "| INT8 top-1 % "
+             "| Δ pt [95% CI] | latency × torch | @299 × torch | batch-8 img/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        for engine in dict.fromkeys(r["engine"] for r in mine if r["engine"] != "torch"):
+            best = _best_int8(mine, engine)
+            if best is None:
+                continue
+            lines.append("| " + " | ".join([
+                model, engine, _fmt(mine[0]["top1"]), _int8_name(best),
+                _fmt(best["top1"]), _delta_cell(best),
+                _fmt(best.get("latency_vs_torch"), 3), _fmt(best.get("latency_299_vs_torch"), 3),
+                _fmt(best.get("throughput_b8"), 1)]) + " |")
+    lines += ["", f"Per engine: {BEST_RULE} Intervals: {METHOD_DELTA}."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v, nd=2):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def report_markdown(rows, meta) -> str:
+    m = meta["machine"]
+    lines = [f"# INT8 study: {meta['model']}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {meta['threads']} threads; torch "
+             f"{m['torch']}. Test images: {meta['test_images']}; calibration images: "
+             f"{meta['calibration_images']}. Latency: batch 1, median of {meta['iters']}.", "",
+             "| engine | precision | quantizer | method | target | top-1 % "
+             "| Δ vs FP32 pt [95% CI] | agreement % [95% CI] | latency ms | × torch "
+             "| latency @299 ms | × torch @299 | batch-8 img/s | file MB | calib s | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["engine"], r["precision"], r.get("quantizer", "-"), r["method"],
+            r.get("target", "-"), _fmt(r["top1"]),
+            _delta_cell(r), _agreement_cell(r), _fmt(r["latency_ms"]),
+            _fmt(r.get("latency_vs_torch"), 3), _fmt(r["latency_ms_299"], 1),
+            _fmt(r.get("latency_299_vs_torch"), 3), _fmt(r.get("throughput_b8"), 1),
+            _fmt(r.get("file_mb"), 1), _fmt(r["calib_seconds"], 1),
+            (r["note"] + (" excluded: " + ", ".join(r["excluded"]) if r["excluded"] else ""))
+            .strip()]) + " |")
+    lines += ["", f"Δ and agreement: paired, against the PyTorch FP32 row on the same "
+              f"{meta['test_images']} test images; Δ: {METHOD_DELTA}; agreement: "
+              f"{METHOD_PROPORTION}. 'within noise': of FP32 (the Δ interval contains 0). "
+              "Per-image predictions: predictions.npz."]
+    line = best_line(rows)
+    if line:
+        lines += ["", line, "", f"Rule: {BEST_RULE}"]
+    if rows and rows[0].get("random_weights"):
+        lines += ["", "**Weights are random: accuracy columns are meaningless.**"]
+    return "\n".join(lines) + "\n"

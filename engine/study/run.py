@@ -1,0 +1,158 @@
+"""The study's entry points: :func:`run_study` (one model or ``all``) and :func:`study_one`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from calibration.methods import METHODS
+
+from ..anchors import available_anchors
+from ..errors import InputError
+from ..evaldata import default_calib, load_eval_data, validation_data
+from ..intervals import CONFIDENCE, METHOD_BOUND, METHOD_DELTA, METHOD_PROPORTION
+from ..runtime import count_option
+from .budget import budget_files, nncf_budget_file
+from .evaluation import Bench, _torch_fn
+from .grid import engine_rows
+from .row import SUBJECT
+from .outputs import prediction_arrays, write_comparison, write_outputs
+from .quantize import Quantized, big_model_files
+from .report import BEST_RULE, best_line, result_rows
+from .timing import latency_ms, machine_info
+
+
+def subjects() -> List[str]:
+    """The shipped study subjects: the registered variants trained on the shipped Fashion-MNIST
+    data (each with a bundled checkpoint in ``engine/data/``)."""
+    from ..models.registry import get_config, list_models
+    return [n for n in list_models() if get_config(n).labels == "fashion_mnist"]
+
+
+def _study_subject(model, weights, log):
+    """The reference model, the weights actually used, and whether they are random."""
+    from ..models.registry import create_model
+    from ..weights import DATA_DIR
+    if weights == "bundled" and not (DATA_DIR / f"{model}.safetensors").is_file():
+        weights = None
+    ref = create_model(model, weights=weights)
+    if weights is None:
+        log("WARNING: no --weights given: the model's weights are random, so accuracies are "
+            "meaningless (latency figures still hold)")
+    return ref, weights
+
+
+def _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch) -> None:
+    """Each number :func:`run_study` takes, in its range, or an InputError naming it."""
+    count_option("num_test", num_test)
+    for name, value in (("num_calib", num_calib), ("threads", threads), ("iters", iters),
+                        ("eval_batch", eval_batch)):
+        count_option(name, value, allow_none=False)
+    count_option("auto_exclude", auto_exclude, minimum=0, allow_none=False)
+
+
+def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
+              out="study", log: Callable[[str], None] = print, **options) -> List[dict]:
+    """Run the study and write its outputs to ``out``; returns the rows (see the module
+    docstring). The baseline is the first row.
+
+    model: a registered variant, or ``"all"``: every shipped subject (:func:`subjects`), each
+    in ``out/<model>/``, then ``out/comparison.md`` and ``out/comparison.png`` side by side
+    (their baselines are their own first rows). options: see :func:`study_one`.
+    """
+    if model != "all":
+        return study_one(model, weights, data, calib, out=out, log=log, **options)
+    if weights != "bundled" or data is not None or calib is not None:
+        raise InputError("--model all studies the shipped subjects on the shipped data with "
+                         "their bundled weights; drop --weights/--data/--calib, or name one "
+                         "--model")
+    rows = []
+    for name in subjects():
+        log(f"== {name}")
+        rows += study_one(name, out=Path(out) / name, log=log, **options)
+    write_comparison(Path(out), rows, log)
+    return rows
+
+
+def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
+              methods: Sequence[str] = METHODS, engines: Optional[Sequence[str]] = None,
+              out="study", num_test: Optional[int] = None, num_calib: int = 1000,
+              threads: int = 2, iters: int = 20, big: bool = True, auto_exclude: int = 0,
+              cpu_uint8: bool = True, eval_batch: int = 64,
+              anchors: Optional[Sequence[str]] = None, max_drop: Optional[float] = None,
+              val=None, num_val: Optional[int] = None, confidence: float = CONFIDENCE,
+              log: Callable[[str], None] = print) -> List[dict]:
+    """The study of one model (see :func:`run_study`).
+
+    anchors: the third-party quantizers to run beside ours (:mod:`engine.anchors`; None:
+    every installed one, ``()``: none). max_drop: add the accuracy-budget rows (points of
+    top-1 lost, held with ``confidence``: :mod:`calibration.budget`), chosen on the
+    validation split ``val`` (default: the shipped one; needed with a user's ``data``), its
+    first ``num_val`` images.
+    """
+    import torch
+    from ..export import export_onnx
+
+    _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch)
+    count_option("num_val", num_val)
+    anchors = available_anchors(anchors)
+    if max_drop is not None and data is not None and val is None:
+        raise InputError("--max-drop chooses the layers kept float on a validation split; "
+                         "with your --data pass --val FILE.npz (or a folder of class "
+                         "folders), disjoint from the test set")
+    torch.set_num_threads(threads)
+    out = Path(out)
+    folder = out / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    ref, weights = _study_subject(model, weights, log)
+    cfg = ref.config
+    if data is None and cfg.labels != "fashion_mnist":
+        raise InputError(f"{model} was not trained on the shipped Fashion-MNIST data; pass "
+                         "--data with your labelled test set (and --calib)")
+    x_test, y_test = load_eval_data(data, cfg, num_test)
+    val_set = validation_data(val, cfg, num_val) if max_drop is not None else None
+    if val_set is not None:
+        from calibration.budget import check_reachable
+        check_reachable(max_drop, confidence, len(val_set[0]))   # before any engine runs
+    calib_data = calib if calib is not None else default_calib(cfg, num_calib)
+    log(f"study: {cfg.name}, {len(x_test)} test images, calibration from "
+        f"{'the shipped train split' if calib is None else calib}, {threads} threads")
+    fp32_path = export_onnx(ref, folder / f"{cfg.name}.onnx")
+    bench = Bench(x_test, y_test, threads=threads, iters=iters, eval_batch=eval_batch, log=log)
+    base = bench.torch_row(ref)
+
+    q = Quantized(fp32_path, calib_data, num_calib, folder, cfg.name, threads, cpu_uint8, log)
+    int8 = q.ours(methods, auto_exclude)
+    theirs = q.anchors(anchors)
+    if max_drop is not None:
+        int8.update(budget_files(q.fp32_path, q.stats, q.stats_seconds, q.calib_data, val_set,
+                                 max_drop, folder, cfg.name, threads, cpu_uint8, log,
+                                 confidence))
+        if "nncf" in anchors:
+            theirs.update(nncf_budget_file(fp32_path, q.calib_array(), val_set, max_drop,
+                                           folder, cfg.name, threads, log))
+    big_files = {}
+    if big:
+        big_model, big_files = big_model_files(int8, folder, threads, cfg.arch, theirs, log)
+        bench.x299 = np.random.default_rng(0).standard_normal((1, 3, 299, 299)).astype(np.float32)
+        base.latency_ms_299 = latency_ms(_torch_fn(big_model), bench.x299, bench.iters_299)
+        log(f"  torch fp32 @299: {base.latency_ms_299:.1f} ms")
+
+    rows = [base] + engine_rows(bench, fp32_path, int8, big_files, engines, theirs)
+    result = result_rows(rows, cfg.name, weights is None, y_test)
+    meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
+            "test_images": int(len(x_test)), "threads": threads, "iters": iters,
+            "calibration_images": num_calib, "statistics_seconds": q.stats_seconds,
+            "anchors": list(anchors), "max_drop": max_drop,
+            "validation_images": None if val_set is None else int(len(val_set[0])),
+            "budget_confidence": confidence if max_drop is not None else None,
+            "interval_methods": {"top1_delta": METHOD_DELTA, "agreement": METHOD_PROPORTION,
+                                 "loss_bound": METHOD_BOUND},
+            "best_rule": BEST_RULE}
+    write_outputs(out, result, meta, log, prediction_arrays(rows, y_test))
+    line = best_line(result)
+    if line:
+        log(line)
+        log(f"  ({BEST_RULE})")
+    return result
