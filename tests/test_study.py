@@ -104,3 +104,103 @@ def test_int8_accuracy_on_trained_subject_openvino(tmp_path):
     # on 1,000 images one image is 0.1 pt; the 10k-image figure is in benchmarks/RESULTS.md
     assert best >= base["top1"] - 0.5
     assert max(r["agreement"] for r in int8) >= 98.0
+
+
+# --------------------------------------------------------------------------- the trial store
+_SMALL = dict(num_test=32, num_calib=16, methods=("minmax",), cpu_uint8=False,
+              engines=("onnxruntime",), big=False, iters=2, eval_batch=16, anchors=())
+_ACCURACY = ("engine", "precision", "quantizer", "method", "target", "top1", "agreement",
+             "losses", "gains", "top1_delta_ci")
+
+
+def _trial_rows(out):
+    from engine.study.store import TrialStore
+    store = TrialStore(out / "trials")
+    return {p.stem: store.load(p.stem) for p in (out / "trials").glob("*.json")}
+
+
+def test_an_interrupted_study_resumes_with_its_finished_trials(tmp_path, monkeypatch):
+    """Ctrl-C after k trials leaves k whole trial files; the rerun skips those k, measures
+    the rest, and gives the rows a run never interrupted gives."""
+    from engine.study.store import TrialStore
+    k, saved = 2, []
+    real_save = TrialStore.save
+
+    def save_then_interrupt(self, key, identity, row):
+        path = real_save(self, key, identity, row)
+        saved.append(key)
+        if len(saved) == k:
+            raise KeyboardInterrupt
+        return path
+    monkeypatch.setattr(TrialStore, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(out=tmp_path, log=_quiet, **_SMALL)
+    monkeypatch.setattr(TrialStore, "save", real_save)
+    assert not (tmp_path / "results.json").exists()
+    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == \
+        sorted(f"{key}.json" for key in saved)          # whole files only, no temporary left
+    before = _trial_rows(tmp_path)
+
+    lines = []
+    rows = run_study(out=tmp_path, log=lines.append, **_SMALL)
+    assert f"  skipped {k} of 3 trials finished before in {tmp_path / 'trials'} " \
+           "(--force measures them again)" in lines
+    after = _trial_rows(tmp_path)
+    assert len(after) == 3 and set(before) <= set(after)
+    for key, row in before.items():            # the finished trials were taken, not redone
+        assert row.latency_ms == after[key].latency_ms
+        assert np.array_equal(row.pred, after[key].pred)
+
+    lines = []
+    again = run_study(out=tmp_path, log=lines.append, **_SMALL)
+    assert "  skipped 3 of 3 trials" in " ".join(lines)
+    assert again == rows                              # the same report, nothing measured
+
+    lines = []
+    forced = run_study(out=tmp_path, log=lines.append, force=True, **_SMALL)
+    assert not any("skipped" in line for line in lines)
+    assert [{c: r.get(c) for c in _ACCURACY} for r in forced] == \
+        [{c: r.get(c) for c in _ACCURACY} for r in rows]
+    with np.load(tmp_path / "predictions.npz") as z:
+        fresh = {name: z[name] for name in z.files}
+    for r in rows:
+        pred = next(row.pred for row in after.values()
+                    if (row.engine, row.precision, row.method) ==
+                    (r["engine"], r["precision"], r["method"]))
+        assert np.array_equal(fresh[r["predictions"]], pred)
+
+
+def test_a_trial_key_follows_its_inputs(tmp_path, monkeypatch):
+    """The key changes with the file's content, the data, an option; the calibration
+    record's run time (different on every run) is no part of it."""
+    import onnx
+    from engine.study.grid import Trial
+    from engine.study.store import data_digest, file_digest
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])]))
+
+    def write(name, seconds, method="minmax"):
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, {"inception.calibration": json.dumps(
+            {"method": method, "seconds": seconds})})
+        onnx.save(model, tmp_path / name)
+        return tmp_path / name
+    a, b, c = write("a.onnx", 0.3), write("b.onnx", 0.9), write("c.onnx", 0.3, "mse")
+    assert (tmp_path / "a.onnx").read_bytes() != (tmp_path / "b.onnx").read_bytes()
+    assert file_digest(a) == file_digest(b) != file_digest(c)
+    x, y = np.zeros((2, 3), np.float32), np.arange(2)
+    data = data_digest(x, y)
+    assert data != data_digest(x + 1, y) and data != data_digest(x, y[::-1])
+    trial = Trial("onnxruntime", "int8", "minmax", a, target="tensorrt", quantizer="ours")
+    key = trial.key(data, {"threads": 2}, file_digest)
+    assert key == Trial("onnxruntime", "int8", "minmax", b, target="tensorrt",
+                        quantizer="ours", calib_seconds=9.0).key(data, {"threads": 2},
+                                                                 file_digest)
+    assert key != trial.key(data, {"threads": 1}, file_digest)
+    assert key != trial.key(data_digest(x + 1, y), {"threads": 2}, file_digest)
+    assert key != Trial("openvino", "int8", "minmax", a, target="tensorrt",
+                        quantizer="ours").key(data, {"threads": 2}, file_digest)
+    monkeypatch.setattr("engine.study.store.__version__", "0.0.0-other")
+    assert key != trial.key(data, {"threads": 2}, file_digest)      # a new package version

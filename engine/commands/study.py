@@ -57,7 +57,11 @@ def register(sub):
                                  "5,000 held-out Fashion-MNIST train images)")
     p.add_argument("--num-val", type=positive_int,
                    help="use only the first N validation images for --max-drop")
-    p.add_argument("--out", default="study", help="output folder")
+    p.add_argument("--out", default="study", help="output folder; each finished trial is "
+                                                   "kept in OUT/trials/, and a rerun with the "
+                                                   "same --out skips those")
+    p.add_argument("--force", action="store_true",
+                   help="measure every trial again, even those finished in OUT/trials/")
     p.set_defaults(func=run)
 
 
@@ -72,5 +76,5 @@ def run(args):
               num_calib=args.num_calib, threads=args.threads, iters=args.iters, big=args.big,
               auto_exclude=args.auto_exclude, cpu_uint8=args.cpu_uint8, anchors=anchors,
               max_drop=args.max_drop, val=args.val, num_val=args.num_val,
-              confidence=args.confidence)
+              confidence=args.confidence, force=args.force)
     return 0

@@ -37,7 +37,8 @@ other shipped subjects, ``--model all`` all three, with a comparison (:func:`run
 
 The package, one module per job: :mod:`~engine.study.row` (a row), :mod:`~engine.study.grid`
 (the engines and files studied), :mod:`~engine.study.evaluation` (measuring a row),
-:mod:`~engine.study.timing`, :mod:`~engine.study.quantize` (ours and the anchors' files),
+:mod:`~engine.study.timing`, :mod:`~engine.study.store` (one file per finished trial),
+:mod:`~engine.study.executors` (where trials run), :mod:`~engine.study.quantize` (ours and the anchors' files),
 :mod:`~engine.study.budget` (``--max-drop``), :mod:`~engine.study.report` (records, the best
 rule, the markdown), :mod:`~engine.study.plots` and :mod:`~engine.study.labels` (figures),
 :mod:`~engine.study.outputs` (the files written) and :mod:`~engine.study.run` (the entry
@@ -52,7 +53,8 @@ from ..evaldata import default_calib, load_eval_data, validation_data
 from ..evaluation import engine_evaluator, predict
 from .budget import budget_evaluators, budget_files, nncf_budget_file
 from .evaluation import Bench
-from .grid import engine_rows, engines_available
+from .executors import Executor, LocalExecutor, Plan
+from .grid import Trial, engines_available, study_trials
 from .labels import LABEL_GID, label_panels, place_labels
 from .outputs import prediction_arrays, write_comparison, write_csv, write_outputs
 from .plots import comparison_figure, comparison_plot, pareto_figure, pareto_plot, \
@@ -61,17 +63,18 @@ from .quantize import AnchorFile, Int8File, Quantized, big_model_files, file_key
 from .report import BEST_RULE, best_line, choose_best, comparison_markdown, flag_best, \
     report_markdown, result_rows
 from .row import SUBJECT, Row
+from .store import TrialStore
 from .run import run_study, study_one, subjects
 from .timing import latency_ms, machine_info
 
 __all__ = [
     "METHODS", "SUBJECT", "Row", "Bench", "AnchorFile", "Int8File", "Quantized", "BEST_RULE",
-    "LABEL_GID", "run_study", "study_one", "subjects", "engines_available", "engine_rows",
+    "LABEL_GID", "run_study", "study_one", "subjects", "engines_available", "study_trials", "Trial", "Executor", "LocalExecutor", "Plan",
     "load_eval_data", "validation_data", "default_calib", "predict", "engine_evaluator",
     "latency_ms", "machine_info", "study_targets", "file_key", "big_model_files",
     "budget_evaluators", "budget_files", "nncf_budget_file", "result_rows", "choose_best",
     "flag_best", "best_line", "report_markdown", "comparison_markdown", "write_outputs",
     "write_csv", "write_comparison", "prediction_arrays", "pareto_figure", "pareto_plot",
     "comparison_figure", "comparison_plot", "readable_log_ticks", "label_panels",
-    "place_labels",
+    "place_labels", "TrialStore",
 ]

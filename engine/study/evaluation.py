@@ -1,5 +1,6 @@
 """Measuring one row: accuracy on the test set, agreement with the reference, latency,
-throughput and file size of one engine on one file (:class:`Bench`)."""
+throughput and file size of one engine on one file, or of the PyTorch reference
+(:class:`Bench`; :meth:`Bench.measure` measures one trial of the grid)."""
 from __future__ import annotations
 
 import time
@@ -11,6 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..evaluation import predict
+from .grid import Trial
 from .row import Row
 from .timing import latency_ms
 
@@ -125,6 +127,30 @@ class Bench:
                  f"{self.delta_text(row.pred)}  {_rounded(row.latency_ms, 2)} ms{big} "
                  f"{row.note}".rstrip())
         return row
+
+
+    def measure(self, trial: Trial, reference=None, big_reference=None) -> Row:
+        """The row of one trial: the reference (``reference``, the PyTorch model; at 299,
+        ``big_reference``) or one engine on one file."""
+        if trial.is_reference:
+            row = self.torch_row(reference)
+            if big_reference is not None and self.x299 is not None:
+                row.latency_ms_299 = latency_ms(_torch_fn(big_reference), self.x299,
+                                                self.iters_299)
+                self.log(f"  torch fp32 @299: {row.latency_ms_299:.1f} ms")
+            return row
+        row = self.engine_row(trial.backend, trial.precision, trial.method, trial.path,
+                              trial.big_path, trial.calib_seconds, trial.excluded,
+                              as_file=trial.as_file, target=trial.target,
+                              quantizer=trial.quantizer)
+        row.note = row.note or trial.note
+        return row
+
+    def options(self) -> dict:
+        """What a trial's measurement depends on besides its files and the test set (part
+        of its key)."""
+        return {"threads": self.threads, "iters": self.iters, "eval_batch": self.eval_batch,
+                "x299": None if self.x299 is None else list(self.x299.shape)}
 
 
 def _file_mb(path) -> float:

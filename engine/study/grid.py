@@ -1,12 +1,13 @@
-"""The study's grid: which (engine, precision) pairs are studied, and the rows of every
-engine on every file."""
+"""The study's grid: which (engine, precision) pairs are studied, the trials (one engine on
+one file, or the PyTorch reference), and each trial's stable key."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
-from .evaluation import Bench
 from .quantize import AnchorFile, Int8File
-from .row import Row
+from .store import trial_key
 
 
 def engines_available(requested: Optional[Sequence[str]] = None) -> List[tuple]:
@@ -32,30 +33,71 @@ def engines_available(requested: Optional[Sequence[str]] = None) -> List[tuple]:
     return pairs
 
 
-def engine_rows(bench: Bench, fp32_path, int8: Dict[str, Int8File], big_files,
-                engines: Optional[Sequence[str]] = None,
-                anchors: Optional[Dict[str, AnchorFile]] = None) -> List[Row]:
-    """Every available engine on the FP32 file, and on each INT8 file it can run: GPU engines
-    on the signed files only; CPU engines on every layout, to show what the target costs;
-    each anchor's file on the engines it names."""
+@dataclass
+class Trial:
+    """One cell of the grid: ``backend`` at ``precision`` on the file ``path`` (and its 299
+    twin ``big_path``), or the PyTorch eager FP32 reference (backend ``torch``; ``path``: the
+    FP32 export, which stands for its weights). The fields after ``quantizer`` describe the
+    file for the row; they are no part of the trial's identity."""
+
+    backend: str
+    precision: str
+    method: str = "-"
+    path: Optional[Path] = None
+    big_path: Optional[Path] = None
+    target: str = "-"
+    quantizer: str = "-"
+    as_file: bool = False
+    excluded: Sequence[str] = ()
+    calib_seconds: Optional[float] = None
+    note: str = ""
+
+    @property
+    def is_reference(self) -> bool:
+        return self.backend == "torch"
+
+    @property
+    def name(self) -> str:
+        if self.precision != "int8":
+            return f"{self.backend} {self.precision}"
+        file = (f"{self.method}@{self.target}" if self.quantizer == "ours"
+                else f"{self.quantizer} ({self.method})")
+        return f"{self.backend} int8 {file}"
+
+    def identity(self) -> dict:
+        return {"backend": self.backend, "precision": self.precision, "method": self.method,
+                "target": self.target, "quantizer": self.quantizer, "as_file": self.as_file,
+                "excluded": list(self.excluded)}
+
+    def key(self, data: str, options: dict, digest: Callable[[Path], str]) -> str:
+        """:func:`engine.study.store.trial_key` of this trial: ``data`` the test set's hash,
+        ``digest`` a file's content hash."""
+        files = {"file": None if self.path is None else digest(self.path),
+                 "file_299": None if self.big_path is None else digest(self.big_path)}
+        return trial_key(self.identity(), files, data, options)
+
+
+def study_trials(fp32_path, int8: Dict[str, Int8File], big_files,
+                 engines: Optional[Sequence[str]] = None,
+                 anchors: Optional[Dict[str, AnchorFile]] = None) -> List[Trial]:
+    """The reference, then every available engine on the FP32 file and on each INT8 file it
+    can run: GPU engines on the signed files only; CPU engines on every layout, to show what
+    the target costs; each anchor's file on the engines it names."""
     from calibration.targets import TARGETS
-    rows = []
+    trials = [Trial("torch", "fp32", path=fp32_path, big_path=big_files.get("fp32"))]
     for backend, precision in engines_available(engines):
-        rows.append(bench.engine_row(backend, precision, "-", fp32_path, big_files.get("fp32")))
+        trials.append(Trial(backend, precision, path=fp32_path, big_path=big_files.get("fp32")))
         if precision == "bf16":
             continue
         for key, f in int8.items():
             if TARGETS[f.target].unsigned_relu and backend not in ("openvino", "onnxruntime"):
                 continue
-            row = bench.engine_row(backend, "int8", key.split("@")[0], f.path,
-                                   big_files.get(key), f.calib_seconds, f.excluded,
-                                   target=f.target, quantizer="ours")
-            row.note = row.note or f.note
-            rows.append(row)
+            trials.append(Trial(backend, "int8", key.split("@")[0], f.path, big_files.get(key),
+                                f.target, "ours", excluded=tuple(f.excluded),
+                                calib_seconds=f.calib_seconds, note=f.note))
         for key, a in (anchors or {}).items():
             if backend in a.engines:
-                row = bench.engine_row(backend, "int8", a.method, a.path, big_files.get(key),
-                                       a.calib_seconds, as_file=True, quantizer=a.anchor)
-                row.note = row.note or a.note
-                rows.append(row)
-    return rows
+                trials.append(Trial(backend, "int8", a.method, a.path, big_files.get(key),
+                                    quantizer=a.anchor, as_file=True,
+                                    calib_seconds=a.calib_seconds, note=a.note))
+    return trials

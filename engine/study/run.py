@@ -14,13 +14,15 @@ from ..evaldata import default_calib, load_eval_data, validation_data
 from ..intervals import CONFIDENCE, METHOD_BOUND, METHOD_DELTA, METHOD_PROPORTION
 from ..runtime import count_option
 from .budget import budget_files, nncf_budget_file
-from .evaluation import Bench, _torch_fn
-from .grid import engine_rows
+from .evaluation import Bench
+from .executors import Executor, LocalExecutor, Plan
+from .grid import study_trials
 from .row import SUBJECT
 from .outputs import prediction_arrays, write_comparison, write_outputs
 from .quantize import Quantized, big_model_files
 from .report import BEST_RULE, best_line, result_rows
-from .timing import latency_ms, machine_info
+from .store import TrialStore
+from .timing import machine_info
 
 
 def subjects() -> List[str]:
@@ -36,7 +38,10 @@ def _study_subject(model, weights, log):
     from ..weights import DATA_DIR
     if weights == "bundled" and not (DATA_DIR / f"{model}.safetensors").is_file():
         weights = None
-    ref = create_model(model, weights=weights)
+    import torch
+    with torch.random.fork_rng():
+        torch.manual_seed(0)        # random weights: the same ones on a rerun (its trials kept)
+        ref = create_model(model, weights=weights)
     if weights is None:
         log("WARNING: no --weights given: the model's weights are random, so accuracies are "
             "meaningless (latency figures still hold)")
@@ -82,6 +87,7 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
               cpu_uint8: bool = True, eval_batch: int = 64,
               anchors: Optional[Sequence[str]] = None, max_drop: Optional[float] = None,
               val=None, num_val: Optional[int] = None, confidence: float = CONFIDENCE,
+              force: bool = False, executor: Optional[Executor] = None,
               log: Callable[[str], None] = print) -> List[dict]:
     """The study of one model (see :func:`run_study`).
 
@@ -89,7 +95,9 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     every installed one, ``()``: none). max_drop: add the accuracy-budget rows (points of
     top-1 lost, held with ``confidence``: :mod:`calibration.budget`), chosen on the
     validation split ``val`` (default: the shipped one; needed with a user's ``data``), its
-    first ``num_val`` images.
+    first ``num_val`` images. Each trial's row is kept in ``out/trials/``
+    (:mod:`engine.study.store`): a rerun takes the finished ones from there, unless
+    ``force``. executor: where the trials run (default :class:`LocalExecutor`).
     """
     import torch
     from ..export import export_onnx
@@ -120,7 +128,6 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
         f"{'the shipped train split' if calib is None else calib}, {threads} threads")
     fp32_path = export_onnx(ref, folder / f"{cfg.name}.onnx")
     bench = Bench(x_test, y_test, threads=threads, iters=iters, eval_batch=eval_batch, log=log)
-    base = bench.torch_row(ref)
 
     q = Quantized(fp32_path, calib_data, num_calib, folder, cfg.name, threads, cpu_uint8, log)
     int8 = q.ours(methods, auto_exclude)
@@ -132,14 +139,14 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
         if "nncf" in anchors:
             theirs.update(nncf_budget_file(fp32_path, q.calib_array(), val_set, max_drop,
                                            folder, cfg.name, threads, log))
-    big_files = {}
+    big_model, big_files = None, {}
     if big:
         big_model, big_files = big_model_files(int8, folder, threads, cfg.arch, theirs, log)
         bench.x299 = np.random.default_rng(0).standard_normal((1, 3, 299, 299)).astype(np.float32)
-        base.latency_ms_299 = latency_ms(_torch_fn(big_model), bench.x299, bench.iters_299)
-        log(f"  torch fp32 @299: {base.latency_ms_299:.1f} ms")
 
-    rows = [base] + engine_rows(bench, fp32_path, int8, big_files, engines, theirs)
+    plan = Plan(study_trials(fp32_path, int8, big_files, engines, theirs), bench,
+                TrialStore(out / "trials"), ref, big_model)
+    rows = (executor or LocalExecutor()).run(plan, force=force, log=log)
     result = result_rows(rows, cfg.name, weights is None, y_test)
     meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
             "test_images": int(len(x_test)), "threads": threads, "iters": iters,
