@@ -60,21 +60,42 @@ def register(sub):
     p.add_argument("--out", default="study", help="output folder; each finished trial is "
                                                    "kept in OUT/trials/, and a rerun with the "
                                                    "same --out skips those")
+    p.add_argument("--ray", metavar="auto|ADDRESS",
+                   help="run the trials on a Ray cluster ('auto': the one this machine "
+                        "joined; or the head's HOST:PORT from `ray start --head`): accuracy "
+                        "in image shards on every node, speed once per CPU class on a whole "
+                        "node (pip install -e .[cluster]); default: in this process")
+    p.add_argument("--cpu-classes", metavar="A,B",
+                   help="with --ray: time the trials only on these CPU classes (the names "
+                        "the report gives them, or the nodes' cpu_class:NAME labels)")
     p.add_argument("--force", action="store_true",
                    help="measure every trial again, even those finished in OUT/trials/")
     p.set_defaults(func=run)
 
 
 def run(args):
+    from ..errors import InputError
     from ..study import run_study
+    executor = None
+    if args.ray:
+        from ..study.ray_executor import RayExecutor, ray_address
+        classes = [c for c in args.cpu_classes.split(",") if c] if args.cpu_classes else None
+        executor = RayExecutor(ray_address(args.ray), cpu_classes=classes)
+    elif args.cpu_classes:
+        raise InputError("--cpu-classes chooses among a Ray cluster's CPU classes: add --ray "
+                         "auto|ADDRESS (without --ray the study runs on this machine only)")
     methods = [m for m in args.methods.split(",") if m]
     engines = [e for e in args.engines.split(",") if e] if args.engines else None
     weights = None if args.weights == "random" else args.weights
     anchors = None if args.anchors is None else [a for a in args.anchors.split(",") if a]
-    run_study(model=args.model, weights=weights, data=args.data, calib=args.calib,
-              methods=methods, engines=engines, out=args.out, num_test=args.num_test,
-              num_calib=args.num_calib, threads=args.threads, iters=args.iters, big=args.big,
-              auto_exclude=args.auto_exclude, cpu_uint8=args.cpu_uint8, anchors=anchors,
-              max_drop=args.max_drop, val=args.val, num_val=args.num_val,
-              confidence=args.confidence, force=args.force)
+    try:
+        run_study(model=args.model, weights=weights, data=args.data, calib=args.calib,
+                  methods=methods, engines=engines, out=args.out, num_test=args.num_test,
+                  num_calib=args.num_calib, threads=args.threads, iters=args.iters, big=args.big,
+                  auto_exclude=args.auto_exclude, cpu_uint8=args.cpu_uint8, anchors=anchors,
+                  max_drop=args.max_drop, val=args.val, num_val=args.num_val,
+                  confidence=args.confidence, force=args.force, executor=executor)
+    finally:
+        if executor is not None:
+            executor.shutdown()
     return 0

@@ -65,16 +65,33 @@ class Bench:
         logits = predict(fn, self.x_test, self.eval_batch)
         self.ref_pred = logits.argmax(1)
         top1, agreement, pred = self.score(logits)
-        row = Row("torch", "fp32", "-", top1, agreement, latency_ms(fn, self.x1, self.iters),
-                  note="PyTorch eager: the baseline", throughput_b8=self.batch8_throughput(fn),
-                  pred=pred,
-                  file_mb=sum(t.numel() * t.element_size() for t in model.state_dict().values())
-                  / 1e6)
+        row = Row("torch", "fp32", "-", top1, agreement, note="PyTorch eager: the baseline",
+                  pred=pred, file_mb=_state_mb(model))
+        self.time_torch(fn, row)
+        self.log(f"  torch fp32: top1 {row.top1:.2f}%  {row.latency_ms:.2f} ms")
+        return row
+
+    def time_torch(self, fn, row: Row) -> None:
+        """The reference's speed figures into ``row``."""
+        row.latency_ms = latency_ms(fn, self.x1, self.iters)
+        row.throughput_b8 = self.batch8_throughput(fn)
         t = time.perf_counter()
         predict(fn, self.x_test[:self.eval_batch * 2], self.eval_batch)
         row.throughput = min(len(self.x_test), self.eval_batch * 2) / (time.perf_counter() - t)
-        self.log(f"  torch fp32: top1 {row.top1:.2f}%  {row.latency_ms:.2f} ms")
-        return row
+
+    def time_runtime(self, rt, row: Row) -> None:
+        """An opened engine's speed figures at the model's own size into ``row``."""
+        row.latency_ms = latency_ms(rt, self.x1, self.iters)
+        row.throughput_b8 = self.batch8_throughput(rt)
+        t0 = time.perf_counter()
+        rt(self.x_test[:self.eval_batch])
+        row.throughput = self.eval_batch / (time.perf_counter() - t0)
+
+    def time_big(self, trial: Trial, row: Row) -> None:
+        """The trial's latency at 299 into ``row`` (its 299 file, when it has one)."""
+        if trial.big_path is not None and self.x299 is not None:
+            with self.open(trial.big_path, trial.backend, trial.opened_precision) as rt:
+                row.latency_ms_299 = latency_ms(rt, self.x299, self.iters_299)
 
     def delta_text(self, pred) -> str:
         """`` (Δ -0.12 pt, 95% CI [-0.25, 0.01])`` against the reference, for the log."""
@@ -110,16 +127,12 @@ class Bench:
             with self.open(path, backend, opened) as rt:
                 row.top1, row.agreement, row.pred = self.score(
                     predict(rt, self.x_test, self.eval_batch))
-                row.latency_ms = latency_ms(rt, self.x1, self.iters)
-                row.throughput_b8 = self.batch8_throughput(rt)
-                t0 = time.perf_counter()
-                rt(self.x_test[:self.eval_batch])
-                row.throughput = self.eval_batch / (time.perf_counter() - t0)
+                self.time_runtime(rt, row)
             if big_path is not None:
                 with self.open(big_path, backend, opened) as rt:
                     row.latency_ms_299 = latency_ms(rt, self.x299, self.iters_299)
         except Exception as e:  # one engine failing must not sink the study: record why
-            row.note = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            row.note = failure_note(e)
         name = method if precision != "int8" else (
             f"{method}@{target}" if quantizer == "ours" else f"{quantizer} ({method})")
         big = "" if row.latency_ms_299 is None else f"  @299 {row.latency_ms_299:.1f} ms"
@@ -146,6 +159,49 @@ class Bench:
         row.note = row.note or trial.note
         return row
 
+    # the parts of a trial an executor may run apart (engine.study.ray_executor)
+    def predictions(self, trial: Trial, lo: int, hi: int, reference=None) -> np.ndarray:
+        """Top-1 of test images ``lo:hi``, in the same batches :meth:`measure` runs, so the
+        shards of a trial put together are its predictions image by image."""
+        x = self.x_test[lo:hi]
+        if trial.is_reference:
+            return predict(_torch_fn(reference), x, self.eval_batch).argmax(1)
+        with self.open(trial.path, trial.backend, trial.opened_precision) as rt:
+            return predict(rt, x, self.eval_batch).argmax(1)
+
+    def timing(self, trial: Trial, reference=None, big_reference=None) -> Row:
+        """A row with only the trial's speed figures (the accuracy comes from its shards)."""
+        row = Row(trial.backend, trial.precision, trial.method)
+        if trial.is_reference:
+            self.time_torch(_torch_fn(reference), row)
+            if big_reference is not None and self.x299 is not None:
+                row.latency_ms_299 = latency_ms(_torch_fn(big_reference), self.x299,
+                                                self.iters_299)
+            return row
+        with self.open(trial.path, trial.backend, trial.opened_precision) as rt:
+            self.time_runtime(rt, row)
+        self.time_big(trial, row)
+        return row
+
+    def row_of(self, trial: Trial, pred: Optional[np.ndarray], timed: Optional[Row],
+               reference=None, note: str = "") -> Row:
+        """The row of ``trial`` put together from its predictions and its timing."""
+        file_mb = _state_mb(reference) if trial.is_reference else _file_mb(trial.path)
+        row = Row(trial.backend, trial.precision, trial.method,
+                  calib_seconds=trial.calib_seconds, excluded=list(trial.excluded),
+                  file_mb=file_mb, target=trial.target, quantizer=trial.quantizer,
+                  note=note or trial.note or ("PyTorch eager: the baseline"
+                                              if trial.is_reference else ""))
+        if pred is not None:
+            row.pred = np.asarray(pred)
+            row.top1 = 100.0 * float((row.pred == self.y_test).mean())
+            if self.ref_pred is not None:
+                row.agreement = 100.0 * float((row.pred == self.ref_pred).mean())
+        if timed is not None:
+            for name in ("latency_ms", "latency_ms_299", "throughput", "throughput_b8"):
+                setattr(row, name, getattr(timed, name))
+        return row
+
     def options(self) -> dict:
         """What a trial's measurement depends on besides its files and the test set (part
         of its key)."""
@@ -159,6 +215,17 @@ def _file_mb(path) -> float:
     weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
     return (path.stat().st_size + (weights.stat().st_size if weights and weights.is_file()
                                    else 0)) / 1e6
+
+
+def _state_mb(model) -> float:
+    """Size of a PyTorch model's weights and buffers in MB."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
+
+
+def failure_note(e: BaseException) -> str:
+    """What a row that failed says: the exception's type and first line."""
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"failed: {type(e).__name__}: {text}"
 
 
 def _rounded(value, digits):

@@ -64,6 +64,12 @@ class Trial:
                 else f"{self.quantizer} ({self.method})")
         return f"{self.backend} int8 {file}"
 
+    @property
+    def opened_precision(self) -> Optional[str]:
+        """The precision the file is opened at: an anchor's at its own (``as_file``: an
+        OpenVINO IR carries no precision record, its FakeQuantize layers run in INT8)."""
+        return None if self.as_file else self.precision
+
     def identity(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "method": self.method,
                 "target": self.target, "quantizer": self.quantizer, "as_file": self.as_file,

@@ -27,28 +27,42 @@ def result_rows(rows: List[Row], model: str, random_weights: bool,
     ``predictions.npz`` (``predictions`` names the row's array there)."""
     from ..intervals import Paired
     base = rows[0]
+    references = {}             # each CPU class's speed is against its own reference
+    for row in rows:
+        if row.engine == "torch":
+            references.setdefault(row.cpu_class, row)
     result = []
     for i, row in enumerate(rows):
+        speed_base = references.get(row.cpu_class, base)
         r = asdict(row)
         r.pop("pred")
         r["model"] = model
         r["random_weights"] = random_weights
-        if base.latency_ms and r["latency_ms"]:
-            r["latency_vs_torch"] = r["latency_ms"] / base.latency_ms
-        if base.latency_ms_299 and r["latency_ms_299"]:
-            r["latency_299_vs_torch"] = r["latency_ms_299"] / base.latency_ms_299
+        if speed_base.latency_ms and r["latency_ms"]:
+            r["latency_vs_torch"] = r["latency_ms"] / speed_base.latency_ms
+        if speed_base.latency_ms_299 and r["latency_ms_299"]:
+            r["latency_299_vs_torch"] = r["latency_ms_299"] / speed_base.latency_ms_299
         if base.top1 is not None and r["top1"] is not None:
             r["top1_delta_vs_fp32"] = r["top1"] - base.top1
         if row.pred is not None:
             r["predictions"] = f"row_{i}"
-            if i and labels is not None and base.pred is not None:
+            if all(row is not ref for ref in references.values()) and labels is not None \
+                    and base.pred is not None:
                 paired = Paired.from_predictions(base.pred, row.pred, labels).record()
                 r.update({k: paired[k] for k in ("losses", "gains", "top1_delta_ci",
                                                  "agreement_ci", "p_value", "within_noise")})
         result.append(r)
     if labels is not None:
-        flag_best(result, {f"row_{i}": r.pred for i, r in enumerate(rows)}, labels)
+        predictions = {f"row_{i}": r.pred for i, r in enumerate(rows)}
+        for cpu_class in cpu_classes(result):   # the best file on each class
+            flag_best([r for r in result if r.get("cpu_class", "-") == cpu_class], predictions,
+                      labels)
     return result
+
+
+def cpu_classes(rows: List[dict]) -> List[str]:
+    """The CPU classes of ``rows``, in order of first appearance."""
+    return list(dict.fromkeys(r.get("cpu_class", "-") for r in rows))
 
 
 def _indistinguishable(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> bool:
@@ -157,16 +171,14 @@ def _fmt(v, nd=2):
     return str(v)
 
 
-def report_markdown(rows, meta) -> str:
-    m = meta["machine"]
-    lines = [f"# INT8 study: {meta['model']}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {meta['threads']} threads; torch "
-             f"{m['torch']}. Test images: {meta['test_images']}; calibration images: "
-             f"{meta['calibration_images']}. Latency: batch 1, median of {meta['iters']}.", "",
-             "| engine | precision | quantizer | method | target | top-1 % "
-             "| Δ vs FP32 pt [95% CI] | agreement % [95% CI] | latency ms | × torch "
-             "| latency @299 ms | × torch @299 | batch-8 img/s | file MB | calib s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+_TABLE_HEAD = ["| engine | precision | quantizer | method | target | top-1 % "
+               "| Δ vs FP32 pt [95% CI] | agreement % [95% CI] | latency ms | × torch "
+               "| latency @299 ms | × torch @299 | batch-8 img/s | file MB | calib s | note |",
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def _table(rows) -> List[str]:
+    lines = list(_TABLE_HEAD)
     for r in rows:
         lines.append("| " + " | ".join([
             r["engine"], r["precision"], r.get("quantizer", "-"), r["method"],
@@ -177,13 +189,41 @@ def report_markdown(rows, meta) -> str:
             _fmt(r.get("file_mb"), 1), _fmt(r["calib_seconds"], 1),
             (r["note"] + (" excluded: " + ", ".join(r["excluded"]) if r["excluded"] else ""))
             .strip()]) + " |")
-    lines += ["", f"Δ and agreement: paired, against the PyTorch FP32 row on the same "
+    return lines
+
+
+def _class_heading(name: str, info: Optional[dict]) -> str:
+    if not info:
+        return f"## CPU class: {name}"
+    return (f"## CPU class: {name} ({info.get('model')}, {info.get('isa')}, "
+            f"{info.get('cores')} cores, OpenVINO {info.get('openvino')})")
+
+
+def report_markdown(rows, meta) -> str:
+    """report.md: one table (and its best INT8 line) per CPU class the study measured on;
+    one class (the local executor) gives one table without a class heading."""
+    m = meta["machine"]
+    lines = [f"# INT8 study: {meta['model']}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {meta['threads']} threads; torch "
+             f"{m['torch']}. Test images: {meta['test_images']}; calibration images: "
+             f"{meta['calibration_images']}. Latency: batch 1, median of {meta['iters']}.", ""]
+    classes = cpu_classes(rows)
+    info = {c["name"]: c for c in meta.get("cpu_classes") or []}
+    for cpu_class in classes:
+        mine = [r for r in rows if r.get("cpu_class", "-") == cpu_class]
+        if len(classes) > 1:
+            lines += [_class_heading(cpu_class, info.get(cpu_class)), ""]
+        lines += _table(mine)
+        line = best_line(mine)
+        if line:
+            lines += ["", line]
+        lines += [""]
+    lines += [f"Δ and agreement: paired, against the PyTorch FP32 row on the same "
               f"{meta['test_images']} test images; Δ: {METHOD_DELTA}; agreement: "
               f"{METHOD_PROPORTION}. 'within noise': of FP32 (the Δ interval contains 0). "
               "Per-image predictions: predictions.npz."]
-    line = best_line(rows)
-    if line:
-        lines += ["", line, "", f"Rule: {BEST_RULE}"]
+    if best_line(rows):
+        lines += ["", f"Rule: {BEST_RULE}"]
     if rows and rows[0].get("random_weights"):
         lines += ["", "**Weights are random: accuracy columns are meaningless.**"]
     return "\n".join(lines) + "\n"

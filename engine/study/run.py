@@ -146,7 +146,8 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
 
     plan = Plan(study_trials(fp32_path, int8, big_files, engines, theirs), bench,
                 TrialStore(out / "trials"), ref, big_model)
-    rows = (executor or LocalExecutor()).run(plan, force=force, log=log)
+    executor = executor or LocalExecutor()
+    rows = executor.run(plan, force=force, log=log)
     result = result_rows(rows, cfg.name, weights is None, y_test)
     meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
             "test_images": int(len(x_test)), "threads": threads, "iters": iters,
@@ -156,7 +157,8 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
             "budget_confidence": confidence if max_drop is not None else None,
             "interval_methods": {"top1_delta": METHOD_DELTA, "agreement": METHOD_PROPORTION,
                                  "loss_bound": METHOD_BOUND},
-            "best_rule": BEST_RULE}
+            "best_rule": BEST_RULE, "executor": executor.name,
+            "cpu_classes": executor.classes()}
     write_outputs(out, result, meta, log, prediction_arrays(rows, y_test))
     line = best_line(result)
     if line:

@@ -24,3 +24,40 @@ def machine_info() -> dict:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform()}
+
+
+# The instruction sets that decide INT8 speed and accuracy on a CPU, best first, each as
+# named in /proc/cpuinfo's flags and as the report names it
+ISA_LEVELS = (("amx_int8", "AMX"), ("avx512_bf16", "AVX-512 BF16"),
+              ("avx512_vnni", "AVX-512 VNNI"), ("avx2", "AVX2"))
+
+
+def cpu_flags() -> set:
+    from pathlib import Path
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def isa_level(flags) -> str:
+    """The best INT8-relevant instruction set among ``flags`` (:data:`ISA_LEVELS`)."""
+    return next((name for flag, name in ISA_LEVELS if flag in flags), "baseline x86/other")
+
+
+def cpu_class(label: str = "") -> dict:
+    """What this machine reports as its CPU class: model name, ISA level, cores, OpenVINO
+    version, and the class's name (``label`` when the node was given one, else
+    ``ISA level, model name``)."""
+    from ..timing import cpu_model
+    try:
+        import openvino
+        ov = openvino.__version__
+    except ImportError:
+        ov = None
+    model, isa = cpu_model(), isa_level(cpu_flags())
+    return {"name": label or f"{isa}, {model}", "model": model, "isa": isa,
+            "cores": os.cpu_count(), "openvino": ov}
