@@ -204,3 +204,28 @@ def test_a_trial_key_follows_its_inputs(tmp_path, monkeypatch):
                         quantizer="ours").key(data, {"threads": 2}, file_digest)
     monkeypatch.setattr("engine.study.store.__version__", "0.0.0-other")
     assert key != trial.key(data, {"threads": 2}, file_digest)      # a new package version
+
+
+# --------------------------------------------------------------------------- the engine table
+def test_the_study_takes_its_engines_from_the_engine_table(monkeypatch):
+    """Precisions, CPU/GPU kind and plot style come from BackendInfo: a newly registered
+    engine is studied; the reference engine and unknown names are refused clearly."""
+    from dataclasses import replace
+    from engine import backends as B
+    from engine.study.grid import cpu_engines, engines_available, studied_engines
+    assert "torch" not in studied_engines() and {"openvino", "onnxruntime"} <= set(cpu_engines())
+    assert ("onnxruntime", "fp32") in engines_available(["onnxruntime"])
+    with pytest.raises(engine.InputError, match="reference is always its first row"):
+        engines_available(["torch"])
+    with pytest.raises(engine.InputError, match="unknown engine"):
+        engines_available(["tensorflow"])
+    twin = replace(B.BACKENDS["onnxruntime"], name="ort-twin", auto=99, study=("fp32",),
+                   colour="tab:purple", marker="P")
+    monkeypatch.setitem(B.BACKENDS, "ort-twin", twin)
+    assert ("ort-twin", "fp32") in engines_available()
+    assert "ort-twin" in cpu_engines()
+    gpu_only = replace(twin, name="gpu-twin", device="gpu")
+    monkeypatch.setitem(B.BACKENDS, "gpu-twin", gpu_only)
+    from kernels.env import cuda_usable
+    assert (("gpu-twin", "fp32") in engines_available()) == cuda_usable()
+    assert "gpu-twin" not in cpu_engines()

@@ -10,13 +10,15 @@ import numpy as np
 
 from ..evaluation import engine_evaluator
 from ..intervals import CONFIDENCE
+from .grid import cpu_engines
 from .quantize import AnchorFile, Int8File, file_key, study_targets
 
 
 def budget_evaluators(target, x, threads, log: Callable[[str], None] = print):
     """Where a budget must hold: the target's engine; for the signed layout, which every
     engine runs, each CPU engine here as well (the worst drop counts)."""
-    names = [target] if target == "openvino" else [target, "onnxruntime", "openvino"]
+    from calibration.targets import TARGETS
+    names = [target] if TARGETS[target].unsigned_relu else [target] + cpu_engines()
     found = [engine_evaluator(n, x, threads, log=log) for n in dict.fromkeys(names)]
     return [e for e in found if e is not None] or None
 

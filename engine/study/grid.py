@@ -10,26 +10,55 @@ from .quantize import AnchorFile, Int8File
 from .store import trial_key
 
 
-def engines_available(requested: Optional[Sequence[str]] = None) -> List[tuple]:
-    """(backend, precision) pairs to study: float precisions; INT8 is added per method."""
+def studied_engines() -> List[str]:
+    """The engines the study runs files on (``BackendInfo.study``), CPU engines first, each
+    group in ``engine.load``'s order of preference."""
+    from ..backends import BACKENDS
+    found = [b for b in BACKENDS.values() if b.study]
+    return [b.name for b in sorted(found, key=lambda b: (b.device != "cpu", b.auto is None,
+                                                          b.auto or 0))]
+
+
+def cpu_engines() -> List[str]:
+    """The studied engines that run on the CPU (every Q/DQ layout is measured on them)."""
+    from ..backends import BACKENDS
+    return [n for n in studied_engines() if BACKENDS[n].device == "cpu"]
+
+
+def engines_available(requested: Optional[Sequence[str]] = None,
+                      log: Callable[[str], None] = print) -> List[tuple]:
+    """(backend, precision) pairs to study, from the engine table (``BackendInfo.study``):
+    float precisions; INT8 is added per method. Default: every studied engine usable here
+    (a GPU engine only where CUDA is; on CPU the Triton engine would run under the
+    interpreter: for tests, not for a study). A requested engine that is not usable here is
+    logged with the reason; one the study cannot run files on is an InputError."""
+    import importlib
     from kernels.env import cuda_usable
     from .. import backends as B
-    pairs = []
-    wanted = list(requested) if requested else ["openvino", "onnxruntime", "tensorrt", "triton"]
+    from ..errors import InputError
+    studied = studied_engines()
+    for name in requested or ():
+        if name not in B.BACKENDS:
+            raise InputError(f"--engines {name}: unknown engine; the study runs "
+                             f"{', '.join(studied)}")
+        if name not in studied:
+            raise InputError(f"--engines {name}: the study does not run files on {name} "
+                             "(the PyTorch eager FP32 reference is always its first row); "
+                             f"choose from {', '.join(studied)}")
     gpu = cuda_usable()
-    for name in wanted:
+    pairs = []
+    for name in list(requested) if requested else studied:
+        info = B.BACKENDS[name]
         ok, why = B.check_available(name)
         if not ok:
+            if requested:
+                log(f"  {name} is not usable here ({why}); no {name} rows")
             continue
-        if name == "triton" and not gpu and not requested:
-            continue  # on CPU it would run under the interpreter: for tests, not for a study
-        if name == "openvino":
-            from ..backends.openvino import supports
-            pairs += [("openvino", "fp32")] + ([("openvino", "bf16")] if supports("bf16") else [])
-        elif name == "onnxruntime":
-            pairs.append(("onnxruntime", "fp32"))
-        elif name in ("tensorrt", "triton"):
-            pairs += [(name, "fp16")]
+        if info.device == "gpu" and not gpu and not requested:
+            continue
+        supports = getattr(importlib.import_module(info.module), "supports", None)
+        pairs += [(name, p) for p in info.study
+                  if p == "fp32" or supports is None or supports(p)]
     return pairs
 
 
@@ -85,18 +114,20 @@ class Trial:
 
 def study_trials(fp32_path, int8: Dict[str, Int8File], big_files,
                  engines: Optional[Sequence[str]] = None,
-                 anchors: Optional[Dict[str, AnchorFile]] = None) -> List[Trial]:
+                 anchors: Optional[Dict[str, AnchorFile]] = None,
+                 log: Callable[[str], None] = print) -> List[Trial]:
     """The reference, then every available engine on the FP32 file and on each INT8 file it
     can run: GPU engines on the signed files only; CPU engines on every layout, to show what
     the target costs; each anchor's file on the engines it names."""
     from calibration.targets import TARGETS
     trials = [Trial("torch", "fp32", path=fp32_path, big_path=big_files.get("fp32"))]
-    for backend, precision in engines_available(engines):
+    cpu = cpu_engines()
+    for backend, precision in engines_available(engines, log):
         trials.append(Trial(backend, precision, path=fp32_path, big_path=big_files.get("fp32")))
         if precision == "bf16":
             continue
         for key, f in int8.items():
-            if TARGETS[f.target].unsigned_relu and backend not in ("openvino", "onnxruntime"):
+            if TARGETS[f.target].unsigned_relu and backend not in cpu:
                 continue
             trials.append(Trial(backend, "int8", key.split("@")[0], f.path, big_files.get(key),
                                 f.target, "ours", excluded=tuple(f.excluded),

@@ -17,7 +17,8 @@ def comparison_figure(rows):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    markers = {"openvino": "o", "onnxruntime": "s", "tensorrt": "^", "triton": "D"}
+    from ..backends import BACKENDS
+    markers = {n: b.marker for n, b in BACKENDS.items()}
     fig, ax = plt.subplots(figsize=(9, 5.5))
     models = list(dict.fromkeys(r["model"] for r in rows))
     labels = []
@@ -112,8 +113,8 @@ def pareto_figure(rows):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colours = {"torch": "tab:gray", "openvino": "tab:blue", "onnxruntime": "tab:orange",
-               "tensorrt": "tab:green", "triton": "tab:red"}
+    from ..backends import BACKENDS
+    colours = {n: b.colour for n, b in BACKENDS.items()}
     quantizers = [q for q in dict.fromkeys(r.get("quantizer", "-") for r in rows)
                   if q not in ("-", "ours")]
     markers = {"ours": "^", **dict(zip(quantizers, _ANCHOR_MARKERS))}

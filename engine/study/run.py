@@ -16,7 +16,7 @@ from ..runtime import count_option
 from .budget import budget_files, nncf_budget_file
 from .evaluation import Bench
 from .executors import Executor, LocalExecutor, Plan
-from .grid import study_trials
+from .grid import engines_available, study_trials
 from .row import SUBJECT
 from .outputs import prediction_arrays, write_comparison, write_outputs
 from .quantize import Quantized, big_model_files
@@ -105,6 +105,8 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch)
     count_option("num_val", num_val)
     anchors = available_anchors(anchors)
+    if engines:
+        engines_available(engines, log=lambda _: None)      # an unknown name fails here
     if max_drop is not None and data is not None and val is None:
         raise InputError("--max-drop chooses the layers kept float on a validation split; "
                          "with your --data pass --val FILE.npz (or a folder of class "
@@ -144,7 +146,7 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
         big_model, big_files = big_model_files(int8, folder, threads, cfg.arch, theirs, log)
         bench.x299 = np.random.default_rng(0).standard_normal((1, 3, 299, 299)).astype(np.float32)
 
-    plan = Plan(study_trials(fp32_path, int8, big_files, engines, theirs), bench,
+    plan = Plan(study_trials(fp32_path, int8, big_files, engines, theirs, log), bench,
                 TrialStore(out / "trials"), ref, big_model)
     executor = executor or LocalExecutor()
     rows = executor.run(plan, force=force, log=log)
