@@ -31,6 +31,7 @@ def test_study_writes_rows_csv_report_and_plot(tmp_path):
     assert ort["agreement"] == 100.0 and ort["top1"] == base["top1"]   # same network, FP32
     assert all(r["latency_ms"] > 0 and r["throughput_b8"] > 0 and r["file_mb"] > 0
                for r in saved if not r["note"].startswith("failed"))
+    assert all(r["latency_p10"] <= r["latency_ms"] <= r["latency_p90"] for r in saved)
     int8 = next(r for r in saved if r["precision"] == "int8")
     assert int8["target"] == "tensorrt"
     assert int8["file_mb"] < ort["file_mb"]           # int8 weights: a smaller file
@@ -55,6 +56,8 @@ def test_study_writes_rows_csv_report_and_plot(tmp_path):
         assert lo <= r["top1_delta_vs_fp32"] + 1e-9 and r["top1_delta_vs_fp32"] <= hi + 1e-9
     assert ort["top1_delta_ci"] == [0.0, 0.0] and ort["within_noise"]
     assert "[95% CI]" in report and "Rule: Best INT8: among the INT8 rows" in report
+    assert f"| {int8['latency_ms']:.2f} [{int8['latency_p10']:.2f}, {int8['latency_p90']:.2f}] |" \
+        in report                                   # the latency with its spread
     assert sum(r["best_int8"] for r in saved) == 1 and int8["best_int8"]
 
 
@@ -229,3 +232,22 @@ def test_the_study_takes_its_engines_from_the_engine_table(monkeypatch):
     from kernels.env import cuda_usable
     assert (("gpu-twin", "fp32") in engines_available()) == cuda_usable()
     assert "gpu-twin" not in cpu_engines()
+
+
+def test_each_study_default_is_defined_once():
+    """The CLI's defaults are StudyOptions'; options by name are checked by name."""
+    from dataclasses import fields
+    from engine.cli import make_parser
+    from engine.study import StudyOptions
+    args = make_parser().parse_args(["study"])
+    defaults = StudyOptions()
+    for f in fields(StudyOptions):
+        if hasattr(args, f.name) and f.name not in ("methods", "engines", "anchors"):
+            assert getattr(args, f.name) == getattr(defaults, f.name), f.name
+    assert args.methods.split(",") == list(defaults.methods)
+    assert StudyOptions.of(defaults, num_test=5).num_test == 5
+    assert StudyOptions.of(engines=["onnxruntime"]).engines == ("onnxruntime",)
+    with pytest.raises(engine.InputError, match="unknown study option.*num_tset"):
+        run_study(num_tset=5, log=_quiet)
+    with pytest.raises(engine.InputError, match="threads"):
+        StudyOptions.of(threads=0)

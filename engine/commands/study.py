@@ -1,9 +1,9 @@
 """``inception-engine study``: INT8 accuracy versus speed for every engine and method."""
 from __future__ import annotations
 
-from calibration.methods import METHODS
-
 from ..anchors import ANCHORS
+from ..study.options import StudyOptions as Defaults
+from ..study.row import SUBJECT
 from . import add_command, confidence, in_range, non_negative_int, positive_int
 
 
@@ -11,7 +11,7 @@ def register(sub):
     p = add_command(sub, "study", "inception-engine study --methods entropy,percentile "
                     "--engines openvino,onnxruntime --num-test 2000 --out study",
                     help="INT8 accuracy-vs-speed study (tables + Pareto plot)")
-    p.add_argument("--model", default="inception_resnet_v2_fmnist",
+    p.add_argument("--model", default=SUBJECT,
                    help="registered variant (default: the shipped Fashion-MNIST IR-v2 "
                         "subject); inception_v4_fmnist, inception_resnet_v1_fmnist: the other "
                         "shipped subjects; 'all': the three, in OUT/<model>/, and "
@@ -22,18 +22,21 @@ def register(sub):
                                   "class folders (default: the shipped Fashion-MNIST test set)")
     p.add_argument("--calib", help="calibration images: folder, .npy/.npz "
                                    "(default: the shipped 2k train split)")
-    p.add_argument("--methods", default=",".join(METHODS),
+    p.add_argument("--methods", default=",".join(Defaults.methods),
                    help="comma list of calibration methods (default: all)")
     p.add_argument("--engines", help="comma list (default: every engine available here)")
     p.add_argument("--num-test", type=positive_int, help="use only the first N test images")
-    p.add_argument("--num-calib", type=positive_int, default=1000,
-                   help="calibration images (default 1000)")
-    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default 2)")
-    p.add_argument("--iters", type=positive_int, default=20, help="timed runs per latency figure")
+    p.add_argument("--num-calib", type=positive_int, default=Defaults.num_calib,
+                   help=f"calibration images (default {Defaults.num_calib})")
+    p.add_argument("--threads", type=positive_int, default=Defaults.threads,
+                   help=f"CPU threads (default {Defaults.threads})")
+    p.add_argument("--iters", type=positive_int, default=Defaults.iters,
+                   help=f"timed runs per latency figure (default {Defaults.iters})")
     p.add_argument("--no-299", dest="big", action="store_false",
                    help="skip the latency measurement at the canonical 299 shape (the "
                         "architecture at full width, random weights)")
-    p.add_argument("--auto-exclude", type=non_negative_int, default=0, metavar="K",
+    p.add_argument("--auto-exclude", type=non_negative_int, default=Defaults.auto_exclude,
+                   metavar="K",
                    help="add a row keeping the K most sensitive layers in float")
     p.add_argument("--no-cpu-uint8", dest="cpu_uint8", action="store_false",
                    help="skip OpenVINO's uint8-after-ReLU files (target openvino rows); only "
@@ -49,8 +52,9 @@ def register(sub):
                         "validation images lost (FP32 right, INT8 wrong) at --confidence "
                         "(ours per target, and NNCF's accuracy control when the nncf anchor "
                         "runs)")
-    p.add_argument("--confidence", type=confidence, default=0.95,
-                   help="confidence of the --max-drop bound, in [0.5, 1) (default 0.95)")
+    p.add_argument("--confidence", type=confidence, default=Defaults.confidence,
+                   help="confidence of the --max-drop bound, in [0.5, 1) (default "
+                        f"{Defaults.confidence:g})")
     p.add_argument("--val", help="labelled validation split for --max-drop (.npz or a folder "
                                  "of class folders): no test image and no image the model "
                                  "was trained on; needed with --data (default: the shipped "

@@ -35,7 +35,7 @@ Defaults study the shipped subject: Inception-ResNet-v2 at width 0.25 trained on
 from the train set. ``--model inception_v4_fmnist`` / ``inception_resnet_v1_fmnist`` study the
 other shipped subjects, ``--model all`` all three, with a comparison (:func:`run_study`). ``--model/--weights/--data/--calib`` study a user's model and data.
 
-The package, one module per job: :mod:`~engine.study.row` (a row), :mod:`~engine.study.grid`
+The package, one module per job: :mod:`~engine.study.options` (every option and its default), :mod:`~engine.study.row` (a row), :mod:`~engine.study.grid`
 (the engines and files studied), :mod:`~engine.study.evaluation` (measuring a row),
 :mod:`~engine.study.timing`, :mod:`~engine.study.store` (one file per finished trial),
 :mod:`~engine.study.executors` (where trials run), :mod:`~engine.study.quantize` (ours and the anchors' files),
@@ -62,6 +62,7 @@ from .plots import comparison_figure, comparison_plot, pareto_figure, pareto_plo
 from .quantize import AnchorFile, Int8File, Quantized, big_model_files, file_key, study_targets
 from .report import BEST_RULE, best_line, choose_best, comparison_markdown, flag_best, \
     report_markdown, result_rows
+from .options import StudyOptions
 from .row import SUBJECT, Row
 from .store import TrialStore
 from .run import run_study, study_one, subjects
@@ -76,5 +77,5 @@ __all__ = [
     "flag_best", "best_line", "report_markdown", "comparison_markdown", "write_outputs",
     "write_csv", "write_comparison", "prediction_arrays", "pareto_figure", "pareto_plot",
     "comparison_figure", "comparison_plot", "readable_log_ticks", "label_panels",
-    "place_labels", "TrialStore",
+    "place_labels", "TrialStore", "StudyOptions",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 from ..evaluation import predict
 from .grid import Trial
 from .row import Row
-from .timing import latency_ms
+from .timing import latency_ms, latency_spread
 
 
 def _torch_fn(model):
@@ -73,7 +73,8 @@ class Bench:
 
     def time_torch(self, fn, row: Row) -> None:
         """The reference's speed figures into ``row``."""
-        row.latency_ms = latency_ms(fn, self.x1, self.iters)
+        row.latency_ms, row.latency_p10, row.latency_p90 = latency_spread(fn, self.x1,
+                                                                          self.iters)
         row.throughput_b8 = self.batch8_throughput(fn)
         t = time.perf_counter()
         predict(fn, self.x_test[:self.eval_batch * 2], self.eval_batch)
@@ -81,7 +82,8 @@ class Bench:
 
     def time_runtime(self, rt, row: Row) -> None:
         """An opened engine's speed figures at the model's own size into ``row``."""
-        row.latency_ms = latency_ms(rt, self.x1, self.iters)
+        row.latency_ms, row.latency_p10, row.latency_p90 = latency_spread(rt, self.x1,
+                                                                          self.iters)
         row.throughput_b8 = self.batch8_throughput(rt)
         t0 = time.perf_counter()
         rt(self.x_test[:self.eval_batch])
@@ -198,7 +200,8 @@ class Bench:
             if self.ref_pred is not None:
                 row.agreement = 100.0 * float((row.pred == self.ref_pred).mean())
         if timed is not None:
-            for name in ("latency_ms", "latency_ms_299", "throughput", "throughput_b8"):
+            for name in ("latency_ms", "latency_p10", "latency_p90", "latency_ms_299",
+                         "throughput", "throughput_b8"):
                 setattr(row, name, getattr(timed, name))
         return row
 

@@ -172,7 +172,8 @@ def _fmt(v, nd=2):
 
 
 _TABLE_HEAD = ["| engine | precision | quantizer | method | target | top-1 % "
-               "| Δ vs FP32 pt [95% CI] | agreement % [95% CI] | latency ms | × torch "
+               "| Δ vs FP32 pt [95% CI] | agreement % [95% CI] | latency ms [p10, p90] "
+               "| × torch "
                "| latency @299 ms | × torch @299 | batch-8 img/s | file MB | calib s | note |",
                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -183,13 +184,21 @@ def _table(rows) -> List[str]:
         lines.append("| " + " | ".join([
             r["engine"], r["precision"], r.get("quantizer", "-"), r["method"],
             r.get("target", "-"), _fmt(r["top1"]),
-            _delta_cell(r), _agreement_cell(r), _fmt(r["latency_ms"]),
+            _delta_cell(r), _agreement_cell(r), _latency_cell(r),
             _fmt(r.get("latency_vs_torch"), 3), _fmt(r["latency_ms_299"], 1),
             _fmt(r.get("latency_299_vs_torch"), 3), _fmt(r.get("throughput_b8"), 1),
             _fmt(r.get("file_mb"), 1), _fmt(r["calib_seconds"], 1),
             (r["note"] + (" excluded: " + ", ".join(r["excluded"]) if r["excluded"] else ""))
             .strip()]) + " |")
     return lines
+
+
+def _latency_cell(r) -> str:
+    """``12.30 [11.90, 13.05]``: the median and the p10/p90 of its timed calls."""
+    text = _fmt(r["latency_ms"])
+    if r.get("latency_p10") is None or r.get("latency_p90") is None:
+        return text
+    return f"{text} [{r['latency_p10']:.2f}, {r['latency_p90']:.2f}]"
 
 
 def _class_heading(name: str, info: Optional[dict]) -> str:

@@ -28,6 +28,8 @@ class Row:
     file_mb: Optional[float] = None   # size of the model file, MB
     quantizer: str = "-"              # who wrote the INT8 file: "ours" or an anchor's name
                                       # (engine.anchors); "-" for float rows
+    latency_p10: Optional[float] = None  # the spread of latency_ms's timed calls (ms)
+    latency_p90: Optional[float] = None
     cpu_class: str = "-"              # the CPU class the speed was measured on
     pred: Optional[np.ndarray] = field(default=None, repr=False)  # top-1 per test image;
                                       # written to predictions.npz, not to results.json

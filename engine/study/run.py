@@ -2,21 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional
 
 import numpy as np
-
-from calibration.methods import METHODS
 
 from ..anchors import available_anchors
 from ..errors import InputError
 from ..evaldata import default_calib, load_eval_data, validation_data
-from ..intervals import CONFIDENCE, METHOD_BOUND, METHOD_DELTA, METHOD_PROPORTION
-from ..runtime import count_option
+from ..intervals import METHOD_BOUND, METHOD_DELTA, METHOD_PROPORTION
 from .budget import budget_files, nncf_budget_file
 from .evaluation import Bench
 from .executors import Executor, LocalExecutor, Plan
 from .grid import engines_available, study_trials
+from .options import StudyOptions
 from .row import SUBJECT
 from .outputs import prediction_arrays, write_comparison, write_outputs
 from .quantize import Quantized, big_model_files
@@ -48,15 +46,6 @@ def _study_subject(model, weights, log):
     return ref, weights
 
 
-def _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch) -> None:
-    """Each number :func:`run_study` takes, in its range, or an InputError naming it."""
-    count_option("num_test", num_test)
-    for name, value in (("num_calib", num_calib), ("threads", threads), ("iters", iters),
-                        ("eval_batch", eval_batch)):
-        count_option(name, value, allow_none=False)
-    count_option("auto_exclude", auto_exclude, minimum=0, allow_none=False)
-
-
 def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
               out="study", log: Callable[[str], None] = print, **options) -> List[dict]:
     """Run the study and write its outputs to ``out``; returns the rows (see the module
@@ -64,7 +53,8 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
 
     model: a registered variant, or ``"all"``: every shipped subject (:func:`subjects`), each
     in ``out/<model>/``, then ``out/comparison.md`` and ``out/comparison.png`` side by side
-    (their baselines are their own first rows). options: see :func:`study_one`.
+    (their baselines are their own first rows). options: a :class:`StudyOptions` and/or
+    changes to it by name (see :func:`study_one`).
     """
     if model != "all":
         return study_one(model, weights, data, calib, out=out, log=log, **options)
@@ -81,33 +71,25 @@ def run_study(model: str = SUBJECT, weights="bundled", data=None, calib=None,
 
 
 def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
-              methods: Sequence[str] = METHODS, engines: Optional[Sequence[str]] = None,
-              out="study", num_test: Optional[int] = None, num_calib: int = 1000,
-              threads: int = 2, iters: int = 20, big: bool = True, auto_exclude: int = 0,
-              cpu_uint8: bool = True, eval_batch: int = 64,
-              anchors: Optional[Sequence[str]] = None, max_drop: Optional[float] = None,
-              val=None, num_val: Optional[int] = None, confidence: float = CONFIDENCE,
-              force: bool = False, executor: Optional[Executor] = None,
-              log: Callable[[str], None] = print) -> List[dict]:
-    """The study of one model (see :func:`run_study`).
-
-    anchors: the third-party quantizers to run beside ours (:mod:`engine.anchors`; None:
-    every installed one, ``()``: none). max_drop: add the accuracy-budget rows (points of
-    top-1 lost, held with ``confidence``: :mod:`calibration.budget`), chosen on the
-    validation split ``val`` (default: the shipped one; needed with a user's ``data``), its
-    first ``num_val`` images. Each trial's row is kept in ``out/trials/``
+              out="study", log: Callable[[str], None] = print,
+              executor: Optional[Executor] = None, options: Optional[StudyOptions] = None,
+              **changes) -> List[dict]:
+    """The study of one model (see :func:`run_study`), with ``options``
+    (:class:`StudyOptions`, its defaults by default) and ``changes`` to them by name
+    (``study_one(num_test=500)``). Each trial's row is kept in ``out/trials/``
     (:mod:`engine.study.store`): a rerun takes the finished ones from there, unless
     ``force``. executor: where the trials run (default :class:`LocalExecutor`).
     """
     import torch
     from ..export import export_onnx
 
-    _check_numbers(num_test, num_calib, threads, iters, auto_exclude, eval_batch)
-    count_option("num_val", num_val)
-    anchors = available_anchors(anchors)
+    o = StudyOptions.of(options, **changes)
+    methods, engines, num_calib, threads = o.methods, o.engines, o.num_calib, o.threads
+    max_drop, confidence, cpu_uint8 = o.max_drop, o.confidence, o.cpu_uint8
+    anchors = available_anchors(o.anchors)
     if engines:
         engines_available(engines, log=lambda _: None)      # an unknown name fails here
-    if max_drop is not None and data is not None and val is None:
+    if max_drop is not None and data is not None and o.val is None:
         raise InputError("--max-drop chooses the layers kept float on a validation split; "
                          "with your --data pass --val FILE.npz (or a folder of class "
                          "folders), disjoint from the test set")
@@ -120,8 +102,8 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     if data is None and cfg.labels != "fashion_mnist":
         raise InputError(f"{model} was not trained on the shipped Fashion-MNIST data; pass "
                          "--data with your labelled test set (and --calib)")
-    x_test, y_test = load_eval_data(data, cfg, num_test)
-    val_set = validation_data(val, cfg, num_val) if max_drop is not None else None
+    x_test, y_test = load_eval_data(data, cfg, o.num_test)
+    val_set = validation_data(o.val, cfg, o.num_val) if max_drop is not None else None
     if val_set is not None:
         from calibration.budget import check_reachable
         check_reachable(max_drop, confidence, len(val_set[0]))   # before any engine runs
@@ -129,10 +111,11 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     log(f"study: {cfg.name}, {len(x_test)} test images, calibration from "
         f"{'the shipped train split' if calib is None else calib}, {threads} threads")
     fp32_path = export_onnx(ref, folder / f"{cfg.name}.onnx")
-    bench = Bench(x_test, y_test, threads=threads, iters=iters, eval_batch=eval_batch, log=log)
+    bench = Bench(x_test, y_test, threads=threads, iters=o.iters, eval_batch=o.eval_batch,
+                  log=log)
 
     q = Quantized(fp32_path, calib_data, num_calib, folder, cfg.name, threads, cpu_uint8, log)
-    int8 = q.ours(methods, auto_exclude)
+    int8 = q.ours(methods, o.auto_exclude)
     theirs = q.anchors(anchors)
     if max_drop is not None:
         int8.update(budget_files(q.fp32_path, q.stats, q.stats_seconds, q.calib_data, val_set,
@@ -142,17 +125,17 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
             theirs.update(nncf_budget_file(fp32_path, q.calib_array(), val_set, max_drop,
                                            folder, cfg.name, threads, log))
     big_model, big_files = None, {}
-    if big:
+    if o.big:
         big_model, big_files = big_model_files(int8, folder, threads, cfg.arch, theirs, log)
         bench.x299 = np.random.default_rng(0).standard_normal((1, 3, 299, 299)).astype(np.float32)
 
     plan = Plan(study_trials(fp32_path, int8, big_files, engines, theirs, log), bench,
                 TrialStore(out / "trials"), ref, big_model)
     executor = executor or LocalExecutor()
-    rows = executor.run(plan, force=force, log=log)
+    rows = executor.run(plan, force=o.force, log=log)
     result = result_rows(rows, cfg.name, weights is None, y_test)
     meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
-            "test_images": int(len(x_test)), "threads": threads, "iters": iters,
+            "test_images": int(len(x_test)), "threads": threads, "iters": o.iters,
             "calibration_images": num_calib, "statistics_seconds": q.stats_seconds,
             "anchors": list(anchors), "max_drop": max_drop,
             "validation_images": None if val_set is None else int(len(val_set[0])),

@@ -18,6 +18,17 @@ def latency_ms(fn: Callable, x: np.ndarray, iters: int = 20, warmup: int = 3) ->
     return median_ms(lambda: fn(x), iters=iters, warmup=warmup)
 
 
+def latency_spread(fn: Callable, x: np.ndarray, iters: int = 20, warmup: int = 3) -> tuple:
+    """``(median, p10, p90)`` of the batch latency of ``fn(x)`` in ms, over ``iters`` timed
+    calls (:func:`engine.timing.time_calls`): the figure and its spread."""
+    from ..timing import time_calls
+    count_option("iters", iters, allow_none=False)
+    count_option("warmup", warmup, minimum=0, allow_none=False)
+    samples = np.asarray(time_calls(lambda: fn(x), iters=iters, warmup=warmup), float)
+    return (float(np.median(samples)), float(np.percentile(samples, 10)),
+            float(np.percentile(samples, 90)))
+
+
 def machine_info() -> dict:
     import torch
     from ..timing import cpu_model
