@@ -4,6 +4,9 @@ and by the Ray executor on a one-node cluster on this machine, in interleaved ro
 a fresh process and a fresh ``--out``. The Ray figure includes starting and stopping the
 cluster (``total``) and also excludes it (``study``).
 
+``--overhead OUT`` instead measures only what the grid adds (file and test-set hashes, trial
+files) on a finished study folder.
+
 Run it with Ray on loopback only (a network namespace of its own):
 
     unshare -n sh -c 'ip link set lo up && exec python -m benchmarks.study_executors \\
@@ -52,8 +55,8 @@ print(json.dumps({"study": study}))
 '''
 
 
-def run_arm(arm: str, code_root: Path, work: Path, i: int) -> dict:
-    out = work / f"{arm}-{i}"
+def run_arm(name: str, arm: str, code_root: Path, work: Path, i: int) -> dict:
+    out = work / f"{name}-{i}"
     env = {**os.environ, "PYTHONPATH": str(code_root), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_TMPDIR": tempfile.mkdtemp(prefix="rb", dir="/tmp")}
     t = time.perf_counter()
@@ -65,14 +68,58 @@ def run_arm(arm: str, code_root: Path, work: Path, i: int) -> dict:
     return {"total": total, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+def overhead(study_folder: Path, num_test=None) -> dict:
+    """What the trial grid adds to a study, measured on a finished study folder: hashing its
+    model files (per GB), hashing the test set (``num_test`` images, None: all 10k), and
+    saving and loading one trial's row."""
+    from engine.evaldata import load_eval_data
+    from engine.models.registry import get_config
+    from engine.study.store import TrialStore, data_digest, file_digest
+    files = [p for p in (study_folder / "models").iterdir() if p.suffix in (".onnx", ".xml")]
+    t = time.perf_counter()
+    for p in files:
+        file_digest(p)
+    file_s = time.perf_counter() - t
+    size = sum(p.stat().st_size for p in files)
+    x, y = load_eval_data(None, get_config("inception_resnet_v2_fmnist"), num_test)
+    t = time.perf_counter()
+    data_digest(x, y)
+    data_s = time.perf_counter() - t
+    store = TrialStore(study_folder / "trials")
+    keys = [p.stem for p in store.folder.glob("*.json")]
+    with tempfile.TemporaryDirectory() as tmp:
+        again = TrialStore(tmp)
+        t = time.perf_counter()
+        for key in keys:
+            again.save(key, {}, store.load(key))
+            again.load(key)
+        trial_s = (time.perf_counter() - t) / max(1, len(keys))
+    return {"model_files_gb": size / 1e9, "file_hash_s": file_s,
+            "file_hash_s_per_gb": file_s / (size / 1e9), "test_images": int(len(x)),
+            "test_set_mb": x.nbytes / 1e6, "data_hash_s": data_s,
+            "trial_save_load_s": trial_s, "trials": len(keys)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", required=True, help="a checkout of the study before the grid")
+    ap.add_argument("--baseline", help="a checkout of the study before the grid")
+    ap.add_argument("--overhead", metavar="STUDY_OUT",
+                    help="only measure what the grid adds (hashes, trial files) on a "
+                         "finished study folder, on the whole 10k test set")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-ray", dest="ray", action="store_false")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from engine.study.timing import cpu_class
+    if args.overhead:
+        result = {"cpu": cpu_class(), "loadavg_1min": os.getloadavg()[0],
+                  **overhead(Path(args.overhead))}
+        print(json.dumps(result, indent=1))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        return
+    if not args.baseline:
+        ap.error("--baseline is needed (or --overhead)")
     arms = [("before", Path(args.baseline)), ("local", ROOT)] + (
         [("ray", ROOT)] if args.ray else [])
     times = {name: [] for name, _ in arms}
@@ -82,8 +129,8 @@ def main(argv=None):
             order = arms if i % 2 == 0 else arms[::-1]      # alternate who goes first
             for name, root in order:
                 loads.append(os.getloadavg()[0])
-                times[name].append(run_arm(name if name == "ray" else "local", root,
-                                           Path(work), i * 10 + len(times[name])))
+                times[name].append(run_arm(name, "ray" if name == "ray" else "local", root,
+                                           Path(work), i))
                 print(name, times[name][-1], "loadavg", loads[-1], flush=True)
 
     def ratio(arm, key):

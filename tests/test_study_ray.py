@@ -107,12 +107,16 @@ def test_a_rerun_on_the_cluster_skips_every_finished_trial(cluster_run):
     assert json.loads((cluster_run / "ray-first.json").read_text()) == rows   # same report
 
 
-def test_the_report_has_one_speed_table_per_cpu_class(cluster_run):
+def test_the_report_has_one_speed_table_and_pareto_panel_per_cpu_class(cluster_run):
     report = (cluster_run / "ray" / "report.md").read_text()
     classes = json.loads((cluster_run / "classes.json").read_text())
     assert len(classes) == 2
     for c in classes:
         assert report.count(f"## CPU class: {c['name']} (") == 1
     assert report.count("| engine | precision |") == 2
+    from engine.study import pareto_figure
+    rows, _ = _rows(cluster_run / "ray")
+    titles = [ax.get_title() for ax in pareto_figure(rows).axes if ax.get_title()]
+    assert sorted(t.split("\non ")[1] for t in titles) == sorted(c["name"] for c in classes)
     local = (cluster_run / "local" / "report.md").read_text()
     assert "## CPU class" not in local and local.count("| engine | precision |") == 1

@@ -109,7 +109,8 @@ def pareto_figure(rows):
     FP16 diamond), and for INT8 the quantizer (hollow: OpenVINO's uint8 layout). Each row's
     paired 95% interval on Δ top-1 is its vertical error bar. The Pareto front is dashed; its
     points, the baseline and each quantizer's most accurate row are labelled where a label
-    fits without overlap, the rest listed in the legend."""
+    fits without overlap, the rest listed in the legend. One row of panels per CPU class
+    (each against its own speed figures), when the rows come from more than one."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -121,10 +122,15 @@ def pareto_figure(rows):
     views = [(key, title) for key, title in (("latency_ms", "own input size"),
                                              ("latency_ms_299", "full size at 299"))
              if any(r.get(key) is not None for r in rows)] or [("latency_ms", "own input size")]
-    fig, axes = plt.subplots(1, len(views), figsize=(7.5 * len(views) + 2, 6), squeeze=False)
+    classes = list(dict.fromkeys(r.get("cpu_class", "-") for r in rows))
+    fig, axes = plt.subplots(len(classes), len(views),
+                             figsize=(7.5 * len(views) + 2, 6 * len(classes)), squeeze=False)
     panels = []
-    for ax, (key, title) in zip(axes[0], views):
-        pts = [r for r in rows if r[key] is not None and r["top1"] is not None]
+    cells = [(ax, key, title, cpu_class) for cpu_class, line in zip(classes, axes)
+             for ax, (key, title) in zip(line, views)]
+    for ax, key, title, cpu_class in cells:
+        pts = [r for r in rows if r[key] is not None and r["top1"] is not None
+               and r.get("cpu_class", "-") == cpu_class]
         seen = set()
         for r in pts:
             u8 = r.get("target") == "openvino"
@@ -154,7 +160,8 @@ def pareto_figure(rows):
         readable_log_ticks(ax)
         ax.set_xlabel(f"batch-1 latency (ms, {title}; log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"accuracy vs latency: {title}")
+        ax.set_title(f"accuracy vs latency: {title}" + (
+            f"\non {cpu_class}" if len(classes) > 1 else ""))
         ax.grid(alpha=0.3)
     label_panels(fig, panels)
     return fig
