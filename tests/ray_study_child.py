@@ -56,9 +56,39 @@ def main(out: Path, temp_dir: str) -> None:
         study("ray-killed", executor)
         (out / "killed-events.json").write_text(json.dumps(events))
         (out / "classes.json").write_text(json.dumps(executor.classes()))
+        executor.log = lambda line: None
+        failing_trial(out, executor)
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def failing_trial(out: Path, executor) -> None:
+    """A trial whose file no engine can run (an operator nobody defines), beside the
+    reference: it must come back as a row carrying the error, the reference row intact."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+    from engine.models.registry import create_model
+    from engine.study.evaluation import Bench
+    from engine.study.executors import Plan
+    from engine.study.grid import Trial
+    from engine.study.store import TrialStore
+    bad = out / "unrunnable.onnx"
+    onnx.save(helper.make_model(helper.make_graph(
+        [helper.make_node("NoSuchOperator", ["x"], ["y"], domain="nowhere")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 75, 75])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])), bad)
+    model = create_model("inception_resnet_v2_fmnist", weights="bundled")
+    rng = np.random.default_rng(0)
+    bench = Bench(rng.standard_normal((16, 3, 75, 75)).astype(np.float32),
+                  rng.integers(0, 10, 16), threads=1, iters=2, eval_batch=8)
+    trials = [Trial("torch", "fp32", path=bad), Trial("onnxruntime", "fp32", path=bad)]
+    rows = executor.run(Plan(trials, bench, TrialStore(out / "failing" / "trials"), model),
+                        log=lambda line: None)
+    (out / "failing.json").write_text(json.dumps(
+        [{"engine": r.engine, "cpu_class": r.cpu_class, "top1": r.top1, "note": r.note}
+         for r in rows]))
 
 
 if __name__ == "__main__":

@@ -251,3 +251,19 @@ def test_each_study_default_is_defined_once():
         run_study(num_tset=5, log=_quiet)
     with pytest.raises(engine.InputError, match="threads"):
         StudyOptions.of(threads=0)
+
+
+def test_ray_options_are_checked_before_any_work(capsys):
+    from engine.cli import main
+    from engine.study.ray_executor import ray_address, shard_ranges
+    assert main(["study", "--cpu-classes", "avx2", "--out", "never-written"]) != 0
+    assert "--cpu-classes chooses among a Ray cluster's CPU classes" in capsys.readouterr().err
+    assert ray_address("auto") == "auto" and ray_address("127.0.0.1:6379") == "127.0.0.1:6379"
+    with pytest.raises(engine.InputError, match="expected 'auto' or the head's HOST:PORT"):
+        ray_address("my-cluster")
+    # shards are whole evaluation batches (the local batches), cover every image once
+    for n, batch, shards in ((40, 8, 3), (10000, 64, 7), (5, 64, 4), (64, 64, 1)):
+        ranges = shard_ranges(n, batch, shards)
+        assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) <= shards
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all((hi - lo) % batch == 0 for lo, hi in ranges[:-1])

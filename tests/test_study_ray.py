@@ -120,3 +120,13 @@ def test_the_report_has_one_speed_table_and_pareto_panel_per_cpu_class(cluster_r
     assert sorted(t.split("\non ")[1] for t in titles) == sorted(c["name"] for c in classes)
     local = (cluster_run / "local" / "report.md").read_text()
     assert "## CPU class" not in local and local.count("| engine | precision |") == 1
+
+
+def test_a_trial_that_keeps_failing_is_a_row_carrying_the_error(cluster_run):
+    rows = json.loads((cluster_run / "failing.json").read_text())
+    assert len(rows) == 4                     # two trials on each of the two classes
+    for r in rows:
+        if r["engine"] == "torch":
+            assert r["top1"] is not None and not r["note"].startswith("failed")
+        else:
+            assert r["top1"] is None and r["note"].startswith("failed: "), r
