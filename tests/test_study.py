@@ -267,3 +267,13 @@ def test_ray_options_are_checked_before_any_work(capsys):
         assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) <= shards
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
         assert all((hi - lo) % batch == 0 for lo, hi in ranges[:-1])
+
+
+def test_one_file_is_called_faster_only_when_the_spreads_separate():
+    from engine.study.report import faster
+    a = {"latency_ms": 10.0, "latency_p10": 9.5, "latency_p90": 10.5}
+    b = {"latency_ms": 12.0, "latency_p10": 11.0, "latency_p90": 13.0}
+    level = {"latency_ms": 10.2, "latency_p10": 9.0, "latency_p90": 12.0}
+    assert faster(a, b) is True and faster(b, a) is False
+    assert faster(a, level) is None and faster(level, b) is None
+    assert faster(a, {"latency_ms": 50.0}) is None          # no spread: no verdict

@@ -104,9 +104,34 @@ def best_line(rows: List[dict]) -> Optional[str]:
     ci = best.get("top1_delta_ci")
     interval = f", 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
     noise = "; within noise of FP32" if best.get("within_noise") else ""
-    return (f"Best INT8: {best['engine']} / {_int8_name(best)}: top-1 {best['top1']:.2f}% "
+    line = (f"Best INT8: {best['engine']} / {_int8_name(best)}: top-1 {best['top1']:.2f}% "
             f"({_fmt(best.get('top1_delta_vs_fp32'))} pt vs PyTorch FP32{interval}{noise}), "
-            f"{_fmt(best.get('latency_ms'))} ms at batch 1.")
+            f"{_latency_cell(best)} ms at batch 1.")
+    others = sorted((r for r in rows if r is not best and r["precision"] == "int8"
+                     and r.get("latency_ms") and r.get("cpu_class") == best.get("cpu_class")),
+                    key=lambda r: r["latency_ms"])
+    if others:
+        other = others[0]
+        verdict = {True: "faster (their p10-p90 spreads separate)",
+                   False: "slower (their p10-p90 spreads separate)",
+                   None: "level with it within the spread (their p10-p90 spreads overlap)"}
+        line += (f" Against the fastest other INT8 row, {other['engine']} / "
+                 f"{_int8_name(other)} at {_latency_cell(other)} ms: "
+                 f"{verdict[faster(best, other)]}.")
+    return line
+
+
+def faster(a: dict, b: dict) -> Optional[bool]:
+    """Whether row ``a`` is faster than row ``b`` at batch 1: True or False only when their
+    p10-p90 spreads of timed calls separate, None when they overlap (or one is missing)."""
+    if None in (a.get("latency_p10"), a.get("latency_p90"), b.get("latency_p10"),
+                b.get("latency_p90")):
+        return None
+    if a["latency_p90"] < b["latency_p10"]:
+        return True
+    if b["latency_p90"] < a["latency_p10"]:
+        return False
+    return None
 
 
 def _int8_name(row) -> str:
