@@ -130,3 +130,19 @@ def test_a_trial_that_keeps_failing_is_a_row_carrying_the_error(cluster_run):
             assert r["top1"] is not None and not r["note"].startswith("failed")
         else:
             assert r["top1"] is None and r["note"].startswith("failed: "), r
+
+
+def test_no_cluster_at_the_address_is_a_clear_error(tmp_path):
+    if not _namespace_works():
+        pytest.skip("needs `unshare -n` and `ip`")
+    code = ("from engine.study.ray_executor import RayExecutor\n"
+            "from engine.errors import InputError\n"
+            "try:\n    RayExecutor('auto').classes()\n"
+            "except InputError as e:\n    print('InputError:', e)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(tmp_path),
+           "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run(["unshare", "-n", "sh", "-c",
+                           f"ip link set lo up && exec {sys.executable} -c \"{code}\""],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert "InputError: --ray auto: no Ray cluster there" in done.stdout, done.stderr[-2000:]
+    assert "ray start --head" in done.stdout

@@ -126,8 +126,14 @@ class RayExecutor(Executor):
         ray = _ray()
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # a study reports nothing
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     logging_level="warning")
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         logging_level="warning")
+            except ConnectionError as e:
+                from ..errors import InputError
+                raise InputError(f"--ray {self.address}: no Ray cluster there ({e}); start "
+                                 "one with `ray start --head` and pass the address it "
+                                 "prints") from e
         return ray
 
     def _alive(self) -> List[dict]:
