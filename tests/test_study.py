@@ -160,8 +160,11 @@ def test_an_interrupted_study_resumes_with_its_finished_trials(tmp_path, monkeyp
     assert again == rows                              # the same report, nothing measured
 
     lines = []
-    forced = run_study(out=tmp_path, log=lines.append, force=True, **_SMALL)
+    forced = run_study(out=tmp_path, log=lines.append, force=True, paired_rounds=2, **_SMALL)
     assert not any("skipped" in line for line in lines)
+    for r in forced[1:]:          # timed in rounds interleaved with the reference
+        assert r["paired_ratio_p10"] <= r["paired_ratio"] <= r["paired_ratio_p90"]
+        assert f"{r['paired_ratio']:.3f} [" in (tmp_path / "report.md").read_text()
     assert [{c: r.get(c) for c in _ACCURACY} for r in forced] == \
         [{c: r.get(c) for c in _ACCURACY} for r in rows]
     with np.load(tmp_path / "predictions.npz") as z:

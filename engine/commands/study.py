@@ -72,6 +72,11 @@ def register(sub):
     p.add_argument("--cpu-classes", metavar="A,B",
                    help="with --ray: time the trials only on these CPU classes (the names "
                         "the report gives them, or the nodes' cpu_class:NAME labels)")
+    p.add_argument("--paired-rounds", type=non_negative_int, default=Defaults.paired_rounds,
+                   metavar="N",
+                   help="time each engine's batch-1 latency in N rounds interleaved with the "
+                        "PyTorch reference's; the × torch column is then the median of the "
+                        "rounds' ratios with their p10/p90 (default: not paired)")
     p.add_argument("--force", action="store_true",
                    help="measure every trial again, even those finished in OUT/trials/")
     p.set_defaults(func=run)
@@ -98,7 +103,8 @@ def run(args):
                   num_calib=args.num_calib, threads=args.threads, iters=args.iters, big=args.big,
                   auto_exclude=args.auto_exclude, cpu_uint8=args.cpu_uint8, anchors=anchors,
                   max_drop=args.max_drop, val=args.val, num_val=args.num_val,
-                  confidence=args.confidence, force=args.force, executor=executor)
+                  confidence=args.confidence, force=args.force, executor=executor,
+                  paired_rounds=args.paired_rounds)
     finally:
         if executor is not None:
             executor.shutdown()

@@ -14,7 +14,7 @@ import numpy as np
 from ..evaluation import predict
 from .grid import Trial
 from .row import Row
-from .timing import latency_ms, latency_spread
+from .timing import latency_ms, latency_spread, paired_latency
 
 
 def _torch_fn(model):
@@ -39,6 +39,9 @@ class Bench:
     ref_pred: Optional[np.ndarray] = None
     x299: Optional[np.ndarray] = None
     log: Callable[[str], None] = print
+    paired_rounds: int = 0          # > 0: time each engine in rounds interleaved with the
+                                    # reference (StudyOptions.paired_rounds)
+    baseline: Optional[Callable] = None   # the reference's call, for the paired rounds
 
     @property
     def x1(self) -> np.ndarray:
@@ -81,9 +84,18 @@ class Bench:
         row.throughput = min(len(self.x_test), self.eval_batch * 2) / (time.perf_counter() - t)
 
     def time_runtime(self, rt, row: Row) -> None:
-        """An opened engine's speed figures at the model's own size into ``row``."""
-        row.latency_ms, row.latency_p10, row.latency_p90 = latency_spread(rt, self.x1,
-                                                                          self.iters)
+        """An opened engine's speed figures at the model's own size into ``row``; with
+        ``paired_rounds``, its batch-1 latency in rounds interleaved with the reference's,
+        and the ratio of each round's medians (:func:`paired_latency`)."""
+        if self.paired_rounds and self.baseline is not None:
+            (row.latency_ms, row.latency_p10, row.latency_p90), ratios = paired_latency(
+                rt, self.baseline, self.x1, self.iters, self.paired_rounds)
+            row.paired_ratio = float(np.median(ratios))
+            row.paired_ratio_p10 = float(np.percentile(ratios, 10))
+            row.paired_ratio_p90 = float(np.percentile(ratios, 90))
+        else:
+            row.latency_ms, row.latency_p10, row.latency_p90 = latency_spread(rt, self.x1,
+                                                                              self.iters)
         row.throughput_b8 = self.batch8_throughput(rt)
         t0 = time.perf_counter()
         rt(self.x_test[:self.eval_batch])
@@ -147,6 +159,7 @@ class Bench:
     def measure(self, trial: Trial, reference=None, big_reference=None) -> Row:
         """The row of one trial: the reference (``reference``, the PyTorch model; at 299,
         ``big_reference``) or one engine on one file."""
+        self._pair_with(reference)
         if trial.is_reference:
             row = self.torch_row(reference)
             if big_reference is not None and self.x299 is not None:
@@ -174,6 +187,7 @@ class Bench:
     def timing(self, trial: Trial, reference=None, big_reference=None) -> Row:
         """A row with only the trial's speed figures (the accuracy comes from its shards)."""
         row = Row(trial.backend, trial.precision, trial.method)
+        self._pair_with(reference)
         if trial.is_reference:
             self.time_torch(_torch_fn(reference), row)
             if big_reference is not None and self.x299 is not None:
@@ -201,15 +215,21 @@ class Bench:
                 row.agreement = 100.0 * float((row.pred == self.ref_pred).mean())
         if timed is not None:
             for name in ("latency_ms", "latency_p10", "latency_p90", "latency_ms_299",
-                         "throughput", "throughput_b8"):
+                         "throughput", "throughput_b8", "paired_ratio", "paired_ratio_p10",
+                         "paired_ratio_p90"):
                 setattr(row, name, getattr(timed, name))
         return row
+
+    def _pair_with(self, reference) -> None:
+        if self.paired_rounds and reference is not None and self.baseline is None:
+            self.baseline = _torch_fn(reference)
 
     def options(self) -> dict:
         """What a trial's measurement depends on besides its files and the test set (part
         of its key)."""
         return {"threads": self.threads, "iters": self.iters, "eval_batch": self.eval_batch,
-                "x299": None if self.x299 is None else list(self.x299.shape)}
+                "x299": None if self.x299 is None else list(self.x299.shape),
+                **({"paired_rounds": self.paired_rounds} if self.paired_rounds else {})}
 
 
 def _file_mb(path) -> float:

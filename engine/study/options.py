@@ -25,7 +25,9 @@ class StudyOptions:
     cpu_uint8: also OpenVINO's uint8-after-ReLU files. anchors: the third-party quantizers
     (None: every installed one; ``()``: none). max_drop, confidence, val: the accuracy-budget
     rows (points lost at that confidence, chosen on the validation split ``val``).
-    force: measure the trials stored in ``OUT/trials/`` again.
+    force: measure the trials stored in ``OUT/trials/`` again. paired_rounds: time each
+    engine's batch-1 latency in that many rounds interleaved with the PyTorch reference's,
+    and give the ratio with the p10/p90 of the rounds (0: not paired).
     """
 
     methods: Tuple[str, ...] = tuple(METHODS)
@@ -44,6 +46,7 @@ class StudyOptions:
     num_val: Optional[int] = None
     confidence: float = CONFIDENCE
     force: bool = False
+    paired_rounds: int = 0
 
     @classmethod
     def of(cls, options: Optional["StudyOptions"] = None, **changes) -> "StudyOptions":
@@ -71,3 +74,4 @@ class StudyOptions:
         for name in ("num_calib", "threads", "iters", "eval_batch"):
             count_option(name, getattr(self, name), allow_none=False)
         count_option("auto_exclude", self.auto_exclude, minimum=0, allow_none=False)
+        count_option("paired_rounds", self.paired_rounds, minimum=0, allow_none=False)

@@ -210,12 +210,21 @@ def _table(rows) -> List[str]:
             r["engine"], r["precision"], r.get("quantizer", "-"), r["method"],
             r.get("target", "-"), _fmt(r["top1"]),
             _delta_cell(r), _agreement_cell(r), _latency_cell(r),
-            _fmt(r.get("latency_vs_torch"), 3), _fmt(r["latency_ms_299"], 1),
+            _ratio_cell(r), _fmt(r["latency_ms_299"], 1),
             _fmt(r.get("latency_299_vs_torch"), 3), _fmt(r.get("throughput_b8"), 1),
             _fmt(r.get("file_mb"), 1), _fmt(r["calib_seconds"], 1),
             (r["note"] + (" excluded: " + ", ".join(r["excluded"]) if r["excluded"] else ""))
             .strip()]) + " |")
     return lines
+
+
+def _ratio_cell(r) -> str:
+    """× torch: the paired ratio of the interleaved rounds with its p10/p90 when measured,
+    else the ratio of the two medians."""
+    if r.get("paired_ratio") is None:
+        return _fmt(r.get("latency_vs_torch"), 3)
+    return (f"{r['paired_ratio']:.3f} [{r['paired_ratio_p10']:.3f}, "
+            f"{r['paired_ratio_p90']:.3f}] paired")
 
 
 def _latency_cell(r) -> str:

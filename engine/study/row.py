@@ -30,6 +30,9 @@ class Row:
                                       # (engine.anchors); "-" for float rows
     latency_p10: Optional[float] = None  # the spread of latency_ms's timed calls (ms)
     latency_p90: Optional[float] = None
+    paired_ratio: Optional[float] = None      # latency / the reference's, median of the
+    paired_ratio_p10: Optional[float] = None  # interleaved rounds (--paired-rounds), with
+    paired_ratio_p90: Optional[float] = None  # the p10/p90 of the rounds' ratios
     cpu_class: str = "-"              # the CPU class the speed was measured on
     pred: Optional[np.ndarray] = field(default=None, repr=False)  # top-1 per test image;
                                       # written to predictions.npz, not to results.json

@@ -112,7 +112,7 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
         f"{'the shipped train split' if calib is None else calib}, {threads} threads")
     fp32_path = export_onnx(ref, folder / f"{cfg.name}.onnx")
     bench = Bench(x_test, y_test, threads=threads, iters=o.iters, eval_batch=o.eval_batch,
-                  log=log)
+                  log=log, paired_rounds=o.paired_rounds)
 
     q = Quantized(fp32_path, calib_data, num_calib, folder, cfg.name, threads, cpu_uint8, log)
     int8 = q.ours(methods, o.auto_exclude)

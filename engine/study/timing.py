@@ -29,6 +29,26 @@ def latency_spread(fn: Callable, x: np.ndarray, iters: int = 20, warmup: int = 3
             float(np.percentile(samples, 90)))
 
 
+def paired_latency(fn: Callable, baseline: Callable, x: np.ndarray, iters: int = 20,
+                   rounds: int = 5) -> tuple:
+    """``((median, p10, p90) of fn's latency in ms, [fn/baseline per round])``: ``rounds``
+    rounds, each timing ``fn(x)`` then ``baseline(x)`` for ``iters // rounds`` calls, so
+    both see the same machine load; each round's ratio is of its two medians."""
+    from ..timing import time_calls
+    count_option("iters", iters, allow_none=False)
+    count_option("rounds", rounds, allow_none=False)
+    per = max(1, iters // rounds)
+    mine, ratios = [], []
+    for _ in range(rounds):
+        a = time_calls(lambda: fn(x), iters=per, warmup=1)
+        b = time_calls(lambda: baseline(x), iters=per, warmup=1)
+        mine += list(a)
+        ratios.append(float(np.median(a)) / float(np.median(b)))
+    samples = np.asarray(mine, float)
+    return ((float(np.median(samples)), float(np.percentile(samples, 10)),
+             float(np.percentile(samples, 90))), ratios)
+
+
 def machine_info() -> dict:
     import torch
     from ..timing import cpu_model
