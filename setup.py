@@ -23,14 +23,18 @@ setup(
         "cpu": ["openvino>=2024.0", "onnxruntime>=1.18", "onnxscript", "matplotlib"],
         "plot": ["matplotlib"],
         # test-only: reference implementations at random init, serving-config schema, the
-        # end-to-end serving test's clients and scipy (an independent check of the intervals) (the server itself: see "serve" below);
-        # pyyaml reads the KServe manifest
+        # end-to-end serving test's clients, scipy (an independent check of the intervals),
+        # pyyaml (reads the KServe manifest) and Ray (the study's cluster tests) (the server
+        # itself: see "serve" below)
         "test": ["pytest", "pytest-timeout", "timm", "requests", "tritonclient[http,grpc]",
-                 "matplotlib", "grimp", "scipy", "pyyaml"],
+                 "matplotlib", "grimp", "scipy", "pyyaml", "ray==2.60.0"],
         # serving: the clients. The Triton Inference Server comes from the nvidia-pytriton wheel,
         # installed WITHOUT its dependencies (it pins numpy<2 for a Python API we never import):
         #   pip install --no-deps nvidia-pytriton==0.7.0
         "serve": ["tritonclient[http,grpc]"],
+        # the study across a Ray cluster (inception-engine study --ray auto|ADDRESS); every
+        # node needs it and this package installed
+        "cluster": ["ray==2.60.0"],
         # the study's anchors: the INT8 quantizers users would otherwise pick, beside ours
         # (NVIDIA ModelOpt is not here: its [onnx] extra installs onnxruntime-gpu, which would
         # replace the CPU onnxruntime; put it in its own venv and set INCEPTION_MODELOPT_PYTHON)

@@ -234,7 +234,7 @@ def _rows_close_together(count):
 
 
 def _label_boxes(fig):
-    from engine.study import LABEL_GID, _label_box
+    from engine.study.labels import LABEL_GID, _label_box
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     return {id(ax): [_label_box(t, renderer) for t in ax.texts if t.get_gid() == LABEL_GID]

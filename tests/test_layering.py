@@ -7,11 +7,13 @@ Layers, top first; a module may import its own layer and the layers below, never
 
 - api: ``engine`` (the package façade, lazy names only);
 - apps: the CLI and its commands, the study, parity checks, Triton Inference Server export,
-  its guard process and the KServe manifest;
-- loader: ``engine.loader`` (``engine.load``);
+  its guard process, the KServe manifest and serve-tune with its load generator;
+- loader: ``engine.loader`` (``engine.load``) and ``engine.evaluation`` (a model over a
+  labelled set, on one engine);
 - engines: ``engine.backends`` and ``calibration``, independent of each other;
 - core: the ``engine`` modules named in the table (errors, file I/O, ONNX metadata, models,
-  preprocessing, data, weights, export, timing, the runtime base class, graph checks);
+  preprocessing, data, the labelled sets, weights, export, timing, the runtime base class,
+  graph checks);
 - kernels: a leaf that imports only torch, triton, numpy and the standard library.
 
 Every module must be placed: a new ``engine`` module in no list fails
@@ -30,11 +32,11 @@ LAYERS = [
     ("apps", ["engine.__main__", "engine.cli", "engine.commands", "engine.study", "engine.anchors",
               "engine.parity", "engine.tritonserver", "engine.tritonguard",
               "engine.kserve", "engine.servetune", "engine.loadgen"]),
-    ("loader", ["engine.loader"]),
+    ("loader", ["engine.loader", "engine.evaluation"]),
     ("engines", ["engine.backends", "calibration"]),
     ("core", ["engine.errors", "engine.fileio", "engine.onnxmeta", "engine.version", "engine.runtime",
               "engine.timing", "engine.export", "engine.weights", "engine.preprocess", "engine.datasets",
-              "engine.graphcheck", "engine.intervals", "engine.models"]),
+              "engine.graphcheck", "engine.intervals", "engine.evaldata", "engine.models"]),
     ("kernels", ["kernels"]),
 ]
 INDEPENDENT = [("engine.backends", "calibration")]

@@ -31,6 +31,7 @@ def test_study_writes_rows_csv_report_and_plot(tmp_path):
     assert ort["agreement"] == 100.0 and ort["top1"] == base["top1"]   # same network, FP32
     assert all(r["latency_ms"] > 0 and r["throughput_b8"] > 0 and r["file_mb"] > 0
                for r in saved if not r["note"].startswith("failed"))
+    assert all(r["latency_p10"] <= r["latency_ms"] <= r["latency_p90"] for r in saved)
     int8 = next(r for r in saved if r["precision"] == "int8")
     assert int8["target"] == "tensorrt"
     assert int8["file_mb"] < ort["file_mb"]           # int8 weights: a smaller file
@@ -55,6 +56,8 @@ def test_study_writes_rows_csv_report_and_plot(tmp_path):
         assert lo <= r["top1_delta_vs_fp32"] + 1e-9 and r["top1_delta_vs_fp32"] <= hi + 1e-9
     assert ort["top1_delta_ci"] == [0.0, 0.0] and ort["within_noise"]
     assert "[95% CI]" in report and "Rule: Best INT8: among the INT8 rows" in report
+    assert f"| {int8['latency_ms']:.2f} [{int8['latency_p10']:.2f}, {int8['latency_p90']:.2f}] |" \
+        in report                                   # the latency with its spread
     assert sum(r["best_int8"] for r in saved) == 1 and int8["best_int8"]
 
 
@@ -104,3 +107,176 @@ def test_int8_accuracy_on_trained_subject_openvino(tmp_path):
     # on 1,000 images one image is 0.1 pt; the 10k-image figure is in benchmarks/RESULTS.md
     assert best >= base["top1"] - 0.5
     assert max(r["agreement"] for r in int8) >= 98.0
+
+
+# --------------------------------------------------------------------------- the trial store
+_SMALL = dict(num_test=32, num_calib=16, methods=("minmax",), cpu_uint8=False,
+              engines=("onnxruntime",), big=False, iters=2, eval_batch=16, anchors=())
+_ACCURACY = ("engine", "precision", "quantizer", "method", "target", "top1", "agreement",
+             "losses", "gains", "top1_delta_ci")
+
+
+def _trial_rows(out):
+    from engine.study.store import TrialStore
+    store = TrialStore(out / "trials")
+    return {p.stem: store.load(p.stem) for p in (out / "trials").glob("*.json")}
+
+
+def test_an_interrupted_study_resumes_with_its_finished_trials(tmp_path, monkeypatch):
+    """Ctrl-C after k trials leaves k whole trial files; the rerun skips those k, measures
+    the rest, and gives the rows a run never interrupted gives."""
+    from engine.study.store import TrialStore
+    k, saved = 2, []
+    real_save = TrialStore.save
+
+    def save_then_interrupt(self, key, identity, row):
+        path = real_save(self, key, identity, row)
+        saved.append(key)
+        if len(saved) == k:
+            raise KeyboardInterrupt
+        return path
+    monkeypatch.setattr(TrialStore, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(out=tmp_path, log=_quiet, **_SMALL)
+    monkeypatch.setattr(TrialStore, "save", real_save)
+    assert not (tmp_path / "results.json").exists()
+    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == \
+        sorted(f"{key}.json" for key in saved)          # whole files only, no temporary left
+    before = _trial_rows(tmp_path)
+
+    lines = []
+    rows = run_study(out=tmp_path, log=lines.append, **_SMALL)
+    assert f"  skipped {k} of 3 trials finished before in {tmp_path / 'trials'} " \
+           "(--force measures them again)" in lines
+    after = _trial_rows(tmp_path)
+    assert len(after) == 3 and set(before) <= set(after)
+    for key, row in before.items():            # the finished trials were taken, not redone
+        assert row.latency_ms == after[key].latency_ms
+        assert np.array_equal(row.pred, after[key].pred)
+
+    lines = []
+    again = run_study(out=tmp_path, log=lines.append, **_SMALL)
+    assert "  skipped 3 of 3 trials" in " ".join(lines)
+    assert again == rows                              # the same report, nothing measured
+
+    lines = []
+    forced = run_study(out=tmp_path, log=lines.append, force=True, paired_rounds=2, **_SMALL)
+    assert not any("skipped" in line for line in lines)
+    for r in forced[1:]:          # timed in rounds interleaved with the reference
+        assert r["paired_ratio_p10"] <= r["paired_ratio"] <= r["paired_ratio_p90"]
+        assert f"{r['paired_ratio']:.3f} [" in (tmp_path / "report.md").read_text()
+    assert [{c: r.get(c) for c in _ACCURACY} for r in forced] == \
+        [{c: r.get(c) for c in _ACCURACY} for r in rows]
+    with np.load(tmp_path / "predictions.npz") as z:
+        fresh = {name: z[name] for name in z.files}
+    for r in rows:
+        pred = next(row.pred for row in after.values()
+                    if (row.engine, row.precision, row.method) ==
+                    (r["engine"], r["precision"], r["method"]))
+        assert np.array_equal(fresh[r["predictions"]], pred)
+
+
+def test_a_trial_key_follows_its_inputs(tmp_path, monkeypatch):
+    """The key changes with the file's content, the data, an option; the calibration
+    record's run time (different on every run) is no part of it."""
+    import onnx
+    from engine.study.grid import Trial
+    from engine.study.store import data_digest, file_digest
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])]))
+
+    def write(name, seconds, method="minmax"):
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, {"inception.calibration": json.dumps(
+            {"method": method, "seconds": seconds})})
+        onnx.save(model, tmp_path / name)
+        return tmp_path / name
+    a, b, c = write("a.onnx", 0.3), write("b.onnx", 0.9), write("c.onnx", 0.3, "mse")
+    assert (tmp_path / "a.onnx").read_bytes() != (tmp_path / "b.onnx").read_bytes()
+    assert file_digest(a) == file_digest(b) != file_digest(c)
+    x, y = np.zeros((2, 3), np.float32), np.arange(2)
+    data = data_digest(x, y)
+    assert data != data_digest(x + 1, y) and data != data_digest(x, y[::-1])
+    trial = Trial("onnxruntime", "int8", "minmax", a, target="tensorrt", quantizer="ours")
+    key = trial.key(data, {"threads": 2}, file_digest)
+    assert key == Trial("onnxruntime", "int8", "minmax", b, target="tensorrt",
+                        quantizer="ours", calib_seconds=9.0).key(data, {"threads": 2},
+                                                                 file_digest)
+    assert key != trial.key(data, {"threads": 1}, file_digest)
+    assert key != trial.key(data_digest(x + 1, y), {"threads": 2}, file_digest)
+    assert key != Trial("openvino", "int8", "minmax", a, target="tensorrt",
+                        quantizer="ours").key(data, {"threads": 2}, file_digest)
+    monkeypatch.setattr("engine.study.store.__version__", "0.0.0-other")
+    assert key != trial.key(data, {"threads": 2}, file_digest)      # a new package version
+
+
+# --------------------------------------------------------------------------- the engine table
+def test_the_study_takes_its_engines_from_the_engine_table(monkeypatch):
+    """Precisions, CPU/GPU kind and plot style come from BackendInfo: a newly registered
+    engine is studied; the reference engine and unknown names are refused clearly."""
+    from dataclasses import replace
+    from engine import backends as B
+    from engine.study.grid import cpu_engines, engines_available, studied_engines
+    assert "torch" not in studied_engines() and {"openvino", "onnxruntime"} <= set(cpu_engines())
+    assert ("onnxruntime", "fp32") in engines_available(["onnxruntime"])
+    with pytest.raises(engine.InputError, match="reference is always its first row"):
+        engines_available(["torch"])
+    with pytest.raises(engine.InputError, match="unknown engine"):
+        engines_available(["tensorflow"])
+    twin = replace(B.BACKENDS["onnxruntime"], name="ort-twin", auto=99, study=("fp32",),
+                   colour="tab:purple", marker="P")
+    monkeypatch.setitem(B.BACKENDS, "ort-twin", twin)
+    assert ("ort-twin", "fp32") in engines_available()
+    assert "ort-twin" in cpu_engines()
+    gpu_only = replace(twin, name="gpu-twin", device="gpu")
+    monkeypatch.setitem(B.BACKENDS, "gpu-twin", gpu_only)
+    from kernels.env import cuda_usable
+    assert (("gpu-twin", "fp32") in engines_available()) == cuda_usable()
+    assert "gpu-twin" not in cpu_engines()
+
+
+def test_each_study_default_is_defined_once():
+    """The CLI's defaults are StudyOptions'; options by name are checked by name."""
+    from dataclasses import fields
+    from engine.cli import make_parser
+    from engine.study import StudyOptions
+    args = make_parser().parse_args(["study"])
+    defaults = StudyOptions()
+    for f in fields(StudyOptions):
+        if hasattr(args, f.name) and f.name not in ("methods", "engines", "anchors"):
+            assert getattr(args, f.name) == getattr(defaults, f.name), f.name
+    assert args.methods.split(",") == list(defaults.methods)
+    assert StudyOptions.of(defaults, num_test=5).num_test == 5
+    assert StudyOptions.of(engines=["onnxruntime"]).engines == ("onnxruntime",)
+    with pytest.raises(engine.InputError, match="unknown study option.*num_tset"):
+        run_study(num_tset=5, log=_quiet)
+    with pytest.raises(engine.InputError, match="threads"):
+        StudyOptions.of(threads=0)
+
+
+def test_ray_options_are_checked_before_any_work(capsys):
+    from engine.cli import main
+    from engine.study.ray_executor import ray_address, shard_ranges
+    assert main(["study", "--cpu-classes", "avx2", "--out", "never-written"]) != 0
+    assert "--cpu-classes chooses among a Ray cluster's CPU classes" in capsys.readouterr().err
+    assert ray_address("auto") == "auto" and ray_address("127.0.0.1:6379") == "127.0.0.1:6379"
+    with pytest.raises(engine.InputError, match="expected 'auto' or the head's HOST:PORT"):
+        ray_address("my-cluster")
+    # shards are whole evaluation batches (the local batches), cover every image once
+    for n, batch, shards in ((40, 8, 3), (10000, 64, 7), (5, 64, 4), (64, 64, 1)):
+        ranges = shard_ranges(n, batch, shards)
+        assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) <= shards
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all((hi - lo) % batch == 0 for lo, hi in ranges[:-1])
+
+
+def test_one_file_is_called_faster_only_when_the_spreads_separate():
+    from engine.study.report import faster
+    a = {"latency_ms": 10.0, "latency_p10": 9.5, "latency_p90": 10.5}
+    b = {"latency_ms": 12.0, "latency_p10": 11.0, "latency_p90": 13.0}
+    level = {"latency_ms": 10.2, "latency_p10": 9.0, "latency_p90": 12.0}
+    assert faster(a, b) is True and faster(b, a) is False
+    assert faster(a, level) is None and faster(level, b) is None
+    assert faster(a, {"latency_ms": 50.0}) is None          # no spread: no verdict

@@ -48,6 +48,14 @@ class BackendInfo:
     precisions: Tuple[str, ...] = ("fp32",)
     description: str = ""
     onnx: Optional[GraphSupport] = None  # what it reads from an ONNX graph; None: no ONNX
+    # the INT8 study: where it runs ("cpu": every Q/DQ layout; "gpu": the signed one, studied
+    # by default only where CUDA is usable), the float precisions it is studied at (those its
+    # module's optional supports(precision) denies are left out; () : not an engine the study
+    # runs ONNX files on), and its colour and marker on the study's plots
+    device: str = "cpu"
+    study: Tuple[str, ...] = ()
+    colour: str = "k"
+    marker: str = "x"
 
 
 BACKENDS: Dict[str, BackendInfo] = {b.name: b for b in [
@@ -57,29 +65,34 @@ BACKENDS: Dict[str, BackendInfo] = {b.name: b for b in [
                 "(needs an NVIDIA GPU and driver), or use an NVIDIA TensorRT container; "
                 "without TensorRT, engine.load(\"model.onnx\") runs the ONNX file on CPU",
                 auto=0, precisions=("fp32", "fp16", "int8"),
-                description="NVIDIA TensorRT >= 10, serialized plans"),
+                description="NVIDIA TensorRT >= 10, serialized plans",
+                device="gpu", study=("fp16",), colour="tab:green", marker="^"),
     BackendInfo("triton", "engine.backends.triton", "TritonRuntime", (".onnx",), ("triton",),
                 "pip install triton (ships with torch on Linux; needs an NVIDIA GPU, or "
                 "TRITON_INTERPRET=1 for the slow CPU interpreter)",
                 auto=None, precisions=("fp32", "fp16", "bf16", "int8"),
                 description="this project's fused Triton kernels, run from the ONNX graph",
-                onnx=GraphSupport(ONNX_OPSETS, TRITON_OPS)),
+                onnx=GraphSupport(ONNX_OPSETS, TRITON_OPS),
+                device="gpu", study=("fp16",), colour="tab:red", marker="D"),
     BackendInfo("openvino", "engine.backends.openvino", "OpenVINORuntime", (".onnx", ".xml"),
                 ("openvino",), "pip install openvino",
                 auto=10, precisions=("fp32", "bf16", "fp16", "int8"),
                 description="Intel OpenVINO, the CPU default (BF16 where the CPU has it; "
                             "INT8 from Q/DQ ONNX)",
-                onnx=GraphSupport(ONNX_OPSETS)),
+                onnx=GraphSupport(ONNX_OPSETS),
+                study=("fp32", "bf16"), colour="tab:blue", marker="o"),
     BackendInfo("onnxruntime", "engine.backends.onnxruntime", "ONNXRuntimeRuntime", (".onnx",),
                 ("onnxruntime",),
                 "pip install onnxruntime (or onnxruntime-gpu for the CUDA provider)",
                 auto=20, precisions=("fp32", "int8"),
                 description="ONNX Runtime, CPU execution provider (CUDA where available)",
-                onnx=GraphSupport(ONNX_OPSETS, domains=frozenset({"com.microsoft"}))),
+                onnx=GraphSupport(ONNX_OPSETS, domains=frozenset({"com.microsoft"})),
+                study=("fp32",), colour="tab:orange", marker="s"),
     BackendInfo("torch", "engine.backends.torch", "TorchRuntime", (".pt", ".pth", ".safetensors"),
                 ("torch",), "pip install torch",
                 auto=None, precisions=("fp32", "bf16", "fp16"),
-                description="the PyTorch reference (eager); wraps an nn.Module or a checkpoint"),
+                description="the PyTorch reference (eager); wraps an nn.Module or a checkpoint",
+                colour="tab:gray", marker="*"),
 ]}
 
 

@@ -109,7 +109,8 @@ def _quantize_to_budget(args, options):
     import calibration
     from ..errors import InputError
     from ..onnxmeta import read_metadata
-    from ..study import engine_evaluator, validation_data
+    from ..evaldata import validation_data
+    from ..evaluation import engine_evaluator
     if args.from_cache or args.auto_exclude:
         raise InputError("--max-drop chooses the layers kept in float itself, from --calib "
                          "images: drop --from-cache and --auto-exclude")
