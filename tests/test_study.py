@@ -107,6 +107,12 @@ def test_int8_accuracy_on_trained_subject_openvino(tmp_path):
     # on 1,000 images one image is 0.1 pt; the 10k-image figure is in benchmarks/RESULTS.md
     assert best >= base["top1"] - 0.5
     assert max(r["agreement"] for r in int8) >= 98.0
+    # every OpenVINO row also carries batch 8 under the THROUGHPUT hint, with its streams
+    ov = [r for r in rows if r["engine"] == "openvino" and not r["note"].startswith("failed")]
+    assert ov and all(r["throughput_b8_streams"] > 0 and r["streams_b8"] >= 1 for r in ov)
+    assert base["throughput_b8_streams"] is None
+    report = (tmp_path / "report.md").read_text()
+    assert f"| {ov[0]['throughput_b8_streams']:.1f} ({ov[0]['streams_b8']}) |" in report
 
 
 # --------------------------------------------------------------------------- the trial store

@@ -56,6 +56,16 @@ class Bench:
         x8 = self.x_test[:8]
         return len(x8) / latency_ms(fn, x8, max(3, self.iters // 4), warmup=1) * 1000.0
 
+    def batch8_streams(self, rt) -> tuple:
+        """(img/s, streams) of the file ``rt`` runs under OpenVINO's THROUGHPUT hint at
+        batch 8, as a server with one caller per stream sees it
+        (:func:`engine.backends.openvino.hint_throughput`), beside :meth:`batch8_throughput`
+        (one caller, the LATENCY hint the study opens files with)."""
+        from ..backends.openvino import hint_throughput
+        got = hint_throughput(rt.path, batch=8, hints=("throughput",), threads=self.threads,
+                              precision=rt.precision)["throughput"]
+        return got["images_per_s"], got["streams"]
+
     def score(self, logits):
         """(top-1 %, agreement % with the reference's top-1, the top-1 per image)."""
         pred = logits.argmax(1)
@@ -97,6 +107,8 @@ class Bench:
             row.latency_ms, row.latency_p10, row.latency_p90 = latency_spread(rt, self.x1,
                                                                               self.iters)
         row.throughput_b8 = self.batch8_throughput(rt)
+        if rt.backend == "openvino":
+            row.throughput_b8_streams, row.streams_b8 = self.batch8_streams(rt)
         t0 = time.perf_counter()
         rt(self.x_test[:self.eval_batch])
         row.throughput = self.eval_batch / (time.perf_counter() - t0)
@@ -215,7 +227,8 @@ class Bench:
                 row.agreement = 100.0 * float((row.pred == self.ref_pred).mean())
         if timed is not None:
             for name in ("latency_ms", "latency_p10", "latency_p90", "latency_ms_299",
-                         "throughput", "throughput_b8", "paired_ratio", "paired_ratio_p10",
+                         "throughput", "throughput_b8", "throughput_b8_streams",
+                         "streams_b8", "paired_ratio", "paired_ratio_p10",
                          "paired_ratio_p90"):
                 setattr(row, name, getattr(timed, name))
         return row

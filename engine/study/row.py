@@ -25,6 +25,8 @@ class Row:
     note: str = ""
     target: str = "-"                 # the engine the Q/DQ file was written for (its layout)
     throughput_b8: Optional[float] = None  # img/s at batch 8, model's own size (median)
+    throughput_b8_streams: Optional[float] = None  # OpenVINO only: img/s at batch 8 under
+    streams_b8: Optional[int] = None               # its THROUGHPUT hint, with its streams
     file_mb: Optional[float] = None   # size of the model file, MB
     quantizer: str = "-"              # who wrote the INT8 file: "ours" or an anchor's name
                                       # (engine.anchors); "-" for float rows
