@@ -256,7 +256,7 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
     module paths kept in float. auto_exclude: also keep the K layers of largest output error
     (:func:`calibration.sensitivity`, on the first ``sensitivity_images`` images) in float.
     quantize_gemm: the head (global pool, Flatten, classifier) in int8 too; None (default): the
-    target's choice (``Target.quantize_head``: int8 on openvino, float elsewhere).
+    target's choice (``Target.quantize_head``: float on every target, measured faster).
     target: the engine the file is for (``calibration.targets.TARGETS``): "openvino" gets
     uint8 (zero point 0) on non-negative tensors (ReLU outputs and their concats/pools);
     "tensorrt" (the default), "triton" and "onnxruntime" get signed int8 everywhere. The

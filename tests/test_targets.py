@@ -102,15 +102,10 @@ def test_openvino_gives_the_image_layers_7_bit_weights(files):
 
 
 def test_targets_share_one_set_of_ranges(files):
-    """One calibration: every tensor two targets quantize has one range; the openvino file
-    adds only its int8 head's (the last conv's output, the pooled features)."""
+    """One calibration: every target's file quantizes the same tensors with the same ranges
+    (the layouts differ in signedness, not in what is quantized)."""
     ranges = {t: r.amax for t, r in files.items()}
-    signed = ranges["tensorrt"]
-    for a in ranges.values():
-        assert {t: a[t] for t in signed} == signed
-    extra = set(ranges["openvino"]) - set(signed)
-    assert len(extra) == 3 and any("Flatten" in t for t in extra), extra
-    assert all(set(a) == set(signed) for t, a in ranges.items() if t != "openvino")
+    assert all(a == ranges["tensorrt"] for a in ranges.values())
 
 
 def test_several_targets_calibrate_once(fp32, images, tmp_path, monkeypatch):
@@ -202,23 +197,38 @@ def _float_islands(path):
         return runtime_layers(rt.compiled), float_layers(rt.compiled)
 
 
-def test_openvino_target_runs_without_a_float_island(files, fp32, stats, tmp_path):
+# what the profile says must stay float: the head (benchmarks/cpu_profile.py measured the
+# int8 head slower end to end), whose pool and classifier run at the float fallback with the
+# Multiply that dequantizes the pool's input
+HEAD_FLOAT = {"Reduce", "FullyConnected", "Eltwise"}
+
+
+def _outside_the_head(islands):
+    return [la for la in islands if la["type"] not in HEAD_FLOAT]
+
+
+def test_openvino_target_has_no_float_island_outside_the_head(files, fp32, stats, tmp_path):
     """On OpenVINO's compiled model (after its fusions, not the ONNX), every compute layer of
-    the openvino-target file runs in int8: convs, concats, pools, the global pool and the
-    classifier (benchmarks/cpu_profile.py found nothing that must stay float). The same
-    network with the head left float shows its island, so the check can fail."""
+    the openvino-target file but the head runs in int8: convs, concats, pools. A conv kept
+    float on purpose shows up as an island, so the check can fail; and the head in int8
+    (``quantize_gemm=True``) leaves no island at all."""
     pytest.importorskip("openvino")
     layers, islands = _float_islands(files["openvino"].path)
     convs = [la for la in layers if la["type"] == "Convolution"]
     assert len(convs) > 200 and all(la["precision"] in ("u8", "i8") for la in convs)
-    assert {"Reduce", "FullyConnected"} <= {la["type"] for la in layers}
-    assert islands == [], "float layers: " + "; ".join(
-        f"{la['type']} {la['precision']} {la['name']}" for la in islands)
+    assert {"Reduce", "FullyConnected"} <= {la["type"] for la in islands}   # the float head
+    assert _outside_the_head(islands) == [], "float layers: " + "; ".join(
+        f"{la['type']} {la['precision']} {la['name']}" for la in _outside_the_head(islands))
 
-    float_head = calibration.quantize(fp32, tmp_path / "float-head.onnx", statistics=stats,
-                                      method="minmax", target="openvino", quantize_gemm=False)
-    kinds = {la["type"] for la in _float_islands(float_head.path)[1]}
-    assert {"Reduce", "FullyConnected"} <= kinds
+    planted = calibration.quantize(fp32, tmp_path / "float-conv.onnx", statistics=stats,
+                                   method="minmax", target="openvino",
+                                   exclude=["conv2d_4a"])
+    kinds = {la["type"] for la in _outside_the_head(_float_islands(planted.path)[1])}
+    assert "Convolution" in kinds
+
+    int8_head = calibration.quantize(fp32, tmp_path / "int8-head.onnx", statistics=stats,
+                                     method="minmax", target="openvino", quantize_gemm=True)
+    assert _float_islands(int8_head.path)[1] == []
 
 
 def _head_is_int8(path) -> bool:
@@ -229,10 +239,10 @@ def _head_is_int8(path) -> bool:
     return [producers.get(t) for t in gemm.input[:2]] == ["DequantizeLinear"] * 2
 
 
-def test_only_the_openvino_target_quantizes_the_head(files):
-    """The classifier is int8 in the openvino file and float in the others."""
-    assert {t: _head_is_int8(r.path) for t, r in files.items()} == {
-        t: t == "openvino" for t in files}
+def test_no_target_quantizes_the_head_by_default(files):
+    """The classifier is float in every target's file unless asked for (measured faster on
+    OpenVINO; the other engines were never measured faster with it)."""
+    assert {t: _head_is_int8(r.path) for t, r in files.items()} == {t: False for t in files}
 
 
 def test_a_cache_without_the_head_keeps_it_float(files, fp32, tmp_path):

@@ -47,8 +47,8 @@ def register(sub):
     p.add_argument("--sensitivity-images", type=positive_int, default=64, metavar="N")
     p.add_argument("--quantize-gemm", action=argparse.BooleanOptionalAction, default=None,
                    help="the head (global pool and classifier, < 0.1%% of the MACs) in int8 "
-                        "(default: the target's choice: int8 for openvino, where it was "
-                        "measured faster, float for the others)")
+                        "(default: the target's choice: float on every target; on OpenVINO "
+                        "the float head was measured faster end to end)")
     p.add_argument("--target", choices=list(TARGETS), default=None,
                    help="the engine that will run OUT.onnx; each gets its fastest Q/DQ layout "
                         "(openvino: uint8 after ReLU; onnxruntime, tensorrt, triton: signed "
