@@ -312,7 +312,7 @@ def check_reachable(max_drop: float, confidence: float, images: int) -> None:
 
 
 def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
-                       val_labels: Optional[np.ndarray] = None, data=None, statistics=None,
+                       val_labels: Optional[np.ndarray] = None, *, data=None, statistics=None,
                        evaluate: Optional[Callable] = None,
                        budget: Optional[BudgetOptions] = None,
                        options: Optional[QuantizeOptions] = None, **overrides):

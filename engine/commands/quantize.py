@@ -70,8 +70,9 @@ def register(sub):
     p.add_argument("--bias-correction", choices=tuple(BIAS_CORRECTION),
                    default=_bias_correction_name(Defaults.bias_correction),
                    help="shift each conv's bias by the mean error quantization adds to its "
-                        "output (measured on the --calib images); auto (default): where it "
-                        "was measured to help this --target and --method")
+                        "output (measured on the --calib images); auto: where it "
+                        "was measured to help this --target and --method (default "
+                        "%(default)s)")
     p.add_argument("--unsigned-relu", action="store_true",
                    help="deprecated: the same as --target openvino")
     p.add_argument("--max-drop", type=in_range(0, 100), default=None, metavar="PT",
