@@ -33,11 +33,13 @@ For a study over several methods, collect the statistics once and reuse them::
 
 Public API (stable; extend, don't rename):
 
-- ``quantize(onnx_in, onnx_out, data=None, method="entropy", exclude=(), percentile=99.99,
-  num_images=None, batch_size=32, statistics=None, scales=None, auto_exclude=0,
-  sensitivity_images=64, quantize_gemm=None, target=None, unsigned_relu=None,
-  bias_correction=None, bias_images=128, cache=None, cache_version=None, threads=None,
-  progress=False) -> QuantizeResult``. ``bias_correction``: shift each conv's bias by the
+- ``quantize(onnx_in, onnx_out, data=None, options=None, *, statistics=None, scales=None,
+  cache=None, **overrides) -> QuantizeResult``: ``options`` a ``QuantizeOptions``
+  (``calibration/options.py``: method, exclude, percentile, num_images, batch_size,
+  auto_exclude, sensitivity_images, quantize_gemm, target, bias_correction, bias_images,
+  cache_version, threads, progress, check, each with its default there), ``overrides`` any
+  of them by keyword (an unknown keyword is an InputError naming the valid ones;
+  ``QuantizeOptions.of(options, **overrides)`` is the same check). ``bias_correction``: shift each conv's bias by the
   mean error quantization adds to its output (``calibration/bias.py``); None applies it
   where it was measured to help (``Target.bias_correction``: entropy), when ``data`` can be
   read again. ``target``:
@@ -48,10 +50,12 @@ Public API (stable; extend, don't rename):
   num_images, dataset, exclude, auto_excluded, ...).
 - ``quantize_targets(onnx_in, {target: path}, data=None, statistics=None, ...) -> {target:
   QuantizeResult}``: the statistics collected once for every file.
-- ``quantize_to_budget(onnx_in, onnx_out, val_images, val_labels=None, max_drop=0.1,
-  metric="top1"|"agreement", data=..., statistics=None, method="percentile" (or "auto":
-  chosen on the validation split), max_excluded=None, evaluate=None, search="bisect",
-  confidence=0.95, **quantize_options) -> QuantizeResult`` (``.budget``: ``excluded``,
+- ``quantize_to_budget(onnx_in, onnx_out, val_images, val_labels=None, data=...,
+  statistics=None, evaluate=None, budget=None, options=None, **overrides) ->
+  QuantizeResult``: ``budget`` a ``BudgetOptions`` (max_drop, metric "top1"|"agreement",
+  method (or "auto": chosen on the validation split), max_excluded, search, confidence),
+  ``options`` the ``QuantizeOptions`` of every file written, ``overrides`` any option of
+  either by keyword (``.budget``: ``excluded``,
   ``losses``, ``images``, ``loss`` (observed, points), ``bound`` (its upper bound at
   ``confidence``, what is held to ``max_drop``), ``drop`` (= ``loss``), ``steps``,
   ``method``, ``methods_tried``, ``summary()``); a split too small for the budget is a
@@ -100,6 +104,8 @@ _LAZY = {
     "quantize": "calibration.qdq",
     "QuantizeResult": "calibration.qdq",
     "quantize_targets": "calibration.qdq",
+    "QuantizeOptions": "calibration.options",
+    "BudgetOptions": "calibration.options",
     "TARGETS": "calibration.targets",
     "quantize_to_budget": "calibration.budget",
     "greedy_exclusion": "calibration.budget",

@@ -39,7 +39,7 @@ a list of them, one per engine, when the budget must hold on each (the largest b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -50,6 +50,7 @@ from engine.runtime import count_option
 
 from .errors import CalibrationArgumentError, CalibrationError
 from .methods import METHODS
+from .options import BudgetOptions, QuantizeOptions
 from .targets import DEFAULT_TARGET, get_target, quantizes_head
 
 METRICS = ("top1", "agreement")
@@ -311,90 +312,87 @@ def check_reachable(max_drop: float, confidence: float, images: int) -> None:
 
 
 def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
-                       val_labels: Optional[np.ndarray] = None, max_drop: float = 0.1,
-                       metric: str = "top1", data=None, statistics=None,
-                       method: str = "percentile", sensitivity_images: int = 64,
-                       max_excluded: Optional[int] = None,
-                       evaluate: Optional[Callable] = None, threads: Optional[int] = None,
-                       search: str = "bisect", confidence: float = CONFIDENCE,
-                       **options):
+                       val_labels: Optional[np.ndarray] = None, *, data=None, statistics=None,
+                       evaluate: Optional[Callable] = None,
+                       budget: Optional[BudgetOptions] = None,
+                       options: Optional[QuantizeOptions] = None, **overrides):
     """Write ``onnx_out`` with the fewest sensitive layers kept in float whose loss on
     ``val_images`` is at most ``max_drop`` points at ``confidence`` (one-sided upper bound;
     see the module docstring).
 
     data / statistics: the calibration source or its statistics (the ranking reads ``data``,
-    so give it either way); method: a calibration method, or ``"auto"``: the one whose fully
-    INT8 file loses least on the validation split (:func:`choose_method`); search: how the count of layers kept in float is found
-    (:func:`greedy_exclusion`; bisect by default: a few evaluations instead of one per layer);
-    options: the rest of :func:`calibration.quantize` (target, exclude, percentile, ...).
-    Returns the chosen file's :class:`QuantizeResult`, with ``budget`` (a :class:`Budget`)
-    set; the budget is also recorded in the file's calibration metadata.
+    so give it either way). budget: a :class:`calibration.BudgetOptions` (max_drop, metric,
+    method (or ``"auto"``: the one whose fully INT8 file loses least on the validation
+    split, :func:`choose_method`), max_excluded, search (:func:`greedy_exclusion`),
+    confidence); options: a :class:`calibration.QuantizeOptions` for every file written
+    (target, exclude, percentile, sensitivity_images, threads, ...); ``overrides``: any
+    option of either by keyword. Returns the chosen file's :class:`QuantizeResult`, with
+    ``budget`` (a :class:`Budget`) set; the budget is also recorded in the file's
+    calibration metadata.
     """
     from .graph import load_fp32, plan_quantization
     from .qdq import quantize
     from .ranking import sensitivity
     from .stats import collect_statistics
 
+    b, o = BudgetOptions.split(budget, options, **overrides)
     val_images = np.ascontiguousarray(val_images, np.float32)
-    _check(max_drop, metric, val_labels, val_images, max_excluded, search, method, confidence)
+    _check(b.max_drop, b.metric, val_labels, val_images, b.max_excluded, b.search, b.method,
+           b.confidence)
     if data is None:
         raise CalibrationError("quantize_to_budget ranks layers on the calibration images: "
                                "pass data=... (and statistics=... to reuse a pass)")
     proto = load_fp32(onnx_in)
-    evaluators = _evaluators(evaluate, val_images, threads)
+    evaluators = _evaluators(evaluate, val_images, o.threads)
     references = [e(onnx_in) for e in evaluators]
-    num_images = options.pop("num_images", None)
-    batch_size = options.get("batch_size", 32)
     if statistics is None:
-        statistics = collect_statistics(proto, data, num_images=num_images,
-                                        batch_size=batch_size, threads=threads)
-    head = quantizes_head(get_target(options.get("target") or DEFAULT_TARGET),
-                          options.get("quantize_gemm"))
-    plan = plan_quantization(proto, options.get("exclude", ()), quantize_gemm=head)
-    exclude = list(options.pop("exclude", ()))
+        statistics = collect_statistics(proto, data, num_images=o.num_images,
+                                        batch_size=o.batch_size, threads=o.threads)
+    head = quantizes_head(get_target(o.target or DEFAULT_TARGET), o.quantize_gemm)
+    plan = plan_quantization(proto, o.exclude, quantize_gemm=head)
     out = Path(onnx_out)
     trial = out.with_name(f".{out.name}.budget-trial.onnx")   # each step's file, until one fits
-    tried = {}
+    method, tried = b.method, {}
     if method == AUTO:
         def drops_of(name):
-            quantize(onnx_in, trial, data=data, statistics=statistics, method=name,
-                     exclude=exclude, threads=threads, **options)
+            quantize(onnx_in, trial, data=data, statistics=statistics,
+                     options=replace(o, method=name))
             worst = as_step(0, worst_outcome(evaluators, references, trial, val_labels,
-                                             metric), confidence, metric)
+                                             b.metric), b.confidence, b.metric)
             return worst.bound, 100.0 - worst.outcome.agreement_pt
         try:
             method, tried = choose_method(drops_of)
         finally:
             trial.unlink(missing_ok=True)
-    amax = statistics.amax(method, options.get("percentile", 99.99), names=plan.tensors)
+    amax = statistics.amax(method, o.percentile, names=plan.tensors)
     ranking = sensitivity(proto, data, amax=plan.group_amax(amax), plan=plan,
-                          num_images=sensitivity_images, batch_size=batch_size,
-                          threads=threads)
+                          num_images=o.sensitivity_images, batch_size=o.batch_size,
+                          threads=o.threads)
     written = {}
 
     def write_trial(kept):
         # data: read again only by options that need it (bias_correction)
         written["kept"] = list(kept)
         written["result"] = quantize(onnx_in, trial, data=data, statistics=statistics,
-                                     method=method, exclude=exclude + list(kept),
-                                     threads=threads, **options)
+                                     options=replace(o, method=method,
+                                                     exclude=o.exclude + tuple(kept)))
 
     def drop_with(kept):
         write_trial(kept)
-        return worst_outcome(evaluators, references, trial, val_labels, metric)
+        return worst_outcome(evaluators, references, trial, val_labels, b.metric)
 
     try:
-        budget = greedy_exclusion([r.node for r in ranking], drop_with, max_drop, metric,
-                                  max_excluded, search, confidence)
-        budget.images = len(val_images)
-        if written["kept"] != budget.excluded:   # bisection's last trial was over budget
-            write_trial(budget.excluded)
-        budget.method, budget.methods_tried = method, tried
-        _publish_with_budget(trial, out, budget)
+        found = greedy_exclusion([r.node for r in ranking], drop_with, b.max_drop, b.metric,
+                                 b.max_excluded, b.search, b.confidence)
+        found.images = len(val_images)
+        if written["kept"] != found.excluded:    # bisection's last trial was over budget
+            write_trial(found.excluded)
+        found.method, found.methods_tried = method, tried
+        _publish_with_budget(trial, out, found)
     finally:
         trial.unlink(missing_ok=True)
     res = written["result"]
-    res.path, res.budget = out, budget
+    res.path, res.budget = out, found
     return res
 
 

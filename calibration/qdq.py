@@ -4,18 +4,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from dataclasses import replace
+from typing import Dict, Optional
 
 import numpy as np
 
-from engine.runtime import count_option
-
-from .data import check_num_images
 from .errors import CalibrationError
 from .graph import QuantPlan, load_fp32, plan_quantization
-from .methods import METHODS, QMAX, check_percentile, quantize_weight
+from .methods import QMAX, quantize_weight
 from .nodes import activation_qdq, qdq_names
-from .targets import TARGET_FIELD, quantizes_head, resolve_target, wants_bias_correction
+from .options import QuantizeOptions
+from .targets import (DEFAULT_TARGET, TARGET_FIELD, get_target, quantizes_head,
+                      wants_bias_correction)
 
 
 def write_qdq(proto, plan: QuantPlan, amax: Dict[str, float], unsigned_relu: bool = False,
@@ -132,11 +132,8 @@ def rereadable(data) -> bool:
         return True
 
 
-def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude, bias_correction):
-    """Reject what :func:`quantize` cannot do before any work is done."""
-    if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method {method!r}; choose one of "
-                               f"{', '.join(METHODS)}")
+def _check_arguments(onnx_in, onnx_out, data, auto_exclude, bias_correction):
+    """Reject what :func:`quantize` cannot do with these inputs before any work is done."""
     if isinstance(onnx_in, (str, Path)) and Path(onnx_in).resolve() == Path(onnx_out).resolve():
         raise CalibrationError(f"the output {onnx_out} would overwrite the FP32 input; "
                                "choose another file name")
@@ -148,18 +145,6 @@ def _check_arguments(onnx_in, onnx_out, data, method, auto_exclude, bias_correct
             raise CalibrationError(f"{name} reads the calibration data again after the "
                                    "statistics; pass a list, an array or a path, not a "
                                    "one-shot iterator")
-
-
-def _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity_images,
-                   threads, bias_images):
-    """Each number :func:`quantize` takes, in its range, or an InputError naming it."""
-    check_percentile(percentile)
-    check_num_images(num_images)
-    count_option("batch_size", batch_size, allow_none=False)
-    count_option("auto_exclude", auto_exclude, minimum=0, allow_none=False)
-    count_option("sensitivity_images", sensitivity_images, allow_none=False)
-    count_option("threads", threads)
-    count_option("bias_images", bias_images, allow_none=False)
 
 
 def _ranges_from_scales(plan, scales):
@@ -239,53 +224,42 @@ def _save(out, onnx_out, check, cache, cache_version, from_cache, amax):
             write_cache(cache, CalibrationCache.from_amax(amax, version=ver))
 
 
-def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Sequence[str] = (),
-             percentile: float = 99.99, num_images: Optional[int] = None, batch_size: int = 32,
-             statistics=None, scales=None, auto_exclude: int = 0, sensitivity_images: int = 64,
-             quantize_gemm: Optional[bool] = None, target: Optional[str] = None,
-             unsigned_relu: Optional[bool] = None, bias_correction: Optional[bool] = None,
-             bias_images: int = 128, cache=None,
-             cache_version: Optional[str] = None,
-             threads: Optional[int] = None, progress: bool = False, check: bool = True):
+def quantize(onnx_in, onnx_out, data=None, options: Optional[QuantizeOptions] = None, *,
+             statistics=None, scales=None, cache=None, **overrides) -> "QuantizeResult":
     """Calibrate the FP32 ONNX ``onnx_in`` and write the symmetric Q/DQ ONNX ``onnx_out``.
 
     data: the calibration source (see :func:`calibration.data.batches`), unless ``statistics``
     (from :func:`collect_statistics`, to reuse one pass for several methods) or ``scales`` (a
     dict tensor -> amax, or a :class:`CalibrationCache` / cache path, as TensorRT or ModelOpt
-    wrote it) is given. method: minmax | percentile | entropy | mse. exclude: node names or
-    module paths kept in float. auto_exclude: also keep the K layers of largest output error
-    (:func:`calibration.sensitivity`, on the first ``sensitivity_images`` images) in float.
-    quantize_gemm: the head (global pool, Flatten, classifier) in int8 too; None (default): the
-    target's choice (``Target.quantize_head``: float on every target, measured faster).
-    target: the engine the file is for (``calibration.targets.TARGETS``): "openvino" gets
-    uint8 (zero point 0) on non-negative tensors (ReLU outputs and their concats/pools);
-    "tensorrt" (the default), "triton" and "onnxruntime" get signed int8 everywhere. The
-    target is recorded in the metadata. unsigned_relu: deprecated, True means target="openvino",
-    False target="tensorrt". bias_correction: shift each conv's bias by the mean error
-    quantization adds to its output, measured on the first ``bias_images`` images of ``data``
-    (``calibration/bias.py``); None (default): where it was measured to help this target and
-    method (:func:`calibration.targets.wants_bias_correction`) and ``data`` can be read
-    again. cache: also write a TensorRT
-    calibration cache there (scales amax/127 either way). The output (and the cache) are
-    written atomically. Returns a :class:`QuantizeResult`.
+    wrote it) is given. cache: also write a TensorRT calibration cache there (scales
+    amax/127 either way).
+
+    options: a :class:`calibration.QuantizeOptions` (method, exclude, target, bias
+    correction, ...: each option and its default is there); ``overrides``: any of its
+    options by keyword, over ``options`` (``quantize(a, b, data=x, method="minmax")``). An
+    unknown keyword is an InputError naming the valid ones. The target "openvino" gets uint8
+    (zero point 0) on non-negative tensors (ReLU outputs and their concats/pools);
+    "tensorrt" (the default), "triton" and "onnxruntime" get signed int8 everywhere; the
+    target is recorded in the metadata. ``unsigned_relu`` is deprecated (True means
+    target="openvino", False target="tensorrt"). The output (and the cache) are written
+    atomically. Returns a :class:`QuantizeResult`.
     """
     from engine.onnxmeta import META_CALIBRATION, META_PRECISION, set_metadata
 
     t0 = time.perf_counter()
-    chosen = resolve_target(target, unsigned_relu)
-    _check_numbers(percentile, num_images, batch_size, auto_exclude, sensitivity_images,
-                   threads, bias_images)
-    _check_arguments(onnx_in, onnx_out, data, method, auto_exclude, bias_correction)
+    o = QuantizeOptions.of(options, **overrides)
+    chosen = get_target(o.target or DEFAULT_TARGET)
+    _check_arguments(onnx_in, onnx_out, data, o.auto_exclude, o.bias_correction)
     proto = load_fp32(onnx_in)
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
-    head = quantizes_head(chosen, quantize_gemm)
+    exclude = list(o.exclude)
+    head = quantizes_head(chosen, o.quantize_gemm)
     plan = plan_quantization(proto, exclude, quantize_gemm=head)
     stats, from_cache = statistics, None
     if scales is not None:
         try:
             amax, from_cache = _ranges_from_scales(plan, scales)
         except CalibrationError:
-            if quantize_gemm is not None or not head:
+            if o.quantize_gemm is not None or not head:
                 raise
             # scales made for a float head (a TensorRT or ModelOpt cache): keep the head float
             head = False
@@ -293,66 +267,70 @@ def quantize(onnx_in, onnx_out, data=None, method: str = "entropy", exclude: Seq
             amax, from_cache = _ranges_from_scales(plan, scales)
     else:
         amax, stats = _ranges_from_statistics(
-            proto, plan, stats, data, method, percentile,
-            dict(num_images=num_images, batch_size=batch_size, threads=threads,
-                 progress=progress))
+            proto, plan, stats, data, o.method, o.percentile,
+            dict(num_images=o.num_images, batch_size=o.batch_size, threads=o.threads,
+                 progress=o.progress))
     calib_seconds = time.perf_counter() - t0
 
     ranking = None
-    if auto_exclude:
+    if o.auto_exclude:
         plan, amax, ranking = _auto_exclude(
-            proto, plan, amax, stats, data, auto_exclude, method, percentile, exclude,
-            head, dict(num_images=sensitivity_images, batch_size=batch_size,
-                                threads=threads, progress=progress))
-    auto_excluded = [r.node for r in ranking[:auto_exclude]] if ranking is not None else []
+            proto, plan, amax, stats, data, o.auto_exclude, o.method, o.percentile, exclude,
+            head, dict(num_images=o.sensitivity_images, batch_size=o.batch_size,
+                       threads=o.threads, progress=o.progress))
+    auto_excluded = [r.node for r in ranking[:o.auto_exclude]] if ranking is not None else []
     final = plan.group_amax(amax)
     out = write_qdq(proto, plan, final, unsigned_relu=chosen.unsigned_relu,
                     input_weight_qmax=chosen.input_weight_qmax)
     corrected = None
-    if bias_correction or (bias_correction is None and rereadable(data)
-                           and wants_bias_correction(chosen, method)):
-        corrected = _correct_biases(proto, out, plan, final, data, chosen, bias_images,
-                                    batch_size, threads)
-        corrected["chosen"] = "asked" if bias_correction else "auto (target default)"
-    meta = _calibration_meta(method, percentile, stats, plan, exclude, auto_excluded, ranking,
-                             from_cache, chosen, time.perf_counter() - t0)
+    if o.bias_correction or (o.bias_correction is None and rereadable(data)
+                             and wants_bias_correction(chosen, o.method)):
+        corrected = _correct_biases(proto, out, plan, final, data, chosen, o.bias_images,
+                                    o.batch_size, o.threads)
+        corrected["chosen"] = "asked" if o.bias_correction else "auto (target default)"
+    meta = _calibration_meta(o.method, o.percentile, stats, plan, exclude, auto_excluded,
+                             ranking, from_cache, chosen, time.perf_counter() - t0)
     meta["bias_correction"] = corrected
     set_metadata(out, {META_PRECISION: "int8", META_CALIBRATION: json.dumps(meta)})
-    _save(out, onnx_out, check, cache, cache_version, from_cache, final)
-    return QuantizeResult(Path(onnx_out), method, final, plan, stats, auto_excluded, ranking,
+    _save(out, onnx_out, o.check, cache, o.cache_version, from_cache, final)
+    return QuantizeResult(Path(onnx_out), o.method, final, plan, stats, auto_excluded, ranking,
                           calib_seconds, time.perf_counter() - t0,
                           Path(cache) if cache is not None else None, chosen.name,
                           bias_correction=corrected)
 
 
 def quantize_targets(onnx_in, outputs: Dict[str, object], data=None, statistics=None,
-                     num_images: Optional[int] = None, batch_size: int = 32,
-                     threads: Optional[int] = None, progress: bool = False,
-                     **options) -> Dict[str, "QuantizeResult"]:
+                     options: Optional[QuantizeOptions] = None,
+                     **overrides) -> Dict[str, "QuantizeResult"]:
     """One Q/DQ file per target engine from one calibration pass.
 
     outputs: ``{target: path}`` (e.g. ``{"openvino": "m.ov.onnx", "tensorrt": "m.trt.onnx"}``).
     The statistics are collected once over ``data`` (unless given), then every file is
-    written from them with ``options`` (method, exclude, percentile, ...; see
-    :func:`quantize`). Returns ``{target: QuantizeResult}``.
+    written from them with ``options`` and ``overrides`` (method, exclude, percentile, ...:
+    :class:`calibration.QuantizeOptions`; the target is each output's). Returns
+    ``{target: QuantizeResult}``.
     """
+    from .errors import CalibrationArgumentError
     from .stats import collect_statistics
-    from .targets import get_target
     for name in outputs:
         get_target(name)
+    given = {"target", "unsigned_relu"} & set(overrides)
+    if given:
+        raise CalibrationArgumentError(
+            f"quantize_targets writes one file per target of outputs; drop {', '.join(given)}")
+    o = QuantizeOptions.of(options, **overrides)
     if statistics is None:
         if data is None:
             raise CalibrationError("quantize_targets needs calibration data (data=...) or "
                                    "statistics=...")
-        statistics = collect_statistics(onnx_in, data, num_images=num_images,
-                                        batch_size=batch_size, threads=threads,
-                                        progress=progress)
+        statistics = collect_statistics(onnx_in, data, num_images=o.num_images,
+                                        batch_size=o.batch_size, threads=o.threads,
+                                        progress=o.progress)
     # auto_exclude (sensitivity) and bias correction (asked, or the target's default) read
     # the data again; a one-shot iterator is spent by now
     again = data if rereadable(data) else None
-    return {name: quantize(onnx_in, path, data=again, statistics=statistics, target=name,
-                           num_images=num_images, batch_size=batch_size, threads=threads,
-                           progress=progress, **options)
+    return {name: quantize(onnx_in, path, data=again, statistics=statistics,
+                           options=replace(o, target=name))
             for name, path in outputs.items()}
 
 
