@@ -237,8 +237,8 @@ class RayExecutor(Executor):
                     raise RuntimeError(f"no live node of CPU class {cpu_class} left")
                 ref = submit(node)
 
-    def _accuracy_shards(self, ray, plan: Plan, trial: Trial, cpu_class: Optional[str],
-                         ranges, bench_ref, files, ref_model, threads: int):
+    def _accuracy_shards(self, ray, trial: Trial, cpu_class: Optional[str], ranges,
+                         bench_ref, files, ref_model, threads: int):
         """The shard tasks of one trial's predictions: on any node (``cpu_class`` None), or
         round-robin over the live nodes of ``cpu_class``, each as ``(class, first,
         submit)`` for :meth:`_gather`."""
@@ -303,8 +303,8 @@ class RayExecutor(Executor):
             try:
                 shards[key] = ((stored.pred, list(stored.accuracy_classes))
                                if stored is not None else self._accuracy_shards(
-                                   ray, plan, plan.trials[key[0]], key[1], ranges, bench_ref,
-                                   files, ref_model, threads))
+                                   ray, plan.trials[key[0]], key[1], ranges, bench_ref, files,
+                                   ref_model, threads))
             except RuntimeError as e:           # no node of the class to run it on
                 shards[key] = e
         timed = {}
