@@ -86,8 +86,8 @@ BACKENDS: Dict[str, BackendInfo] = {b.name: b for b in [
                 onnx=GraphSupport(ONNX_OPSETS),
                 study=("fp32", "bf16"), colour="tab:blue", marker="o",
                 # its CPU plugin picks kernels by ISA: INT8 saturates at int16 on AVX2
-                # (not with VNNI), float layers run in bf16 where the CPU has it, and bf16
-                # runs only there
+                # (not with VNNI), an INT8 file's float layers run in bf16 where the CPU
+                # has it, and bf16 runs only there
                 accuracy_per_cpu_class=True),
     BackendInfo("onnxruntime", "engine.backends.onnxruntime", "ONNXRuntimeRuntime", (".onnx",),
                 ("onnxruntime",),
