@@ -1,7 +1,8 @@
 """The study on a real multi-node Ray cluster on this machine (tests/ray_study_child.py,
 run inside a network namespace of its own): the same rows as the local executor image by
-image, a worker node lost in the middle, a rerun that skips every finished trial, and one
-speed table per CPU class."""
+image, OpenVINO's accuracy computed on each CPU class and the others' once, a worker node
+lost in the middle, a rerun that skips every finished trial, a resume that reuses only the
+shared predictions, and one speed table per CPU class."""
 from __future__ import annotations
 
 import json
@@ -87,6 +88,67 @@ def test_ray_rows_equal_the_local_rows_image_by_image(cluster_run):
         [r["note"] for r in rows]
 
 
+def _trial(r) -> tuple:
+    return (r["engine"], r["precision"], r["quantizer"], r["method"], r["target"])
+
+
+def _prediction_sets(log: str) -> tuple:
+    """(prediction sets, of them per CPU class) from the Ray executor's log line."""
+    import re
+    found = re.search(r"ray: \d+ trials, (\d+) prediction sets of \d+ shards \((\d+) of "
+                      r"them per CPU class\)", log)
+    assert found, log
+    return int(found[1]), int(found[2])
+
+
+def test_openvino_accuracy_is_computed_on_each_class_the_others_once(cluster_run):
+    rows, preds = _rows(cluster_run / "ray")
+    classes = list(dict.fromkeys(r["cpu_class"] for r in rows))
+    ov = [r for r in rows if r["engine"] == "openvino"]
+    assert {(r["precision"], r["cpu_class"]) for r in ov} >= {("int8", c) for c in classes}
+    for r in ov:                        # each class's OpenVINO rows came from its own nodes
+        assert r["accuracy_classes"] == [r["cpu_class"]], r
+    shared = [r for r in rows if r["engine"] != "openvino"]
+    for trial in dict.fromkeys(_trial(r) for r in shared):
+        mine = [r for r in shared if _trial(r) == trial]
+        assert [r["cpu_class"] for r in mine] == classes
+        # one prediction set, wherever it ran, in both classes' rows
+        assert len({tuple(r["accuracy_classes"]) for r in mine}) == 1, mine
+        assert set(mine[0]["accuracy_classes"]) <= set(classes) and mine[0]["accuracy_classes"]
+        assert all(np.array_equal(preds[r["predictions"]], preds[mine[0]["predictions"]])
+                   for r in mine)
+    n_ov = len({_trial(r) for r in ov})
+    n_shared = len({_trial(r) for r in shared})
+    assert _prediction_sets((cluster_run / "ray.log").read_text()) == \
+        (n_shared + n_ov * len(classes), n_ov * len(classes))
+    killed, _ = _rows(cluster_run / "ray-killed")   # a shard whose node died stayed in class
+    assert all(r["accuracy_classes"] == [r["cpu_class"]] for r in killed
+               if r["engine"] == "openvino"), killed
+
+
+def test_a_resume_reuses_shared_predictions_but_not_openvino_ones(cluster_run):
+    before, before_preds = _rows(cluster_run / "ray-killed")
+    rows, preds = _rows(cluster_run / "ray-resumed")
+    log = (cluster_run / "ray-resumed.log").read_text()
+    others = [r for r in before if r["cpu_class"] == "other"]
+    assert f"skipped {len(before) - len(others)} of {len(before)} trials" in log
+    n_ov = len({_trial(r) for r in others if r["engine"] == "openvino"})
+    assert n_ov >= 2 and _prediction_sets(log) == (n_ov, n_ov)   # only OpenVINO's computed
+    first = next(r["cpu_class"] for r in before if r["cpu_class"] != "other")
+    stored = {_trial(r): r for r in before if r["cpu_class"] == first}
+    for r in rows:
+        if r["cpu_class"] != "other":
+            continue
+        if r["engine"] == "openvino":
+            assert r["accuracy_classes"] == ["other"], r
+        else:                           # the other class's stored row's predictions
+            assert r["accuracy_classes"] == stored[_trial(r)]["accuracy_classes"]
+            assert np.array_equal(preds[r["predictions"]],
+                                  before_preds[stored[_trial(r)]["predictions"]])
+    for cpu_class in (first, "other"):
+        assert _accuracy(rows, preds, cpu_class) == _accuracy(before, before_preds, cpu_class)
+
+
 def test_a_worker_node_lost_mid_study_gives_the_same_rows(cluster_run):
     events = json.loads((cluster_run / "killed-events.json").read_text())
     assert len(events) > 1                   # the node went after the first finished trial
@@ -114,6 +176,7 @@ def test_the_report_has_one_speed_table_and_pareto_panel_per_cpu_class(cluster_r
     for c in classes:
         assert report.count(f"## CPU class: {c['name']} (") == 1
     assert report.count("| engine | precision |") == 2
+    assert "Accuracy per CPU class: the openvino rows' predictions depend on the CPU" in report
     from engine.study import pareto_figure
     rows, _ = _rows(cluster_run / "ray")
     titles = [ax.get_title() for ax in pareto_figure(rows).axes if ax.get_title()]

@@ -114,5 +114,7 @@ class LocalExecutor(Executor):
         for cell in pending:
             trial = plan.trials[cell[0]]
             row = plan.bench.measure(trial, plan.reference, plan.big_reference)
+            if row.pred is not None:
+                row.accuracy_classes = [cell[1]]
             plan.save(cell, row)
             yield cell, row

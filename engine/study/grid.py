@@ -86,6 +86,14 @@ class Trial:
         return self.backend == "torch"
 
     @property
+    def accuracy_per_class(self) -> bool:
+        """Whether this trial's predictions depend on the CPU class they are computed on
+        (``BackendInfo.accuracy_per_cpu_class``; the PyTorch reference's do not)."""
+        from ..backends import BACKENDS
+        info = BACKENDS.get(self.backend)
+        return bool(info and info.accuracy_per_cpu_class) and not self.is_reference
+
+    @property
     def name(self) -> str:
         if self.precision != "int8":
             return f"{self.backend} {self.precision}"

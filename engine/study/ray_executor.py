@@ -8,16 +8,22 @@ What runs where:
   set and the PyTorch reference in Ray's object store, so a worker node needs no shared disk
   (each node writes the files it is sent under its temporary folder, once per file hash);
 - accuracy: each trial's test images are split into shards (whole evaluation batches, so
-  the shards put together are the local result image by image), one task per shard on any
-  node with the study's threads free;
+  the shards put together are the local result image by image), one task per shard with the
+  study's threads. An engine whose predictions depend on the CPU
+  (``BackendInfo.accuracy_per_cpu_class``: OpenVINO, at every precision, since its CPU
+  plugin picks its kernels by ISA and AVX2 saturates INT8 at int16) has its shards run on
+  each CPU class measured, round-robin over that class's nodes, and each class's row carries
+  its own predictions. The others' (ONNX Runtime, the PyTorch reference) are computed once,
+  on any node, and shared by every class's row. Each row records the classes of the nodes
+  that computed its predictions (``Row.accuracy_classes``);
 - speed: each trial is timed once on each CPU class of the cluster, by one task that holds a
   whole node of that class (it asks for all the node's CPUs), with the study's threads.
 
 A node's CPU class is what it reports (:func:`engine.study.timing.cpu_class`: ISA level and
 model name), or the label it was started with as a custom resource ``cpu_class:NAME``
 (``ray start --resources '{"cpu_class:avx2-fleet": 1}'``). A task whose worker or node dies
-is retried by Ray (``max_retries``); a timed task whose node is gone moves to another node of
-its class. A trial that keeps failing becomes a row carrying the error, and the study goes on.
+is retried by Ray (``max_retries``); a task held to a node (a timed one, a shard of a
+per-class trial) whose node is gone moves to another node of its class. A trial that keeps failing becomes a row carrying the error, and the study goes on.
 """
 from __future__ import annotations
 
@@ -79,10 +85,12 @@ def _on_node(trial: Trial, files: Dict[str, tuple]) -> Trial:
     return dataclasses.replace(trial, path=local(trial.path), big_path=local(trial.big_path))
 
 
-def _shard(bench, trial: Trial, files, lo: int, hi: int, reference=None) -> np.ndarray:
+def _shard(bench, trial: Trial, files, lo: int, hi: int, reference=None) -> tuple:
+    """(the id of the node it ran on, top-1 of test images ``lo:hi``)."""
     import torch
     torch.set_num_threads(bench.threads)
-    return bench.predictions(_on_node(trial, files), lo, hi, reference)
+    return (_ray().get_runtime_context().get_node_id(),
+            bench.predictions(_on_node(trial, files), lo, hi, reference))
 
 
 def _timed(bench, trial: Trial, files, reference=None, big_reference=None) -> Row:
@@ -193,34 +201,72 @@ class RayExecutor(Executor):
                 files[str(path)] = (ray.put(blobs), plan.digest(path))
         return files
 
-    def _timed_on(self, ray, cpu_class: str, exclude=()):
-        """A node of ``cpu_class`` not in ``exclude`` that is still alive, or None."""
+    def _class_nodes(self, cpu_class: str, exclude=()) -> List[dict]:
+        """The live nodes of ``cpu_class`` not in ``exclude``."""
         alive = {n["NodeID"] for n in self._alive()}
-        return next((n for n in self.nodes() if n["name"] == cpu_class
-                     and n["node"] in alive and n["node"] not in exclude), None)
+        return [n for n in self.nodes() if n["name"] == cpu_class
+                and n["node"] in alive and n["node"] not in exclude]
 
-    def _submit_timed(self, ray, node, bench_ref, trial, files, ref_model, big_model):
+    def _node_of(self, cpu_class: str, exclude=()) -> Optional[dict]:
+        """A live node of ``cpu_class`` not in ``exclude``, or None."""
+        return next(iter(self._class_nodes(cpu_class, exclude)), None)
+
+    @staticmethod
+    def _pinned(ray, fn, node: dict, num_cpus: int, *args):
+        """``fn(*args)`` as a task held to ``node``."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        return ray.remote(_timed).options(
-            num_cpus=node["cpus"], max_retries=RETRIES,
+        return ray.remote(fn).options(
+            num_cpus=num_cpus, max_retries=RETRIES,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["node"], soft=False)
-        ).remote(bench_ref, trial, files, ref_model, big_model)
+        ).remote(*args)
 
-    def _timing(self, ray, cell: Cell, ref, submit) -> Row:
-        """The timing row of ``cell``, moved to another node of its class while the one it
-        ran on is gone; a failure of the trial itself is raised."""
+    def _on_class(self, ray, cpu_class: str, first, submit):
+        """The result of a task held to a node of ``cpu_class`` (``first``: (node, ref)),
+        submitted again (``submit(node)``) to another node of the class while the one it ran
+        on is gone; a failure of the task itself is raised."""
         tried = set()
-        node, ref = ref
+        node, ref = first
         while True:
             try:
                 return ray.get(ref)
             except (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.TaskUnschedulableError, ray.exceptions.ObjectLostError):
                 tried.add(node["node"])
-                node = self._timed_on(ray, cell[1], tried)
+                node = self._node_of(cpu_class, tried)
                 if node is None:
-                    raise RuntimeError(f"no live node of CPU class {cell[1]} left")
+                    raise RuntimeError(f"no live node of CPU class {cpu_class} left")
                 ref = submit(node)
+
+    def _accuracy_shards(self, ray, trial: Trial, cpu_class: Optional[str], ranges,
+                         bench_ref, files, ref_model, threads: int):
+        """The shard tasks of one trial's predictions: on any node (``cpu_class`` None), or
+        round-robin over the live nodes of ``cpu_class``, each as ``(class, first,
+        submit)`` for :meth:`_gather`."""
+        if cpu_class is None:
+            shard = ray.remote(_shard).options(num_cpus=threads, max_retries=RETRIES)
+            return [(None, (None, shard.remote(bench_ref, trial, files, lo, hi, ref_model)),
+                     None) for lo, hi in ranges]
+        nodes = self._class_nodes(cpu_class)
+        if not nodes:
+            raise RuntimeError(f"no live node of CPU class {cpu_class}")
+        parts = []
+        for k, (lo, hi) in enumerate(ranges):
+            def submit(node, lo=lo, hi=hi):
+                return self._pinned(ray, _shard, node, min(threads, node["cpus"]), bench_ref,
+                                    trial, files, lo, hi, ref_model)
+            node = nodes[k % len(nodes)]
+            parts.append((cpu_class, (node, submit(node)), submit))
+        return parts
+
+    def _gather(self, ray, parts) -> tuple:
+        """(a trial's predictions, the sorted CPU classes of the nodes that computed them)
+        from its shard tasks (:meth:`_accuracy_shards`)."""
+        got = [ray.get(first[1]) if cpu_class is None
+               else self._on_class(ray, cpu_class, first, submit)
+               for cpu_class, first, submit in parts]
+        where = {n["node"]: n["name"] for n in self.nodes()}
+        return (np.concatenate([pred for _, pred in got]),
+                sorted({where.get(node, "?") for node, _ in got}))
 
     def measure(self, plan: Plan, pending: Sequence[Cell], done: Dict[Cell, Row],
                 log: Callable[[str], None]):
@@ -238,50 +284,67 @@ class RayExecutor(Executor):
         bench_ref = ray.put(bench)
         # a shard runs with the study's threads (the numbers then match the local run's), so
         # it asks for as many CPUs, as far as the largest node has them
-        shard = ray.remote(_shard).options(
-            num_cpus=min(bench.threads, max(node["cpus"] for node in self.nodes())),
-            max_retries=RETRIES)
-        # accuracy: one set of shards per trial (a stored row of another class has it)
-        shards = {}
-        for i in trials:
-            stored = next((r for (j, _), r in done.items() if j == i), None)
-            if stored is not None and stored.pred is not None:
-                shards[i] = stored.pred
-            else:
-                shards[i] = [shard.remote(bench_ref, plan.trials[i], files, lo, hi, ref_model)
-                             for lo, hi in ranges]
+        threads = min(bench.threads, max(node["cpus"] for node in self.nodes()))
+
+        def accuracy_key(cell: Cell) -> tuple:
+            """A trial's predictions are one per class where they depend on the class,
+            else one for every class."""
+            return (cell[0], cell[1] if plan.trials[cell[0]].accuracy_per_class else None)
+
+        # accuracy: the shards of each prediction set, or a stored row of another class of
+        # a trial whose predictions are shared by every class
+        shards: Dict[tuple, object] = {}
+        for cell in pending:
+            key = accuracy_key(cell)
+            if key in shards:
+                continue
+            stored = None if key[1] is not None else next(
+                (r for (j, _), r in done.items() if j == key[0] and r.pred is not None), None)
+            try:
+                shards[key] = ((stored.pred, list(stored.accuracy_classes))
+                               if stored is not None else self._accuracy_shards(
+                                   ray, plan.trials[key[0]], key[1], ranges, bench_ref, files,
+                                   ref_model, threads))
+            except RuntimeError as e:           # no node of the class to run it on
+                shards[key] = e
         timed = {}
         for cell in pending:
-            node = self._timed_on(ray, cell[1])
+            node = self._node_of(cell[1])
             trial = plan.trials[cell[0]]
 
             def submit(node, trial=trial):
-                return self._submit_timed(ray, node, bench_ref, trial, files, ref_model,
-                                          big_model)
+                return self._pinned(ray, _timed, node, node["cpus"], bench_ref, trial, files,
+                                    ref_model, big_model)
             timed[cell] = (submit, None if node is None else (node, submit(node)))
-        log(f"  ray: {len(pending)} trials, {len(ranges)} shards each, on "
-            f"{len(self.nodes())} nodes ({', '.join(c['name'] for c in self.classes())})")
-        preds: Dict[int, object] = {}
+        sets = sum(isinstance(v, list) for v in shards.values())
+        per_class = sum(isinstance(v, list) and k[1] is not None for k, v in shards.items())
+        log(f"  ray: {len(pending)} trials, {sets} prediction sets of {len(ranges)} shards "
+            f"({per_class} of them per CPU class), on {len(self.nodes())} nodes "
+            f"({', '.join(c['name'] for c in self.classes())})")
         for cell in pending:                    # the reference's cells come first
-            i = cell[0]
-            trial = plan.trials[i]
-            note, pred, timing = "", None, None
+            trial = plan.trials[cell[0]]
+            key = accuracy_key(cell)
+            note, pred, where, timing = "", None, [], None
             try:
-                if i not in preds:
-                    preds[i] = (shards[i] if isinstance(shards[i], np.ndarray)
-                                else np.concatenate(ray.get(shards[i])))
-                pred = preds[i]
+                if isinstance(shards[key], list):
+                    try:
+                        shards[key] = self._gather(ray, shards[key])
+                    except Exception as e:  # noqa: BLE001 - every cell sharing it fails
+                        shards[key] = e
+                if isinstance(shards[key], Exception):
+                    raise shards[key]
+                pred, where = shards[key]
                 if trial.is_reference and bench.ref_pred is None:
                     bench.ref_pred = plan.bench.ref_pred = pred
                 submit, first = timed[cell]
                 if first is None:
                     raise RuntimeError(f"no live node of CPU class {cell[1]}")
-                timing = self._timing(ray, cell, first, submit)
+                timing = self._on_class(ray, cell[1], first, submit)
             except Exception as e:  # noqa: BLE001 - a trial that keeps failing is a row
                 err = getattr(e, "cause", None) or e
                 note = failure_note(err)
-                preds.setdefault(i, None)
             row = bench.row_of(trial, pred, timing, plan.reference, note)
+            row.accuracy_classes = list(where) if pred is not None else []
             self.log(f"  {trial.name} on {cell[1]}: top1 "
                      f"{'-' if row.top1 is None else round(row.top1, 2)}"
                      f"  {'-' if row.latency_ms is None else round(row.latency_ms, 2)} ms"

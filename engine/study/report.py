@@ -250,6 +250,20 @@ def _class_heading(name: str, info: Optional[dict]) -> str:
             f"{info.get('cores')} cores, OpenVINO {info.get('openvino')})")
 
 
+def accuracy_scope_line(rows: List[dict]) -> str:
+    """Which rows' accuracy is measured on each CPU class, and which is shared by every
+    class's table (``BackendInfo.accuracy_per_cpu_class``)."""
+    from ..backends import BACKENDS
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    own = [e for e in engines if e in BACKENDS and BACKENDS[e].accuracy_per_cpu_class]
+    if not own:
+        return "Accuracy: computed once and the same in every class's table."
+    return (f"Accuracy per CPU class: the {', '.join(own)} rows' predictions depend on the "
+            "CPU's instruction set, so they are computed on each class's own nodes and their "
+            "accuracy columns can differ between the tables; every other row's accuracy is "
+            "computed once and is the same in every class's table.")
+
+
 def report_markdown(rows, meta) -> str:
     """report.md: one table (and its best INT8 line) per CPU class the study measured on;
     one class (the local executor) gives one table without a class heading."""
@@ -269,6 +283,8 @@ def report_markdown(rows, meta) -> str:
         if line:
             lines += ["", line]
         lines += [""]
+    if len(classes) > 1:
+        lines += [accuracy_scope_line(rows), ""]
     lines += [f"Δ and agreement: paired, against the PyTorch FP32 row on the same "
               f"{meta['test_images']} test images; Δ: {METHOD_DELTA}; agreement: "
               f"{METHOD_PROPORTION}. 'within noise': of FP32 (the Δ interval contains 0). "

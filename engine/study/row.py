@@ -36,5 +36,8 @@ class Row:
     paired_ratio_p10: Optional[float] = None  # interleaved rounds (--paired-rounds), with
     paired_ratio_p90: Optional[float] = None  # the p10/p90 of the rounds' ratios
     cpu_class: str = "-"              # the CPU class the speed was measured on
+    accuracy_classes: List[str] = field(default_factory=list)  # the CPU classes of the
+                                      # nodes that computed pred: the row's own for an engine
+                                      # whose accuracy depends on it, else any (shared)
     pred: Optional[np.ndarray] = field(default=None, repr=False)  # top-1 per test image;
                                       # written to predictions.npz, not to results.json
