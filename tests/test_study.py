@@ -218,6 +218,27 @@ def test_a_trial_key_follows_its_inputs(tmp_path, monkeypatch):
     assert key != trial.key(data, {"threads": 2}, file_digest)      # a new package version
 
 
+def test_a_cell_key_names_its_cpu_class(tmp_path):
+    """The same trial measured on two CPU classes is stored under two keys, so a resumed study
+    never takes one class's predictions (OpenVINO INT8 saturates on AVX2) for another's."""
+    import onnx
+    from types import SimpleNamespace
+    from engine.study.executors import Plan
+    from engine.study.grid import Trial
+    from engine.study.store import TrialStore
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])),
+        tmp_path / "a.onnx")
+    bench = SimpleNamespace(x_test=np.zeros((2, 3), np.float32), y_test=np.arange(2),
+                            options=lambda: {"threads": 2})
+    plan = Plan([Trial("openvino", "int8", "minmax", tmp_path / "a.onnx", target="openvino",
+                       quantizer="ours")], bench, TrialStore(tmp_path / "trials"))
+    assert plan.key((0, "avx2-epyc")) != plan.key((0, "amx-xeon"))
+    assert plan.key((0, "amx-xeon")) == plan.key((0, "amx-xeon"))
+
+
 # --------------------------------------------------------------------------- the engine table
 def test_the_study_takes_its_engines_from_the_engine_table(monkeypatch):
     """Precisions, CPU/GPU kind and plot style come from BackendInfo: a newly registered
