@@ -60,6 +60,16 @@ def _reference(onnx_file, x):
         return rt(x)
 
 
+def _tiny_repository(tmp, queue_delay_us: int, images: int):
+    """``tmp/repo`` serving the tiny model as ``m`` (python backend, batches up to 8); returns
+    ``images`` test images and the answers the same engine gives in-process."""
+    onnx_file = tiny_onnx(tmp / "m.onnx")
+    tritonserver.export_triton(onnx_file, tmp / "repo", target="python", max_batch=8,
+                               max_queue_delay_us=queue_delay_us, warmup=False)
+    x = _x(images)
+    return x, _reference(onnx_file, x)
+
+
 @pytest.fixture
 def no_leftovers(tmp_path):
     """The test's folder; afterwards no process may name it (a server or stub left over)."""
@@ -178,11 +188,7 @@ def test_clients_that_hang_up_leave_it_healthy(no_leftovers):
     soon as they connect; and gRPC calls cancelled by their deadline. The server stays up,
     and the next requests get exact answers."""
     tmp = no_leftovers
-    onnx_file = tiny_onnx(tmp / "m.onnx")
-    tritonserver.export_triton(onnx_file, tmp / "repo", target="python", max_batch=8,
-                               max_queue_delay_us=1000, warmup=False)
-    x = _x(4)
-    want = _reference(onnx_file, x)
+    x, want = _tiny_repository(tmp, queue_delay_us=1000, images=4)
     body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape),
                                    "datatype": "FP32", "data": x.ravel().tolist()}]}).encode()
     head = (f"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -315,11 +321,7 @@ def test_rss_flat_over_5000_requests(no_leftovers):
     """The server and its stub together: resident memory after 5,000 more requests is within
     5% of what it was after 500 warm-up requests."""
     tmp = no_leftovers
-    onnx_file = tiny_onnx(tmp / "m.onnx")
-    tritonserver.export_triton(onnx_file, tmp / "repo", target="python", max_batch=8,
-                               max_queue_delay_us=200, warmup=False)
-    x = _x(1)
-    want = _reference(onnx_file, x)
+    x, want = _tiny_repository(tmp, queue_delay_us=200, images=1)
     with tritonserver.Server(tmp / "repo", 0, 0, 0) as server:
         def send(n):
             http = httpclient.InferenceServerClient(server.url)
