@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 from engine.intervals import CONFIDENCE
 from engine.runtime import count_option
 
+from .bias import DEFAULT_IMAGES as BIAS_IMAGES
 from .errors import CalibrationArgumentError
 
 # the deprecated way to name the Q/DQ layout; QuantizeOptions.of maps it onto ``target``
@@ -65,7 +66,7 @@ class QuantizeOptions:
     quantize_gemm: Optional[bool] = None
     target: Optional[str] = None
     bias_correction: Optional[bool] = None
-    bias_images: int = 128
+    bias_images: int = BIAS_IMAGES
     cache_version: Optional[str] = None
     threads: Optional[int] = None
     progress: bool = False

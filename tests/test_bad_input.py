@@ -328,6 +328,15 @@ API_CASES = [
          InputError, "threads", r"must be an integer >= 1"),
     Case("study num_calib 0", lambda c: study.run_study(num_calib=0, out=c.tmp / "study"),
          InputError, "num_calib", r"must be an integer >= 1"),
+    Case("study unknown method", lambda c: study.run_study(methods=("mse", "kl"),
+                                                           out=c.tmp / "study"),
+         InputError, "unknown 'kl'", r"choose one or more of minmax, percentile"),
+    Case("study no method", lambda c: study.run_study(methods=(), out=c.tmp / "study"),
+         InputError, "methods: none given", r"choose one or more of"),
+    Case("study user model without --calib",
+         lambda c: study.run_study(model="inception_resnet_v2", weights=None,
+                                   data=c.tmp / "test.npz", out=c.tmp / "study"),
+         InputError, "inception_resnet_v2 was not trained on the shipped", r"--calib with images"),
 ]
 
 _HELP = r"see `inception-engine \w[\w-]* --help`"

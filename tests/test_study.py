@@ -237,6 +237,24 @@ def test_a_cell_key_names_its_cpu_class(tmp_path):
                        quantizer="ours")], bench, TrialStore(tmp_path / "trials"))
     assert plan.key((0, "avx2-epyc")) != plan.key((0, "amx-xeon"))
     assert plan.key((0, "amx-xeon")) == plan.key((0, "amx-xeon"))
+    # a finished trial is stored; a failed one is not, so the next run tries it again
+    from engine.study.evaluation import failure_note
+    from engine.study.row import Row
+    plan.save((0, "amx-xeon"), Row("openvino", "int8", "minmax", top1=90.0))
+    plan.save((0, "avx2-epyc"), Row("openvino", "int8", "minmax",
+                                    note=failure_note(RuntimeError("device busy"))))
+    assert plan.store.load(plan.key((0, "amx-xeon"))).top1 == 90.0
+    assert plan.store.load(plan.key((0, "avx2-epyc"))) is None
+
+
+def test_study_options_take_one_name_or_many():
+    """A single name is one method, not its letters; options must be a StudyOptions."""
+    from engine.study.options import StudyOptions
+    assert StudyOptions.of(methods="mse").methods == ("mse",)
+    assert StudyOptions.of(methods=["mse", "minmax"]).methods == ("mse", "minmax")
+    assert StudyOptions.of(engines="openvino").engines == ("openvino",)
+    with pytest.raises(engine.InputError, match="options must be a StudyOptions"):
+        StudyOptions.of({"num_test": 5})
 
 
 # --------------------------------------------------------------------------- the engine table

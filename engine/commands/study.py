@@ -21,7 +21,7 @@ def register(sub):
     p.add_argument("--data", help="labelled test set: .npz (images, labels) or a folder of "
                                   "class folders (default: the shipped Fashion-MNIST test set)")
     p.add_argument("--calib", help="calibration images: folder, .npy/.npz "
-                                   "(default: the shipped 2k train split)")
+                                   "(default: the first --num-calib images of the shipped 2k train split)")
     p.add_argument("--methods", default=",".join(Defaults.methods),
                    help="comma list of calibration methods (default: all)")
     p.add_argument("--engines", help="comma list (default: every engine available here)")

@@ -109,9 +109,10 @@ class Bench:
         row.throughput_b8 = self.batch8_throughput(rt)
         if rt.backend == "openvino":
             row.throughput_b8_streams, row.streams_b8 = self.batch8_streams(rt)
+        x = self.x_test[:self.eval_batch]       # fewer than eval_batch on a small test set
         t0 = time.perf_counter()
-        rt(self.x_test[:self.eval_batch])
-        row.throughput = self.eval_batch / (time.perf_counter() - t0)
+        rt(x)
+        row.throughput = len(x) / (time.perf_counter() - t0)
 
     def time_big(self, trial: Trial, row: Row) -> None:
         """The trial's latency at 299 into ``row`` (its 299 file, when it has one)."""
@@ -258,10 +259,13 @@ def _state_mb(model) -> float:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
 
 
+FAILED = "failed: "          # how the note of a row that failed begins
+
+
 def failure_note(e: BaseException) -> str:
     """What a row that failed says: the exception's type and first line."""
     text = str(e).splitlines()[0][:200] if str(e) else ""
-    return f"failed: {type(e).__name__}: {text}"
+    return f"{FAILED}{type(e).__name__}: {text}"
 
 
 def _rounded(value, digits):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .evaluation import Bench
+from .evaluation import FAILED, Bench
 from .grid import Trial
 from .row import Row
 from .store import TrialStore, data_digest, file_digest
@@ -49,7 +49,11 @@ class Plan:
                                   self.digest)
 
     def save(self, cell: Cell, row: Row) -> None:
+        """Store a finished trial; a failed one is not stored, so the next run tries it
+        again (its row still reports the error in this run)."""
         row.cpu_class = cell[1]
+        if (row.note or "").startswith(FAILED):
+            return
         self.store.save(self.key(cell), {**self.trials[cell[0]].identity(),
                                          "cpu_class": cell[1]}, row)
 

@@ -19,7 +19,7 @@ class StudyOptions:
 
     methods: calibration methods of our files. engines: the engines to study (None: every
     one usable here, from the engine table). num_test / num_calib / num_val: the first N
-    test, calibration and validation images (None: all). threads, iters (timed calls per
+    test, calibration and validation images (num_test and num_val None: all). threads, iters (timed calls per
     latency figure), eval_batch: how rows are measured. big: also the latency at 299.
     auto_exclude: add ``+autoK`` files keeping the K most sensitive layers float.
     cpu_uint8: also OpenVINO's uint8-after-ReLU files. anchors: the third-party quantizers
@@ -57,12 +57,18 @@ class StudyOptions:
         if unknown:
             raise InputError(f"unknown study option(s) {', '.join(unknown)}; the options "
                              f"are: {', '.join(sorted(names))}")
+        if options is not None and not isinstance(options, cls):
+            raise InputError(f"options must be a {cls.__name__} (StudyOptions.of(...)), got "
+                             f"{type(options).__name__}; pass single options by name instead")
         base = {f.name: getattr(options, f.name) if options else f.default
                 for f in fields(cls)}
         base.update(changes)
         for name in ("methods", "engines", "anchors"):          # lists from callers
-            if base[name] is not None and not isinstance(base[name], tuple):
-                base[name] = tuple(base[name])
+            value = base[name]
+            if isinstance(value, str):                          # one name, not its letters
+                base[name] = (value,)
+            elif value is not None and not isinstance(value, tuple):
+                base[name] = tuple(value)
         made = cls(**base)
         made.check()
         return made
@@ -75,3 +81,7 @@ class StudyOptions:
             count_option(name, getattr(self, name), allow_none=False)
         count_option("auto_exclude", self.auto_exclude, minimum=0, allow_none=False)
         count_option("paired_rounds", self.paired_rounds, minimum=0, allow_none=False)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown:
+            what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "none given"
+            raise InputError(f"methods: {what}; choose one or more of {', '.join(METHODS)}")

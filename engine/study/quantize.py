@@ -85,7 +85,8 @@ def quantize_auto_excluded(fp32_path, stats, stats_seconds, calib_data, methods,
         data=calib_data, statistics=stats, method=method, auto_exclude=count,
         num_images=num_calib, threads=threads)
     return {file_key(method, t, f"+auto{count}"):
-            Int8File(r.path, stats_seconds + r.seconds, list(r.auto_excluded), t)
+            Int8File(r.path, stats_seconds + r.seconds, list(r.auto_excluded), t,
+                     note="bias-corrected" if r.bias_correction else "")
             for t, r in res.items()}
 
 

@@ -69,7 +69,9 @@ def _local_copy(path: str, blob_ref, digest: str) -> Path:
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         blobs = ray.get(blob_ref)
-        for name, data in blobs.items():         # an IR's .xml and .bin side by side
+        # an IR's .xml and .bin side by side; the file opened is written last, so a task
+        # that finds it finds its weights too
+        for name, data in sorted(blobs.items(), key=lambda item: item[0] == target.name):
             if not (folder / name).is_file():
                 atomic_write_bytes(folder / name, data)
     return target

@@ -99,9 +99,11 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     folder.mkdir(parents=True, exist_ok=True)
     ref, weights = _study_subject(model, weights, log)
     cfg = ref.config
-    if data is None and cfg.labels != "fashion_mnist":
+    if cfg.labels != "fashion_mnist" and (data is None or calib is None):
         raise InputError(f"{model} was not trained on the shipped Fashion-MNIST data; pass "
-                         "--data with your labelled test set (and --calib)")
+                         "--data with your labelled test set and --calib with images like "
+                         "it (the shipped calibration split would calibrate it on "
+                         "Fashion-MNIST)")
     x_test, y_test = load_eval_data(data, cfg, o.num_test)
     val_set = validation_data(o.val, cfg, o.num_val) if max_drop is not None else None
     if val_set is not None:
@@ -136,7 +138,7 @@ def study_one(model: str = SUBJECT, weights="bundled", data=None, calib=None,
     result = result_rows(rows, cfg.name, weights is None, y_test)
     meta = {"machine": machine_info(), "model": cfg.name, "weights": str(weights),
             "test_images": int(len(x_test)), "threads": threads, "iters": o.iters,
-            "calibration_images": num_calib, "statistics_seconds": q.stats_seconds,
+            "calibration_images": q.stats.num_images, "statistics_seconds": q.stats_seconds,
             "anchors": list(anchors), "max_drop": max_drop,
             "validation_images": None if val_set is None else int(len(val_set[0])),
             "budget_confidence": confidence if max_drop is not None else None,
