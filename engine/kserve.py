@@ -56,12 +56,15 @@ def check_storage_uri(uri: Optional[str]) -> str:
 def inference_service(model_dir, storage_uri: str, name: Optional[str] = None,
                       min_replicas: int = 1, max_replicas: int = 4,
                       concurrency_target: Optional[int] = None, cpu: str = "2",
-                      memory: str = "4Gi", gpus: int = 0, image: Optional[str] = None) -> dict:
+                      memory: str = "4Gi", gpus: Optional[int] = None,
+                      image: Optional[str] = None) -> dict:
     """The InferenceService for the repository entry ``model_dir`` (``<repo>/<name>``), its
     repository copied to ``storage_uri``.
 
     concurrency_target: in-flight requests per replica before KServe adds one (default: the
         model's ``max_batch_size``, what one replica batches at once).
+    gpus: GPUs per replica (default: 1 for an entry whose instances are ``KIND_GPU``, such as
+        a TensorRT plan's, else 0).
     """
     model_dir = Path(model_dir)
     config = model_dir / "config.pbtxt"
@@ -82,6 +85,10 @@ def inference_service(model_dir, storage_uri: str, name: Optional[str] = None,
         raise InputError(f"max_replicas {max_replicas} is below min_replicas {min_replicas}")
     batch = re.search(r"^max_batch_size: (\d+)", text, re.M)
     target = int(concurrency_target or (int(batch.group(1)) if batch else 1) or 1)
+    if gpus is None:    # a GPU instance kind fails to load on a pod without one
+        gpus = 1 if re.search(r"^\s*kind: KIND_GPU\s*$", text, re.M) else 0
+    if int(gpus) < 0:
+        raise InputError(f"gpus must be >= 0, got {gpus}")
     resources = {"cpu": str(cpu), "memory": str(memory)}
     if gpus:
         resources["nvidia.com/gpu"] = str(int(gpus))

@@ -79,6 +79,29 @@ def test_manifest_matches_the_crd(entry):
     assert gpu["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
+def test_gpu_instances_request_a_gpu(tmp_path, capsys):
+    """An entry whose instances are KIND_GPU (a plan's default) fails to load on a pod without
+    a GPU: its manifest asks for one unless told otherwise; a CPU entry asks for none."""
+    gpu = tritonserver.export_triton(tiny_onnx(tmp_path / "g.onnx"), tmp_path / "repo",
+                                     target="onnxruntime_onnx", kind="KIND_GPU")
+    assert "kind: KIND_GPU" in (gpu / "config.pbtxt").read_text()
+    res = kserve.inference_service(gpu, "s3://b/m")["spec"]["predictor"]["model"]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == "1"
+    res = kserve.inference_service(gpu, "s3://b/m", gpus=0)["spec"]["predictor"]["model"]
+    assert "nvidia.com/gpu" not in res["resources"]["limits"]
+    cpu = tritonserver.export_triton(tiny_onnx(tmp_path / "c.onnx"), tmp_path / "repo",
+                                     target="onnxruntime_onnx", kind="KIND_CPU")
+    res = kserve.inference_service(cpu, "s3://b/m")["spec"]["predictor"]["model"]["resources"]
+    assert "nvidia.com/gpu" not in res["limits"]
+    out = tmp_path / "isvc.yaml"
+    assert main(["serve-export", str(tmp_path / "g.onnx"), "--repo", str(tmp_path / "r2"),
+                 "--target", "onnxruntime_onnx", "--kind", "gpu", "--kserve", str(out),
+                 "--storage-uri", "s3://b/m", "--kserve-gpus", "2"]) == 0
+    m = yaml.safe_load(out.read_text())
+    assert m["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert schema_errors(m, FIELDS["schema"]) == []
+
+
 @pytest.mark.parametrize("path, value, message", [
     (("spec", "predictor", "model", "storageURI"), "s3://x", "model.storageURI: no such field"),
     (("spec", "predictor", "scaleMetric"), "queue_time", "is not one of"),

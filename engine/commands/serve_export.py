@@ -58,6 +58,9 @@ def register(sub):
                    "is copied for the cluster (s3://, gs://, pvc://, ...)")
     k.add_argument("--kserve-image", metavar="IMAGE", help="with --kserve: the server image "
                    "(needed by --target python: one with this package installed)")
+    k.add_argument("--kserve-gpus", type=non_negative_int, metavar="N",
+                   help="with --kserve: GPUs per replica (default: 1 for a GPU instance kind, "
+                        "such as a plan's, else 0)")
     k.add_argument("--max-replicas", type=positive_int, default=4,
                    help="with --kserve: most replicas the autoscaler starts (default 4)")
     p.set_defaults(func=run)
@@ -120,7 +123,7 @@ def run(args):
     if args.kserve:
         from ..kserve import inference_service, write_manifest
         manifest = inference_service(d, args.storage_uri, image=args.kserve_image,
-                                     max_replicas=args.max_replicas)
+                                     max_replicas=args.max_replicas, gpus=args.kserve_gpus)
         print(f"{write_manifest(args.kserve, manifest)} (copy {d.parent} to "
               f"{args.storage_uri}, then kubectl apply -f {args.kserve})")
     print(f"serve with: inception-engine serve {d.parent}\n"
