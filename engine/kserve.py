@@ -53,6 +53,19 @@ def check_storage_uri(uri: Optional[str]) -> str:
     return uri
 
 
+def check_request(storage_uri: str, model_name: str, python_target: bool,
+                  image: Optional[str]) -> None:
+    """What a manifest needs that its entry does not say, checked before anything is written:
+    a URI the storage initializer reads, a name that makes a Kubernetes name, and for the
+    python target an image with this package in it."""
+    check_storage_uri(storage_uri)
+    service_name(model_name)
+    if python_target and not image:
+        raise InputError("the python target runs this package inside the server: give the "
+                         "image that has it installed (--kserve-image), built from "
+                         f"nvcr.io/nvidia/tritonserver:{RUNTIME_VERSION}")
+
+
 def inference_service(model_dir, storage_uri: str, name: Optional[str] = None,
                       min_replicas: int = 1, max_replicas: int = 4,
                       concurrency_target: Optional[int] = None, cpu: str = "2",
@@ -71,12 +84,8 @@ def inference_service(model_dir, storage_uri: str, name: Optional[str] = None,
     if not config.is_file():
         raise ArtifactError(f"{model_dir}: no config.pbtxt; write the entry with "
                             "inception-engine serve-export first")
-    check_storage_uri(storage_uri)
     text = config.read_text()
-    if 'backend: "python"' in text and not image:
-        raise InputError("the python target runs this package inside the server: give the "
-                         "image that has it installed (--kserve-image), built from "
-                         f"nvcr.io/nvidia/tritonserver:{RUNTIME_VERSION}")
+    check_request(storage_uri, name or model_dir.name, 'backend: "python"' in text, image)
     for what, value in (("min_replicas", min_replicas), ("max_replicas", max_replicas)):
         if int(value) < 0 or (what == "max_replicas" and int(value) < 1):
             raise InputError(f"{what} must be >= {0 if what == 'min_replicas' else 1}, "

@@ -202,3 +202,23 @@ def test_repository_serves_from_a_read_only_mount(tmp_path):
     while processes_mentioning(str(repo)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_mentioning(str(repo)) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target", "python", "--instances", "auto"], "give the image that has it installed"),
+    (["--target", "onnxruntime_onnx", "--name", "_"], "gives no valid Kubernetes name"),
+    (["--target", "onnxruntime_onnx", "--storage-uri", "models/"], "storage URI 'models/'"),
+])
+def test_cli_checks_the_manifest_inputs_before_writing(tmp_path, capsys, monkeypatch, extra,
+                                                       message):
+    """A manifest input that would be refused stops serve-export before the --instances auto
+    timing and before the repository entry is written."""
+    def timed(*a, **k):
+        raise AssertionError("the model was timed before the manifest inputs were checked")
+    monkeypatch.setattr(tritonserver, "measured_instances", timed)
+    src = tiny_onnx(tmp_path / "m.onnx")
+    uri = [] if "--storage-uri" in extra else ["--storage-uri", "s3://b/m"]
+    assert main(["serve-export", str(src), "--repo", str(tmp_path / "repo"), "--kserve",
+                 str(tmp_path / "isvc.yaml")] + uri + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "isvc.yaml").exists()

@@ -76,13 +76,19 @@ def _instances(text: str):
         raise argparse.ArgumentTypeError(f"{err} (or auto: measured on OpenVINO)") from None
 
 
+def _target(args) -> str:
+    """The server backend the entry will have (what export_triton picks by default)."""
+    from ..tritonserver import default_target
+    return args.target or ("python" if args.input_kind == "encoded"
+                           else default_target(args.model_file))
+
+
 def _auto_instances(args):
     """``--instances auto``: the measured instance count and threads (engine.tritonserver's
     measured_instances), printed with what was measured."""
     from ..errors import InputError
-    from ..tritonserver import default_target, measured_instances
-    target = args.target or ("python" if args.input_kind == "encoded"
-                             else default_target(args.model_file))
+    from ..tritonserver import measured_instances
+    target = _target(args)
     if target != "python" or args.engine not in (None, "openvino"):
         raise InputError("--instances auto times this package's OpenVINO runtime: it needs "
                          f"--target python on the openvino engine, not {target}"
@@ -99,15 +105,18 @@ def _auto_instances(args):
 
 def run(args):
     from ..errors import InputError
-    from ..tritonserver import export_triton
-    if args.instances == "auto":
-        args.instances, args.threads = _auto_instances(args)
+    from ..tritonserver import export_triton, model_name
+    # the manifest's inputs are checked before the timing and the entry, so a bad one leaves
+    # nothing written
     if bool(args.kserve) != bool(args.storage_uri):
         raise InputError("--kserve FILE and --storage-uri URI go together: the manifest names "
                          "the URI the repository is copied to")
     if args.kserve:
-        from ..kserve import check_storage_uri
-        check_storage_uri(args.storage_uri)
+        from ..kserve import check_request
+        check_request(args.storage_uri, model_name(args.name, args.model_file),
+                      _target(args) == "python", args.kserve_image)
+    if args.instances == "auto":
+        args.instances, args.threads = _auto_instances(args)
     d = export_triton(args.model_file, args.repo, name=args.name, max_batch=args.max_batch,
                       version=args.model_version, instances=args.instances,
                       preferred_batch_sizes=args.preferred,
