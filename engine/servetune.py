@@ -122,9 +122,9 @@ def config_text(config) -> str:
 
 
 def setting_of(config) -> Setting:
-    """The swept fields as ``config`` has them (a config with no instance group runs one
-    instance per device: counted as 1)."""
-    counts = [g.count for g in config.instance_group]
+    """The swept fields as ``config`` has them (a config with no instance group, or a group
+    without a count, runs one instance per device: counted as 1)."""
+    counts = [g.count or 1 for g in config.instance_group]
     batcher = config.HasField("dynamic_batching")
     return Setting(counts[0] if counts else 1, int(config.max_batch_size),
                    int(config.dynamic_batching.max_queue_delay_microseconds) if batcher else None,

@@ -179,6 +179,16 @@ def test_apply_setting_sets_preferred_sizes_and_every_instance_group():
     assert [w.batch_size for w in new.model_warmup] == [1]
 
 
+def test_an_instance_group_without_a_count_runs_one_instance():
+    """Triton runs one instance for a group that names no count (protobuf reads it as 0)."""
+    text = _config_text(instances=1)
+    assert "count: 1" in text
+    c = servetune.parse_config(text.replace("count: 1", ""))
+    assert len(c.instance_group) == 1 and c.instance_group[0].count == 0
+    assert servetune.setting_of(c) == Setting(1, 16, 100, (8, 16))
+    assert servetune.setting_of(servetune.parse_config(_config_text(instances=2))).instances == 2
+
+
 def test_write_config_keeps_the_old_file_as_backup(tmp_path):
     mdir = tmp_path / "subject"
     mdir.mkdir()
