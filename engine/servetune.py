@@ -182,6 +182,13 @@ def read_config(mdir: Path):
         raise InputError(f"{path}: max_batch_size is {config.max_batch_size}, so the server "
                          "does not batch this model and there is nothing to tune; export it "
                          "with a dynamic batch axis (inception-engine serve-export --max-batch)")
+    if "input" in config.parameters and config.parameters["input"].string_value == "encoded":
+        # the load generator sends the model's float tensor; an encoded model takes image
+        # bytes of any length, which it cannot make (and the batching is the same model's)
+        raise InputError(f"{path}: this model takes encoded images (serve-export --input "
+                         "encoded); serve-tune drives models with a tensor input. Tune a "
+                         "--input tensor export of the same model file (serve-export MODEL "
+                         "--repo DIR --name NAME --input tensor) and copy its settings")
     return config
 
 

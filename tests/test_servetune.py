@@ -322,6 +322,24 @@ def test_cli_unknown_model_and_missing_repo(tmp_path, capsys):
     assert "no such model repository" in capsys.readouterr().err
 
 
+def test_cli_refuses_an_encoded_model_before_the_server_starts(tmp_path, capsys, monkeypatch):
+    """serve-tune sends the model's tensor input: an --input encoded entry is refused from its
+    config, before any server process starts, pointing at a tensor export to tune."""
+    from helpers import tiny_onnx
+
+    def started(*a, **k):
+        raise AssertionError("a server was started for an encoded model")
+    monkeypatch.setattr(tritonserver.Server, "start", started)
+    src = tiny_onnx(tmp_path / "m.onnx")
+    assert cli.main(["serve-export", str(src), "--repo", str(tmp_path / "repo"), "--input",
+                     "encoded", "--no-warmup"]) == 0
+    capsys.readouterr()
+    assert cli.main(["serve-tune", str(tmp_path / "repo"), "--model", "m"]) == 2
+    err = capsys.readouterr().err
+    assert "this model takes encoded images" in err
+    assert "serve-tune drives models with a tensor input" in err and "--input tensor" in err
+
+
 def test_input_spec_feeds_the_load_generator():
     spec = servetune.input_spec(servetune.parse_config(_config_text()))
     assert spec == [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, 75, 75]}]
