@@ -294,7 +294,8 @@ class Sweep:
 
     def load(self, setting: Setting) -> Optional[str]:
         """Rewrite the scratch config for ``setting`` and reload; None when the server runs
-        it, else the server's reason."""
+        it, else the server's reason (or why it did not answer). A server that has exited
+        raises :class:`EngineError` with its log's tail."""
         import tritonclient.http as httpclient
         from tritonclient.utils import InferenceServerException
 
@@ -308,6 +309,11 @@ class Sweep:
             served = _served_setting(client, self.name)
         except InferenceServerException as e:
             return str(e)
+        except OSError as e:    # refused, reset or timed out: no answer at all
+            dead = self.server.exited()
+            if dead:
+                raise EngineError(f"reloading {setting.label()}: {dead}") from None
+            return f"no answer from the server at {self.server.url} ({e})"
         finally:
             client.close()
         if _effective(served) != _effective(setting):

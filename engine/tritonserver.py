@@ -645,6 +645,15 @@ class Server:
         raise EngineError(f"the Triton Inference Server was not ready within {timeout:g} s "
                           f"(a model still loading?):\n{_tail(log)}")
 
+    def exited(self) -> Optional[str]:
+        """None while the started server runs (or none was started); else its exit status
+        and its log's tail."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        log = self.log or self._workdir / "server.log"
+        return (f"the Triton Inference Server exited with status {self.process.returncode}:\n"
+                f"{_tail(log)}")
+
     def _live(self) -> bool:
         return self._get("/v2/health/live") is not None
 

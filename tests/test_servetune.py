@@ -340,6 +340,32 @@ def test_cli_refuses_an_encoded_model_before_the_server_starts(tmp_path, capsys,
     assert "serve-tune drives models with a tensor input" in err and "--input tensor" in err
 
 
+def test_reload_on_a_server_that_does_not_answer(tmp_path):
+    """A refused connection is that setting's load error; a server process that has exited
+    is an EngineError quoting its log (no raw connection traceback either way)."""
+    import subprocess
+    import sys
+    from helpers import tiny_onnx
+    from engine.errors import EngineError
+    d = tritonserver.export_triton(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "repo",
+                                   target="onnxruntime_onnx", max_batch=8)
+    run = servetune.Sweep(d, tmp_path / "work", timeout=5.0)     # not entered: no server
+    run.server.ports["http"] = tritonserver.free_port()           # nothing listens there
+    why = run.load(Setting(1, 8, 0))
+    assert why.startswith(f"no answer from the server at {run.server.url}") and "refused" in why
+    log = tmp_path / "server.log"
+    log.write_text("I1203 starting\nE1203 model.cc:1] out of memory loading m\n")
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    run.server.process, run.server.log = dead, log
+    try:
+        with pytest.raises(EngineError, match=r"(?s)reloading 1 inst, max batch 8, delay 0 us: "
+                           r"the Triton Inference Server exited with status 3:.*out of memory"):
+            run.load(Setting(1, 8, 0))
+    finally:
+        run.server.process = None
+
+
 def test_input_spec_feeds_the_load_generator():
     spec = servetune.input_spec(servetune.parse_config(_config_text()))
     assert spec == [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, 75, 75]}]
