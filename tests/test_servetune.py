@@ -395,3 +395,18 @@ def test_per_concurrency_best_swept_setting_against_the_current_config():
     assert table[4]["best"] == Setting(1, 4, 0).label() and "throughput_ratio" not in table[4]
     assert table[8]["best"] == Setting(1, 4, 0).label()          # 2x8x500 misses 50 ms
     assert table[8]["p99_ratio"] == pytest.approx(45.0 / 80.0)
+
+
+def test_confirm_round_that_answered_nothing_prints_as_failed():
+    """A confirmation round with no answered request has no p99: it prints as failed (the
+    config is already written by then, so the report must not crash)."""
+    from engine.commands.serve_tune import confirm_line
+    good = loadgen.summarize([0.010] * 50 + [0.020] * 50, wall_s=2.0, images_per_request=1)
+    none = loadgen.summarize([], wall_s=1.0, images_per_request=1, failures=4,
+                             first_error="connection reset")
+    line = confirm_line({"concurrency": 4, "current": good, "chosen": none})
+    assert line == ("confirm @ 4: current 50.0 img/s p99 20.00 ms, chosen failed "
+                    "(connection reset)")
+    some = loadgen.summarize([0.010], wall_s=1.0, images_per_request=1, failures=2)
+    assert confirm_line({"concurrency": 1, "current": none, "chosen": some}) == \
+        "confirm @ 1: current failed (connection reset), chosen 1.0 img/s p99 10.00 ms, 2 failed"

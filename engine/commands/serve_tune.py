@@ -74,10 +74,7 @@ def run(args):
                   f"img/s, p99 {c['p99_ms']:.2f} ms; against the current config: throughput "
                   f"x{c['throughput_ratio']:.2f}, p99 x{c['p99_ratio']:.2f}")
     for pair in result["confirm"]:
-        cur, new = pair["current"], pair["chosen"]
-        print(f"confirm @ {pair['concurrency']}: current {cur['throughput_ips']:.1f} img/s "
-              f"p99 {cur['p99_ms']:.2f} ms, chosen {new['throughput_ips']:.1f} img/s "
-              f"p99 {new['p99_ms']:.2f} ms")
+        print(confirm_line(pair))
     if result["confirmed"]:
         c = result["confirmed"]
         print(f"confirmed over {c['rounds']} alternating rounds (median of chosen / current): "
@@ -97,3 +94,16 @@ def run(args):
     else:
         print("--dry-run: nothing written")
     return 0
+
+
+def _figures(point: dict) -> str:
+    if point.get("p99_ms") is None:     # nothing answered: no latency to show
+        return f"failed ({point.get('error') or 'no request was answered'})"
+    failed = f", {point['failures']} failed" if point.get("failures") else ""
+    return f"{point['throughput_ips']:.1f} img/s p99 {point['p99_ms']:.2f} ms{failed}"
+
+
+def confirm_line(pair: dict) -> str:
+    """One confirmation round: the current and the chosen config's figures."""
+    return (f"confirm @ {pair['concurrency']}: current {_figures(pair['current'])}, chosen "
+            f"{_figures(pair['chosen'])}")
