@@ -381,6 +381,12 @@ def progress_bar(total: int):
     yield step
 
 
+def sweep_order(current: Setting, settings: Sequence[Setting]) -> List[Tuple[Setting, bool]]:
+    """``(setting, is_current)`` in the order :func:`sweep` measures them: the current config
+    first, then each setting that differs from it."""
+    return [(current, True)] + [(s, False) for s in settings if s != current]
+
+
 def sweep(mdir: Path, settings: Sequence[Setting], concurrencies: Sequence[int],
           requests: int, seconds: float, warmup: Optional[int] = None, log=None,
           timeout: float = 180.0, step: Callable[[str], None] = lambda text: None,
@@ -400,8 +406,7 @@ def sweep(mdir: Path, settings: Sequence[Setting], concurrencies: Sequence[int],
     with tempfile.TemporaryDirectory(prefix="inception-serve-tune-") as tmp, \
             Sweep(Path(mdir), Path(tmp), log=log, timeout=timeout) as run:
         current = setting_of(run.base)
-        todo = [(current, True)] + [(s, False) for s in settings if s != current]
-        for setting, is_current in todo:
+        for setting, is_current in sweep_order(current, settings):
             error = None if is_current else run.load(setting)
             for c in concurrencies:
                 if error:

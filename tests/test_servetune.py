@@ -410,3 +410,19 @@ def test_confirm_round_that_answered_nothing_prints_as_failed():
     some = loadgen.summarize([0.010], wall_s=1.0, images_per_request=1, failures=2)
     assert confirm_line({"concurrency": 1, "current": none, "chosen": some}) == \
         "confirm @ 1: current failed (connection reset), chosen 1.0 img/s p99 10.00 ms, 2 failed"
+
+
+def test_progress_total_counts_the_points_the_sweep_measures(tmp_path):
+    """The current config (1 inst, max batch 16, delay 100, preferred 8,16) is measured once:
+    a grid setting equal to it is not measured again, so it is not counted twice."""
+    from engine.commands.serve_tune import points
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text(_config_text())
+    current = Setting(1, 16, 100, (8, 16))
+    settings = servetune.grid([1, 2], [16], [100], preferred=[8, 16])
+    assert current in settings and len(settings) == 4
+    order = servetune.sweep_order(current, settings)
+    assert order[0] == (current, True) and [s for s, _ in order].count(current) == 1
+    assert points(tmp_path, "m", settings, [1, 2, 4]) == 4 * 3       # not (4 + 1) * 3
+    other = servetune.grid([3], [4], [0])
+    assert points(tmp_path, "m", other, [1, 2]) == 2 * 2

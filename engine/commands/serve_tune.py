@@ -54,10 +54,10 @@ def register(sub):
 
 def run(args):
     from ..errors import EngineError
-    from ..servetune import format_table, grid, model_dir, progress_bar, tune, write_table
+    from ..servetune import format_table, grid, progress_bar, tune, write_table
     settings = grid(args.instances, args.max_batch, args.max_queue_delay_us, args.preferred)
-    model_dir(args.repo, args.model)   # a bad name fails before the server starts
-    total = (len(settings) + 1) * len(args.concurrency)
+    # a bad name or config fails before the server starts
+    total = points(args.repo, args.model, settings, args.concurrency)
     with progress_bar(total) as step:
         result = tune(args.repo, args.model, settings, args.concurrency, args.requests,
                       args.seconds, p99_ms=args.p99_ms, dry_run=args.dry_run,
@@ -94,6 +94,14 @@ def run(args):
     else:
         print("--dry-run: nothing written")
     return 0
+
+
+def points(repo, model: str, settings, concurrencies) -> int:
+    """How many points the sweep measures (the progress bar's total): the model's current
+    config and each setting that differs from it, at each concurrency."""
+    from ..servetune import model_dir, read_config, setting_of, sweep_order
+    current = setting_of(read_config(model_dir(repo, model)))
+    return len(sweep_order(current, settings)) * len(concurrencies)
 
 
 def _figures(point: dict) -> str:
