@@ -23,7 +23,8 @@ target, whose p99 latency is within it), the one with the highest throughput; ti
 lower p99, then to fewer instances, a smaller max batch and a shorter delay (the cheaper
 setting). Throughput grows with concurrency until the server is saturated, so the chosen
 point is, in practice, the best setting at the highest concurrency that still meets the
-target. A target no point meets is an error, and nothing is written.
+target. When no point qualifies (a target no point meets), nothing is written: :func:`tune`
+says why in its result, and the command reports it as an error.
 
 Writing (:func:`write_config`): the old ``config.pbtxt`` is kept beside it as
 ``config.pbtxt.<UTC time>.bak`` and the new one written atomically. Only the swept fields
@@ -534,8 +535,10 @@ def tune(repo, name: str, settings: Sequence[Setting], concurrencies: Sequence[i
          confirm: int = 0) -> dict:
     """Sweep, choose (:func:`select`) and, unless ``dry_run``, write the choice into
     ``repo/name/config.pbtxt`` (the old one kept, :func:`write_config`). Returns the rows,
-    the choice, its comparison with the current config and what was written. A target no
-    point meets raises :class:`EngineError` after the sweep, with nothing written."""
+    the choice, its comparison with the current config and what was written. When no point
+    qualifies (none meets the target, or none answered all its requests), nothing is written
+    and the result has ``chosen`` None and ``error`` saying why (``serve-tune`` reports it as
+    an error after printing the table)."""
     if p99_ms is not None and not p99_ms > 0:
         raise InputError(f"the p99 target must be > 0 ms, got {p99_ms}")
     mdir = model_dir(repo, name)
