@@ -304,6 +304,9 @@ def test_table_and_files(tmp_path):
     (["--seconds", "0"], "--seconds: 0 is outside (0.0, 3600.0]"),
     (["--p99-ms", "-3"], "--p99-ms: -3 is outside"),
     (["--requests", "0"], "--requests: 0 is below the minimum 1"),
+    (["--timeout", "nan"], "--timeout: 'nan' is not a finite number"),
+    (["--timeout", "inf"], "--timeout: 'inf' is not a finite number"),
+    (["--seconds", "NaN"], "--seconds: 'NaN' is not a finite number"),
 ])
 def test_cli_bad_numbers(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as info:
