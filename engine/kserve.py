@@ -53,27 +53,39 @@ def check_storage_uri(uri: Optional[str]) -> str:
     return uri
 
 
+def check_request(storage_uri: str, model_name: str, python_target: bool,
+                  image: Optional[str]) -> None:
+    """What a manifest needs that its entry does not say, checked before anything is written:
+    a URI the storage initializer reads, a name that makes a Kubernetes name, and for the
+    python target an image with this package in it."""
+    check_storage_uri(storage_uri)
+    service_name(model_name)
+    if python_target and not image:
+        raise InputError("the python target runs this package inside the server: give the "
+                         "image that has it installed (--kserve-image), built from "
+                         f"nvcr.io/nvidia/tritonserver:{RUNTIME_VERSION}")
+
+
 def inference_service(model_dir, storage_uri: str, name: Optional[str] = None,
                       min_replicas: int = 1, max_replicas: int = 4,
                       concurrency_target: Optional[int] = None, cpu: str = "2",
-                      memory: str = "4Gi", gpus: int = 0, image: Optional[str] = None) -> dict:
+                      memory: str = "4Gi", gpus: Optional[int] = None,
+                      image: Optional[str] = None) -> dict:
     """The InferenceService for the repository entry ``model_dir`` (``<repo>/<name>``), its
     repository copied to ``storage_uri``.
 
     concurrency_target: in-flight requests per replica before KServe adds one (default: the
         model's ``max_batch_size``, what one replica batches at once).
+    gpus: GPUs per replica (default: 1 for an entry whose instances are ``KIND_GPU``, such as
+        a TensorRT plan's, else 0).
     """
     model_dir = Path(model_dir)
     config = model_dir / "config.pbtxt"
     if not config.is_file():
         raise ArtifactError(f"{model_dir}: no config.pbtxt; write the entry with "
                             "inception-engine serve-export first")
-    check_storage_uri(storage_uri)
     text = config.read_text()
-    if 'backend: "python"' in text and not image:
-        raise InputError("the python target runs this package inside the server: give the "
-                         "image that has it installed (--kserve-image), built from "
-                         f"nvcr.io/nvidia/tritonserver:{RUNTIME_VERSION}")
+    check_request(storage_uri, name or model_dir.name, 'backend: "python"' in text, image)
     for what, value in (("min_replicas", min_replicas), ("max_replicas", max_replicas)):
         if int(value) < 0 or (what == "max_replicas" and int(value) < 1):
             raise InputError(f"{what} must be >= {0 if what == 'min_replicas' else 1}, "
@@ -82,6 +94,10 @@ def inference_service(model_dir, storage_uri: str, name: Optional[str] = None,
         raise InputError(f"max_replicas {max_replicas} is below min_replicas {min_replicas}")
     batch = re.search(r"^max_batch_size: (\d+)", text, re.M)
     target = int(concurrency_target or (int(batch.group(1)) if batch else 1) or 1)
+    if gpus is None:    # a GPU instance kind fails to load on a pod without one
+        gpus = 1 if re.search(r"^\s*kind: KIND_GPU\s*$", text, re.M) else 0
+    if int(gpus) < 0:
+        raise InputError(f"gpus must be >= 0, got {gpus}")
     resources = {"cpu": str(cpu), "memory": str(memory)}
     if gpus:
         resources["nvidia.com/gpu"] = str(int(gpus))

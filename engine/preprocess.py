@@ -116,6 +116,13 @@ def resize_crop(img, size: int, crop_pct: float, interpolation: str):
         nw, nh = scale, int(round(h * scale / w))
     else:
         nw, nh = int(round(w * scale / h)), scale
+    # the input's cap does not bound the resized image: a 1-pixel-wide strip grows by the
+    # whole scale along its length
+    if nw * nh > MAX_IMAGE_PIXELS:
+        raise InputError(f"the image's aspect ratio is too extreme ({w}x{h}): resizing its "
+                         f"shorter side to {scale} makes it {nw}x{nh} = {nw * nh / 1e6:.1f} "
+                         f"megapixels, over the limit of {MAX_IMAGE_PIXELS / 1e6:g} megapixels; "
+                         "crop it nearer to square first")
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), getattr(Image.Resampling, _INTERP[interpolation]))
     left = int(round((nw - size) / 2.0))

@@ -23,7 +23,8 @@ target, whose p99 latency is within it), the one with the highest throughput; ti
 lower p99, then to fewer instances, a smaller max batch and a shorter delay (the cheaper
 setting). Throughput grows with concurrency until the server is saturated, so the chosen
 point is, in practice, the best setting at the highest concurrency that still meets the
-target. A target no point meets is an error, and nothing is written.
+target. When no point qualifies (a target no point meets), nothing is written: :func:`tune`
+says why in its result, and the command reports it as an error.
 
 Writing (:func:`write_config`): the old ``config.pbtxt`` is kept beside it as
 ``config.pbtxt.<UTC time>.bak`` and the new one written atomically. Only the swept fields
@@ -122,9 +123,9 @@ def config_text(config) -> str:
 
 
 def setting_of(config) -> Setting:
-    """The swept fields as ``config`` has them (a config with no instance group runs one
-    instance per device: counted as 1)."""
-    counts = [g.count for g in config.instance_group]
+    """The swept fields as ``config`` has them (a config with no instance group, or a group
+    without a count, runs one instance per device: counted as 1)."""
+    counts = [g.count or 1 for g in config.instance_group]
     batcher = config.HasField("dynamic_batching")
     return Setting(counts[0] if counts else 1, int(config.max_batch_size),
                    int(config.dynamic_batching.max_queue_delay_microseconds) if batcher else None,
@@ -182,6 +183,13 @@ def read_config(mdir: Path):
         raise InputError(f"{path}: max_batch_size is {config.max_batch_size}, so the server "
                          "does not batch this model and there is nothing to tune; export it "
                          "with a dynamic batch axis (inception-engine serve-export --max-batch)")
+    if "input" in config.parameters and config.parameters["input"].string_value == "encoded":
+        # the load generator sends the model's float tensor; an encoded model takes image
+        # bytes of any length, which it cannot make (and the batching is the same model's)
+        raise InputError(f"{path}: this model takes encoded images (serve-export --input "
+                         "encoded); serve-tune drives models with a tensor input. Tune a "
+                         "--input tensor export of the same model file (serve-export MODEL "
+                         "--repo DIR --name NAME --input tensor) and copy its settings")
     return config
 
 
@@ -287,7 +295,8 @@ class Sweep:
 
     def load(self, setting: Setting) -> Optional[str]:
         """Rewrite the scratch config for ``setting`` and reload; None when the server runs
-        it, else the server's reason."""
+        it, else the server's reason (or why it did not answer). A server that has exited
+        raises :class:`EngineError` with its log's tail."""
         import tritonclient.http as httpclient
         from tritonclient.utils import InferenceServerException
 
@@ -301,6 +310,11 @@ class Sweep:
             served = _served_setting(client, self.name)
         except InferenceServerException as e:
             return str(e)
+        except OSError as e:    # refused, reset or timed out: no answer at all
+            dead = self.server.exited()
+            if dead:
+                raise EngineError(f"reloading {setting.label()}: {dead}") from None
+            return f"no answer from the server at {self.server.url} ({e})"
         finally:
             client.close()
         if _effective(served) != _effective(setting):
@@ -368,6 +382,12 @@ def progress_bar(total: int):
     yield step
 
 
+def sweep_order(current: Setting, settings: Sequence[Setting]) -> List[Tuple[Setting, bool]]:
+    """``(setting, is_current)`` in the order :func:`sweep` measures them: the current config
+    first, then each setting that differs from it."""
+    return [(current, True)] + [(s, False) for s in settings if s != current]
+
+
 def sweep(mdir: Path, settings: Sequence[Setting], concurrencies: Sequence[int],
           requests: int, seconds: float, warmup: Optional[int] = None, log=None,
           timeout: float = 180.0, step: Callable[[str], None] = lambda text: None,
@@ -387,8 +407,7 @@ def sweep(mdir: Path, settings: Sequence[Setting], concurrencies: Sequence[int],
     with tempfile.TemporaryDirectory(prefix="inception-serve-tune-") as tmp, \
             Sweep(Path(mdir), Path(tmp), log=log, timeout=timeout) as run:
         current = setting_of(run.base)
-        todo = [(current, True)] + [(s, False) for s in settings if s != current]
-        for setting, is_current in todo:
+        for setting, is_current in sweep_order(current, settings):
             error = None if is_current else run.load(setting)
             for c in concurrencies:
                 if error:
@@ -516,8 +535,10 @@ def tune(repo, name: str, settings: Sequence[Setting], concurrencies: Sequence[i
          confirm: int = 0) -> dict:
     """Sweep, choose (:func:`select`) and, unless ``dry_run``, write the choice into
     ``repo/name/config.pbtxt`` (the old one kept, :func:`write_config`). Returns the rows,
-    the choice, its comparison with the current config and what was written. A target no
-    point meets raises :class:`EngineError` after the sweep, with nothing written."""
+    the choice, its comparison with the current config and what was written. When no point
+    qualifies (none meets the target, or none answered all its requests), nothing is written
+    and the result has ``chosen`` None and ``error`` saying why (``serve-tune`` reports it as
+    an error after printing the table)."""
     if p99_ms is not None and not p99_ms > 0:
         raise InputError(f"the p99 target must be > 0 ms, got {p99_ms}")
     mdir = model_dir(repo, name)

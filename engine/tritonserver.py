@@ -251,7 +251,7 @@ def export_triton(model_file, repo, name: Optional[str] = None, max_batch: Optio
     # images are decoded by this package inside the server: an encoded input picks python
     target, filename = _target(model_file, target or ("python" if input_kind == "encoded"
                                                       else None))
-    name = _model_name(name, model_file)
+    name = model_name(name, model_file)
     for what, value in (("version", version), ("instances", instances)):
         if int(value) < 1:
             raise InputError(f"{what} must be >= 1, got {value}")
@@ -360,8 +360,9 @@ def _target(model_file: Path, target: Optional[str]):
     return target, "model" + model_file.suffix
 
 
-def _model_name(name: Optional[str], model_file: Path) -> str:
-    name = name or model_file.stem.replace(".", "_")
+def model_name(name: Optional[str], model_file) -> str:
+    """The entry's name in the repository: ``name``, or the model file's stem."""
+    name = name or Path(model_file).stem.replace(".", "_")
     if not _NAME_RE.match(name):
         raise InputError(f"model name {name!r} is not usable as a Triton Inference Server model "
                          "directory; use letters, digits, '_', '-' and '.'")
@@ -643,6 +644,15 @@ class Server:
             time.sleep(0.25)
         raise EngineError(f"the Triton Inference Server was not ready within {timeout:g} s "
                           f"(a model still loading?):\n{_tail(log)}")
+
+    def exited(self) -> Optional[str]:
+        """None while the started server runs (or none was started); else its exit status
+        and its log's tail."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        log = self.log or self._workdir / "server.log"
+        return (f"the Triton Inference Server exited with status {self.process.returncode}:\n"
+                f"{_tail(log)}")
 
     def _live(self) -> bool:
         return self._get("/v2/health/live") is not None

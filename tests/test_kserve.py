@@ -79,6 +79,29 @@ def test_manifest_matches_the_crd(entry):
     assert gpu["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
+def test_gpu_instances_request_a_gpu(tmp_path, capsys):
+    """An entry whose instances are KIND_GPU (a plan's default) fails to load on a pod without
+    a GPU: its manifest asks for one unless told otherwise; a CPU entry asks for none."""
+    gpu = tritonserver.export_triton(tiny_onnx(tmp_path / "g.onnx"), tmp_path / "repo",
+                                     target="onnxruntime_onnx", kind="KIND_GPU")
+    assert "kind: KIND_GPU" in (gpu / "config.pbtxt").read_text()
+    res = kserve.inference_service(gpu, "s3://b/m")["spec"]["predictor"]["model"]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == "1"
+    res = kserve.inference_service(gpu, "s3://b/m", gpus=0)["spec"]["predictor"]["model"]
+    assert "nvidia.com/gpu" not in res["resources"]["limits"]
+    cpu = tritonserver.export_triton(tiny_onnx(tmp_path / "c.onnx"), tmp_path / "repo",
+                                     target="onnxruntime_onnx", kind="KIND_CPU")
+    res = kserve.inference_service(cpu, "s3://b/m")["spec"]["predictor"]["model"]["resources"]
+    assert "nvidia.com/gpu" not in res["limits"]
+    out = tmp_path / "isvc.yaml"
+    assert main(["serve-export", str(tmp_path / "g.onnx"), "--repo", str(tmp_path / "r2"),
+                 "--target", "onnxruntime_onnx", "--kind", "gpu", "--kserve", str(out),
+                 "--storage-uri", "s3://b/m", "--kserve-gpus", "2"]) == 0
+    m = yaml.safe_load(out.read_text())
+    assert m["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert schema_errors(m, FIELDS["schema"]) == []
+
+
 @pytest.mark.parametrize("path, value, message", [
     (("spec", "predictor", "model", "storageURI"), "s3://x", "model.storageURI: no such field"),
     (("spec", "predictor", "scaleMetric"), "queue_time", "is not one of"),
@@ -179,3 +202,23 @@ def test_repository_serves_from_a_read_only_mount(tmp_path):
     while processes_mentioning(str(repo)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_mentioning(str(repo)) == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target", "python", "--instances", "auto"], "give the image that has it installed"),
+    (["--target", "onnxruntime_onnx", "--name", "_"], "gives no valid Kubernetes name"),
+    (["--target", "onnxruntime_onnx", "--storage-uri", "models/"], "storage URI 'models/'"),
+])
+def test_cli_checks_the_manifest_inputs_before_writing(tmp_path, capsys, monkeypatch, extra,
+                                                       message):
+    """A manifest input that would be refused stops serve-export before the --instances auto
+    timing and before the repository entry is written."""
+    def timed(*a, **k):
+        raise AssertionError("the model was timed before the manifest inputs were checked")
+    monkeypatch.setattr(tritonserver, "measured_instances", timed)
+    src = tiny_onnx(tmp_path / "m.onnx")
+    uri = [] if "--storage-uri" in extra else ["--storage-uri", "s3://b/m"]
+    assert main(["serve-export", str(src), "--repo", str(tmp_path / "repo"), "--kserve",
+                 str(tmp_path / "isvc.yaml")] + uri + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "isvc.yaml").exists()

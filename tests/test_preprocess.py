@@ -151,3 +151,23 @@ def test_mutated_images_raise_only_input_errors():
                 assert decode_image(b.tobytes()).mode == "RGB"
             except engine.InputError:
                 pass
+
+
+def test_extreme_aspect_ratio_refused_before_resizing(tmp_path):
+    """A 1x4617 PNG is far under the input cap but would resize to 341 x ~1.6M pixels: the
+    bytes path (the served model) and the file path both refuse it before resizing."""
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4617, 1, 3), np.uint8)).save(buf, format="PNG")
+    c = engine.get_config("inception_v4")
+    assert c.input_size[1] == 299 and c.crop_pct == 0.875      # the shorter side goes to 341
+    with pytest.raises(engine.InputError, match=r"aspect ratio is too extreme \(1x4617\).*"
+                       r"341x1574397 = 536\.9 megapixels, over the limit of 40 megapixels"):
+        preprocess(buf.getvalue(), c)
+    (tmp_path / "strip.png").write_bytes(buf.getvalue())
+    with pytest.raises(engine.InputError, match="aspect ratio is too extreme"):
+        preprocess(tmp_path / "strip.png", c)
+    # the limit is on the resized size: a moderate strip of the same input size still works
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((4617, 40, 3), np.uint8)).save(buf, format="PNG")
+    assert preprocess(buf.getvalue(), c).shape == (1, 3, 299, 299)

@@ -179,6 +179,16 @@ def test_apply_setting_sets_preferred_sizes_and_every_instance_group():
     assert [w.batch_size for w in new.model_warmup] == [1]
 
 
+def test_an_instance_group_without_a_count_runs_one_instance():
+    """Triton runs one instance for a group that names no count (protobuf reads it as 0)."""
+    text = _config_text(instances=1)
+    assert "count: 1" in text
+    c = servetune.parse_config(text.replace("count: 1", ""))
+    assert len(c.instance_group) == 1 and c.instance_group[0].count == 0
+    assert servetune.setting_of(c) == Setting(1, 16, 100, (8, 16))
+    assert servetune.setting_of(servetune.parse_config(_config_text(instances=2))).instances == 2
+
+
 def test_write_config_keeps_the_old_file_as_backup(tmp_path):
     mdir = tmp_path / "subject"
     mdir.mkdir()
@@ -294,6 +304,9 @@ def test_table_and_files(tmp_path):
     (["--seconds", "0"], "--seconds: 0 is outside (0.0, 3600.0]"),
     (["--p99-ms", "-3"], "--p99-ms: -3 is outside"),
     (["--requests", "0"], "--requests: 0 is below the minimum 1"),
+    (["--timeout", "nan"], "--timeout: 'nan' is not a finite number"),
+    (["--timeout", "inf"], "--timeout: 'inf' is not a finite number"),
+    (["--seconds", "NaN"], "--seconds: 'NaN' is not a finite number"),
 ])
 def test_cli_bad_numbers(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as info:
@@ -310,6 +323,50 @@ def test_cli_unknown_model_and_missing_repo(tmp_path, capsys):
     assert "no model 'beta'" in err and "(models there: alpha)" in err
     assert cli.main(["serve-tune", str(tmp_path / "nope"), "--model", "alpha"]) == 2
     assert "no such model repository" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_encoded_model_before_the_server_starts(tmp_path, capsys, monkeypatch):
+    """serve-tune sends the model's tensor input: an --input encoded entry is refused from its
+    config, before any server process starts, pointing at a tensor export to tune."""
+    from helpers import tiny_onnx
+
+    def started(*a, **k):
+        raise AssertionError("a server was started for an encoded model")
+    monkeypatch.setattr(tritonserver.Server, "start", started)
+    src = tiny_onnx(tmp_path / "m.onnx")
+    assert cli.main(["serve-export", str(src), "--repo", str(tmp_path / "repo"), "--input",
+                     "encoded", "--no-warmup"]) == 0
+    capsys.readouterr()
+    assert cli.main(["serve-tune", str(tmp_path / "repo"), "--model", "m"]) == 2
+    err = capsys.readouterr().err
+    assert "this model takes encoded images" in err
+    assert "serve-tune drives models with a tensor input" in err and "--input tensor" in err
+
+
+def test_reload_on_a_server_that_does_not_answer(tmp_path):
+    """A refused connection is that setting's load error; a server process that has exited
+    is an EngineError quoting its log (no raw connection traceback either way)."""
+    import subprocess
+    import sys
+    from helpers import tiny_onnx
+    from engine.errors import EngineError
+    d = tritonserver.export_triton(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "repo",
+                                   target="onnxruntime_onnx", max_batch=8)
+    run = servetune.Sweep(d, tmp_path / "work", timeout=5.0)     # not entered: no server
+    run.server.ports["http"] = tritonserver.free_port()           # nothing listens there
+    why = run.load(Setting(1, 8, 0))
+    assert why.startswith(f"no answer from the server at {run.server.url}") and "refused" in why
+    log = tmp_path / "server.log"
+    log.write_text("I1203 starting\nE1203 model.cc:1] out of memory loading m\n")
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    run.server.process, run.server.log = dead, log
+    try:
+        with pytest.raises(EngineError, match=r"(?s)reloading 1 inst, max batch 8, delay 0 us: "
+                           r"the Triton Inference Server exited with status 3:.*out of memory"):
+            run.load(Setting(1, 8, 0))
+    finally:
+        run.server.process = None
 
 
 def test_input_spec_feeds_the_load_generator():
@@ -341,3 +398,34 @@ def test_per_concurrency_best_swept_setting_against_the_current_config():
     assert table[4]["best"] == Setting(1, 4, 0).label() and "throughput_ratio" not in table[4]
     assert table[8]["best"] == Setting(1, 4, 0).label()          # 2x8x500 misses 50 ms
     assert table[8]["p99_ratio"] == pytest.approx(45.0 / 80.0)
+
+
+def test_confirm_round_that_answered_nothing_prints_as_failed():
+    """A confirmation round with no answered request has no p99: it prints as failed (the
+    config is already written by then, so the report must not crash)."""
+    from engine.commands.serve_tune import confirm_line
+    good = loadgen.summarize([0.010] * 50 + [0.020] * 50, wall_s=2.0, images_per_request=1)
+    none = loadgen.summarize([], wall_s=1.0, images_per_request=1, failures=4,
+                             first_error="connection reset")
+    line = confirm_line({"concurrency": 4, "current": good, "chosen": none})
+    assert line == ("confirm @ 4: current 50.0 img/s p99 20.00 ms, chosen failed "
+                    "(connection reset)")
+    some = loadgen.summarize([0.010], wall_s=1.0, images_per_request=1, failures=2)
+    assert confirm_line({"concurrency": 1, "current": none, "chosen": some}) == \
+        "confirm @ 1: current failed (connection reset), chosen 1.0 img/s p99 10.00 ms, 2 failed"
+
+
+def test_progress_total_counts_the_points_the_sweep_measures(tmp_path):
+    """The current config (1 inst, max batch 16, delay 100, preferred 8,16) is measured once:
+    a grid setting equal to it is not measured again, so it is not counted twice."""
+    from engine.commands.serve_tune import points
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text(_config_text())
+    current = Setting(1, 16, 100, (8, 16))
+    settings = servetune.grid([1, 2], [16], [100], preferred=[8, 16])
+    assert current in settings and len(settings) == 4
+    order = servetune.sweep_order(current, settings)
+    assert order[0] == (current, True) and [s for s, _ in order].count(current) == 1
+    assert points(tmp_path, "m", settings, [1, 2, 4]) == 4 * 3       # not (4 + 1) * 3
+    other = servetune.grid([3], [4], [0])
+    assert points(tmp_path, "m", other, [1, 2]) == 2 * 2

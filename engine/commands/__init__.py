@@ -6,14 +6,20 @@ its range is a usage error, naming the option and the valid range, before any wo
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def _read(text: str, kind):
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         what = "an integer" if kind is int else "a number"
         raise argparse.ArgumentTypeError(f"{text!r} is not {what}; give {what}") from None
+    # float() reads nan and inf, which pass or fail the range checks by accident
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; give a finite "
+                                         "number")
+    return value
 
 
 def at_least(minimum, kind=int):

@@ -58,6 +58,9 @@ def register(sub):
                    "is copied for the cluster (s3://, gs://, pvc://, ...)")
     k.add_argument("--kserve-image", metavar="IMAGE", help="with --kserve: the server image "
                    "(needed by --target python: one with this package installed)")
+    k.add_argument("--kserve-gpus", type=non_negative_int, metavar="N",
+                   help="with --kserve: GPUs per replica (default: 1 for a GPU instance kind, "
+                        "such as a plan's, else 0)")
     k.add_argument("--max-replicas", type=positive_int, default=4,
                    help="with --kserve: most replicas the autoscaler starts (default 4)")
     p.set_defaults(func=run)
@@ -73,13 +76,19 @@ def _instances(text: str):
         raise argparse.ArgumentTypeError(f"{err} (or auto: measured on OpenVINO)") from None
 
 
+def _target(args) -> str:
+    """The server backend the entry will have (what export_triton picks by default)."""
+    from ..tritonserver import default_target
+    return args.target or ("python" if args.input_kind == "encoded"
+                           else default_target(args.model_file))
+
+
 def _auto_instances(args):
     """``--instances auto``: the measured instance count and threads (engine.tritonserver's
     measured_instances), printed with what was measured."""
     from ..errors import InputError
-    from ..tritonserver import default_target, measured_instances
-    target = args.target or ("python" if args.input_kind == "encoded"
-                             else default_target(args.model_file))
+    from ..tritonserver import measured_instances
+    target = _target(args)
     if target != "python" or args.engine not in (None, "openvino"):
         raise InputError("--instances auto times this package's OpenVINO runtime: it needs "
                          f"--target python on the openvino engine, not {target}"
@@ -96,15 +105,18 @@ def _auto_instances(args):
 
 def run(args):
     from ..errors import InputError
-    from ..tritonserver import export_triton
-    if args.instances == "auto":
-        args.instances, args.threads = _auto_instances(args)
+    from ..tritonserver import export_triton, model_name
+    # the manifest's inputs are checked before the timing and the entry, so a bad one leaves
+    # nothing written
     if bool(args.kserve) != bool(args.storage_uri):
         raise InputError("--kserve FILE and --storage-uri URI go together: the manifest names "
                          "the URI the repository is copied to")
     if args.kserve:
-        from ..kserve import check_storage_uri
-        check_storage_uri(args.storage_uri)
+        from ..kserve import check_request
+        check_request(args.storage_uri, model_name(args.name, args.model_file),
+                      _target(args) == "python", args.kserve_image)
+    if args.instances == "auto":
+        args.instances, args.threads = _auto_instances(args)
     d = export_triton(args.model_file, args.repo, name=args.name, max_batch=args.max_batch,
                       version=args.model_version, instances=args.instances,
                       preferred_batch_sizes=args.preferred,
@@ -120,7 +132,7 @@ def run(args):
     if args.kserve:
         from ..kserve import inference_service, write_manifest
         manifest = inference_service(d, args.storage_uri, image=args.kserve_image,
-                                     max_replicas=args.max_replicas)
+                                     max_replicas=args.max_replicas, gpus=args.kserve_gpus)
         print(f"{write_manifest(args.kserve, manifest)} (copy {d.parent} to "
               f"{args.storage_uri}, then kubectl apply -f {args.kserve})")
     print(f"serve with: inception-engine serve {d.parent}\n"

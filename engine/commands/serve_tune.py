@@ -54,10 +54,10 @@ def register(sub):
 
 def run(args):
     from ..errors import EngineError
-    from ..servetune import format_table, grid, model_dir, progress_bar, tune, write_table
+    from ..servetune import format_table, grid, progress_bar, tune, write_table
     settings = grid(args.instances, args.max_batch, args.max_queue_delay_us, args.preferred)
-    model_dir(args.repo, args.model)   # a bad name fails before the server starts
-    total = (len(settings) + 1) * len(args.concurrency)
+    # a bad name or config fails before the server starts
+    total = points(args.repo, args.model, settings, args.concurrency)
     with progress_bar(total) as step:
         result = tune(args.repo, args.model, settings, args.concurrency, args.requests,
                       args.seconds, p99_ms=args.p99_ms, dry_run=args.dry_run,
@@ -74,10 +74,7 @@ def run(args):
                   f"img/s, p99 {c['p99_ms']:.2f} ms; against the current config: throughput "
                   f"x{c['throughput_ratio']:.2f}, p99 x{c['p99_ratio']:.2f}")
     for pair in result["confirm"]:
-        cur, new = pair["current"], pair["chosen"]
-        print(f"confirm @ {pair['concurrency']}: current {cur['throughput_ips']:.1f} img/s "
-              f"p99 {cur['p99_ms']:.2f} ms, chosen {new['throughput_ips']:.1f} img/s "
-              f"p99 {new['p99_ms']:.2f} ms")
+        print(confirm_line(pair))
     if result["confirmed"]:
         c = result["confirmed"]
         print(f"confirmed over {c['rounds']} alternating rounds (median of chosen / current): "
@@ -97,3 +94,24 @@ def run(args):
     else:
         print("--dry-run: nothing written")
     return 0
+
+
+def points(repo, model: str, settings, concurrencies) -> int:
+    """How many points the sweep measures (the progress bar's total): the model's current
+    config and each setting that differs from it, at each concurrency."""
+    from ..servetune import model_dir, read_config, setting_of, sweep_order
+    current = setting_of(read_config(model_dir(repo, model)))
+    return len(sweep_order(current, settings)) * len(concurrencies)
+
+
+def _figures(point: dict) -> str:
+    if point.get("p99_ms") is None:     # nothing answered: no latency to show
+        return f"failed ({point.get('error') or 'no request was answered'})"
+    failed = f", {point['failures']} failed" if point.get("failures") else ""
+    return f"{point['throughput_ips']:.1f} img/s p99 {point['p99_ms']:.2f} ms{failed}"
+
+
+def confirm_line(pair: dict) -> str:
+    """One confirmation round: the current and the chosen config's figures."""
+    return (f"confirm @ {pair['concurrency']}: current {_figures(pair['current'])}, chosen "
+            f"{_figures(pair['chosen'])}")
