@@ -50,6 +50,7 @@ from typing import Dict, List
 import numpy as np
 
 from benchmarks.int8_speed import synthetic_images
+from engine.fileio import atomic_path
 
 ARCH = "inception_resnet_v2"
 SIZE = 299
@@ -115,7 +116,7 @@ def build_files(work: Path, threads: int, calib_images: int, log=print) -> Dict[
         plan = plan_quantization(load_fp32(fp32), quantize_gemm=True)
         stats = calibration.collect_statistics(fp32, calib, tensors=plan.tensors,
                                                batch_size=2, threads=threads)
-        with open(stats_path, "wb") as f:
+        with atomic_path(stats_path) as tmp, open(tmp, "wb") as f:   # reused when present
             pickle.dump(stats, f)
     for name, options in VARIANTS.items():
         path = work / f"{name}.onnx"
@@ -262,7 +263,8 @@ def conv_chain(path: Path, channels: int, size: int, kernel: int, depth: int) ->
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
         [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, str(path))
+    with atomic_path(path, ".onnx") as tmp:
+        onnx.save(model, str(tmp))
     return depth * channels * channels * kernel * kernel * size * size
 
 

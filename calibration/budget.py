@@ -339,6 +339,10 @@ def quantize_to_budget(onnx_in, onnx_out, val_images: np.ndarray,
     val_images = np.ascontiguousarray(val_images, np.float32)
     _check(b.max_drop, b.metric, val_labels, val_images, b.max_excluded, b.search, b.method,
            b.confidence)
+    if o.auto_exclude:
+        raise CalibrationArgumentError("quantize_to_budget chooses the layers kept in float "
+                                       "itself; drop auto_exclude (or call quantize with it, "
+                                       "without a budget)")
     if data is None:
         raise CalibrationError("quantize_to_budget ranks layers on the calibration images: "
                                "pass data=... (and statistics=... to reuse a pass)")

@@ -46,6 +46,12 @@ def hex_to_scale(text: str) -> float:
     return struct.unpack(">f", bytes.fromhex(text))[0]
 
 
+def check_version(version) -> None:
+    """A cache's TensorRT version is written as digits only (8601 for 8.6.1)."""
+    if not re.fullmatch(r"\d+", str(version)):
+        raise CacheError(f"cache version {version!r} must be digits (e.g. 8601 for 8.6.1)")
+
+
 @dataclass
 class CalibrationCache:
     """Per-tensor scales (``amax / 127``) keyed by ONNX tensor name, with the header fields."""
@@ -63,8 +69,7 @@ class CalibrationCache:
         return cls({k: float(v) / 127.0 for k, v in amax.items()}, **kw)
 
     def to_text(self) -> str:
-        if not re.fullmatch(r"\d+", str(self.version)):
-            raise CacheError(f"cache version {self.version!r} must be digits (e.g. 8601 for 8.6.1)")
+        check_version(self.version)
         lines = [f"TRT-{self.version}-{self.algorithm}"]
         for name, scale in self.scales.items():
             if "\n" in name:

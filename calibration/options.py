@@ -112,6 +112,13 @@ class QuantizeOptions:
         count_option("sensitivity_images", self.sensitivity_images, allow_none=False)
         count_option("threads", self.threads)
         count_option("bias_images", self.bias_images, allow_none=False)
+        if self.cache_version is not None:      # before the calibration, not when writing
+            from .cache import check_version
+            from .errors import CacheError
+            try:
+                check_version(self.cache_version)
+            except CacheError as e:
+                raise CalibrationArgumentError(str(e)) from None
         if self.target is not None:
             get_target(self.target)
 

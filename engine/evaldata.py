@@ -29,7 +29,18 @@ def load_eval_data(data, config, limit=None):
         images, labels = fashion_mnist("test", limit=limit)
         return to_model_input(images, config).numpy(), labels.astype(np.int64)
     path = Path(data)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder; give a .npz file or a folder of "
+                         "class folders")
+
+    def need_config(what):
+        if config is None:
+            raise InputError(f"{path}: {what} must be preprocessed, but the model carries no "
+                             "config (inception.config metadata); export it with "
+                             "`inception-engine export`, or pass float32 NCHW model input in "
+                             "a .npz")
     if path.is_dir():
+        need_config("the images of a folder")
         classes = sorted(p for p in path.iterdir() if p.is_dir())
         if not classes:
             raise InputError(f"{path}: expected one sub-folder of images per class")
@@ -49,6 +60,7 @@ def load_eval_data(data, config, limit=None):
             raise InputError(f"{path}: expected arrays 'images' and 'labels', found {list(z)}")
         images, y = z["images"], z["labels"].astype(np.int64)
         if images.dtype == np.uint8:
+            need_config("uint8 images")
             x = to_model_input(images, config).numpy()
         elif images.dtype == np.float32 and images.ndim == 4:
             x = images
@@ -56,7 +68,7 @@ def load_eval_data(data, config, limit=None):
             raise InputError(f"{path}: 'images' must be uint8 images (N, H, W) or (N, H, W, C), "
                              f"or float32 NCHW model input, got {images.dtype} {images.shape}")
     else:
-        raise InputError(f"--data {path}: expected a .npz file or a folder of class folders")
+        raise InputError(f"{path}: expected a .npz file or a folder of class folders")
     if limit is not None:
         x, y = x[:limit], y[:limit]
     if len(x) != len(y) or not len(x):

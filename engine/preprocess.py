@@ -44,14 +44,22 @@ def to_rgb(img):
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def _quiet_pillow_size_warning() -> None:
+    """Pillow warns of images from 89 MP up; the size here is checked against ``max_pixels``
+    instead. A process-wide filter for that warning alone (adding the same filter again
+    only moves it to the front): a ``warnings.catch_warnings`` block per image would swap the
+    process's filters under other threads decoding at the same time."""
+    from PIL import Image
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def _read(source, what: str, max_pixels: int, formats):
     """Open ``source`` (a path or a binary file), check its size from the header, decode."""
     from PIL import Image, UnidentifiedImageError
     kinds = "/".join(formats) if formats else "JPEG/PNG/BMP"
+    _quiet_pillow_size_warning()
     try:
-        with warnings.catch_warnings():     # Pillow warns from 89 MP; the limit here is lower
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(source, formats=formats)       # reads the header only
+        img = Image.open(source, formats=formats)       # reads the header only
         w, h = img.size
     except Image.DecompressionBombError as e:   # Pillow's own cap, above ours
         raise InputError(f"{what}: {e}; the limit is {max_pixels:,} pixels") from e
@@ -78,6 +86,8 @@ def decode_image(data, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_I
     ``max_bytes``, an unreadable or corrupt image, more than ``max_pixels`` pixels (from the
     header, before the pixels are decoded).
     """
+    max_bytes = count_option("max_bytes", max_bytes, allow_none=False)
+    max_pixels = count_option("max_pixels", max_pixels, allow_none=False)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"an encoded image must be bytes, got {type(data).__name__}")
     size = memoryview(data).nbytes

@@ -34,8 +34,8 @@ def time_calls(fn: Callable[[], object], iters: int = 20, warmup: int = 3,
     call returns CUDA tensors, ``False`` never touches CUDA."""
     iters = count_option("iters", iters, 1, allow_none=False)
     warmup = count_option("warmup", warmup, 0, allow_none=False)
-    if not duration >= 0:
-        raise InputError(f"duration must be a number of seconds >= 0, got {duration!r}")
+    if not 0 <= duration < float("inf"):
+        raise InputError(f"duration must be a finite number of seconds >= 0, got {duration!r}")
     torch = None
     if cuda is not False:
         import torch  # CUDA timing needs torch; the CPU path does not

@@ -29,7 +29,9 @@ from engine.commands.bench import time_runtime
 from engine.errors import (ArtifactError, InputError, InvalidGraphError, UnknownModelError,
                            WeightsError)
 from engine import study
+from engine.evaldata import load_eval_data
 from engine.fileio import load_npy
+from engine.preprocess import decode_image
 from helpers import FMNIST, fake_sidecar, tiny_onnx
 
 CLI = "cli"
@@ -319,7 +321,20 @@ API_CASES = [
          InputError, "iters", r"must be an integer >= 1"),
     Case("time_runtime duration -1",
          lambda c: time_runtime(_runtime(c, "onnxruntime"), 1, duration=-1),
-         InputError, "duration", r"must be a number of seconds >= 0"),
+         InputError, "duration", r"must be a finite number of seconds >= 0"),
+    Case("time_runtime duration inf",
+         lambda c: time_runtime(_runtime(c, "onnxruntime"), 1, duration=float("inf")),
+         InputError, "duration", r"must be a finite number of seconds >= 0"),
+    Case("quantize cache_version 8.6.1", lambda c: _quantize(c, cache_version="8.6.1"),
+         InputError, "'8.6.1'", r"must be digits \(e\.g\. 8601 for 8\.6\.1\)"),
+    Case("decode_image max_pixels nan",
+         lambda c: decode_image(b"\x89PNG", max_pixels=float("nan")),
+         InputError, "max_pixels", r"must be an integer >= 1"),
+    Case("eval data missing", lambda c: load_eval_data(c.tmp / "nope.npz", None),
+         InputError, "nope.npz: no such file or folder", r"give a \.npz file or a folder"),
+    Case("eval folder without a config",
+         lambda c: load_eval_data(c.tmp, None),
+         InputError, "the model carries no config", r"inception-engine export"),
     Case("study predict batch 0", lambda c: study.predict(lambda x: x, _batch(c, 2), batch=0),
          InputError, "batch", r"must be an integer >= 1"),
     Case("study latency iters 0", lambda c: study.latency_ms(lambda x: x, _batch(c, 1), iters=0),

@@ -199,7 +199,8 @@ def test_unreachable_budget_leaves_no_file(subject, planted, tmp_path):
 @pytest.mark.parametrize("kw, match", [
     (dict(max_drop=-1), "max_drop"), (dict(max_drop=0.0), "max_drop"),
     (dict(confidence=1.0), "confidence"), (dict(metric="top5"), "metric"),
-    (dict(val_labels=None), "needs the validation labels")])
+    (dict(val_labels=None), "needs the validation labels"),
+    (dict(auto_exclude=3), "chooses the layers kept in float itself")])
 def test_bad_budget_arguments(subject, tmp_path, kw, match):
     path, calib, val, labels = subject
     args = dict(val_labels=labels, max_drop=2.0, data=calib)

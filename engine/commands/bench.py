@@ -62,8 +62,9 @@ def time_runtime(rt, batch: int, iters: int = 20, warmup: int = 3, shape=None,
     batch = count_option("batch", batch, allow_none=False)
     count_option("iters", iters, allow_none=False)
     count_option("warmup", warmup, minimum=0, allow_none=False)
-    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration >= 0:
-        raise InputError(f"duration must be a number of seconds >= 0, got {duration!r}; 0 times "
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or \
+            not 0 <= duration < float("inf"):
+        raise InputError(f"duration must be a finite number of seconds >= 0, got {duration!r}; 0 times "
                          "exactly iters calls")
     if shape is None:
         cfg = getattr(rt, "config", None)
