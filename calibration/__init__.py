@@ -39,10 +39,10 @@ Public API (stable; extend, don't rename):
   auto_exclude, sensitivity_images, quantize_gemm, target, bias_correction, bias_images,
   cache_version, threads, progress, check, each with its default there), ``overrides`` any
   of them by keyword (an unknown keyword is an InputError naming the valid ones;
-  ``QuantizeOptions.of(options, **overrides)`` is the same check). ``bias_correction``: shift each conv's bias by the
-  mean error quantization adds to its output (``calibration/bias.py``); None applies it
-  where it was measured to help (``Target.bias_correction``: entropy), when ``data`` can be
-  read again. ``target``:
+  ``QuantizeOptions.of(options, **overrides)`` is the same check). ``bias_correction``:
+  shift each conv's bias by the mean error quantization adds to its output
+  (``calibration/bias.py``); None applies it where it was measured to help
+  (``Target.bias_correction``: entropy), when ``data`` can be read again. ``target``:
   openvino | onnxruntime | tensorrt (default) | triton (``TARGETS``), recorded in the
   metadata; ``unsigned_relu`` is deprecated (True is target openvino, False tensorrt). ``scales`` takes a dict tensor -> amax, a
   ``CalibrationCache`` or a cache file path instead of data. Writes atomically; metadata

@@ -94,11 +94,8 @@ def _load_array(path: Path) -> np.ndarray:
 
 
 def _need_config(cfg, what):
-    if cfg is None:
-        raise CalibrationDataError(
-            f"{what} must be preprocessed, but the model carries no config (inception.config "
-            "metadata); export it with `inception-engine export`, or pass float NCHW arrays")
-    return cfg
+    from engine.datasets import require_config
+    return require_config(cfg, what, CalibrationDataError)
 
 
 def _preprocess_files(files, cfg, batch_size) -> Iterator[np.ndarray]:

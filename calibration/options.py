@@ -15,7 +15,7 @@ from engine.intervals import CONFIDENCE
 from engine.runtime import count_option
 
 from .bias import DEFAULT_IMAGES as BIAS_IMAGES
-from .errors import CalibrationArgumentError
+from .errors import CacheError, CalibrationArgumentError
 
 # the deprecated way to name the Q/DQ layout; QuantizeOptions.of maps it onto ``target``
 DEPRECATED_UNSIGNED_RELU = "unsigned_relu"
@@ -114,7 +114,6 @@ class QuantizeOptions:
         count_option("bias_images", self.bias_images, allow_none=False)
         if self.cache_version is not None:      # before the calibration, not when writing
             from .cache import check_version
-            from .errors import CacheError
             try:
                 check_version(self.cache_version)
             except CacheError as e:

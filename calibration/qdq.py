@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np

@@ -210,6 +210,16 @@ def _resize(x, config):
     return x[..., top:top + h, left:left + w] if size != (h, w) else x
 
 
+def require_config(config, what: str, error=InputError):
+    """``config``, or ``error`` saying that ``what`` cannot be preprocessed without one (a
+    model file with no ``inception.config`` metadata) and what to pass instead."""
+    if config is None:
+        raise error(f"{what} must be preprocessed, but the model carries no config "
+                    "(inception.config metadata); export it with `inception-engine export`, "
+                    "or pass float32 NCHW model input")
+    return config
+
+
 def to_model_input(images, config):
     """uint8 images -> the model's float32 NCHW batch, per ``config``: the one path from image
     arrays to model input (the study's test and calibration sets, ``calibration.batches``).

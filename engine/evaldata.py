@@ -23,7 +23,7 @@ def load_eval_data(data, config, limit=None):
     sub-folder names are the class indices).
     """
     import torch
-    from .datasets import fashion_mnist, to_model_input
+    from .datasets import fashion_mnist, require_config, to_model_input
     from .preprocess import preprocess
     if data is None:
         images, labels = fashion_mnist("test", limit=limit)
@@ -32,15 +32,8 @@ def load_eval_data(data, config, limit=None):
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; give a .npz file or a folder of "
                          "class folders")
-
-    def need_config(what):
-        if config is None:
-            raise InputError(f"{path}: {what} must be preprocessed, but the model carries no "
-                             "config (inception.config metadata); export it with "
-                             "`inception-engine export`, or pass float32 NCHW model input in "
-                             "a .npz")
     if path.is_dir():
-        need_config("the images of a folder")
+        require_config(config, f"{path}: the images of a folder")
         classes = sorted(p for p in path.iterdir() if p.is_dir())
         if not classes:
             raise InputError(f"{path}: expected one sub-folder of images per class")
@@ -60,7 +53,7 @@ def load_eval_data(data, config, limit=None):
             raise InputError(f"{path}: expected arrays 'images' and 'labels', found {list(z)}")
         images, y = z["images"], z["labels"].astype(np.int64)
         if images.dtype == np.uint8:
-            need_config("uint8 images")
+            require_config(config, f"{path}: uint8 images")
             x = to_model_input(images, config).numpy()
         elif images.dtype == np.float32 and images.ndim == 4:
             x = images

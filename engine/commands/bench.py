@@ -64,7 +64,8 @@ def time_runtime(rt, batch: int, iters: int = 20, warmup: int = 3, shape=None,
     count_option("warmup", warmup, minimum=0, allow_none=False)
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or \
             not 0 <= duration < float("inf"):
-        raise InputError(f"duration must be a finite number of seconds >= 0, got {duration!r}; 0 times "
+        raise InputError(f"duration must be a finite number of seconds >= 0, got {duration!r}; "
+                         "0 times "
                          "exactly iters calls")
     if shape is None:
         cfg = getattr(rt, "config", None)

@@ -20,8 +20,8 @@ def register(sub):
                    help="'bundled', 'timm', a checkpoint path, or 'random' (speed only)")
     p.add_argument("--data", help="labelled test set: .npz (images, labels) or a folder of "
                                   "class folders (default: the shipped Fashion-MNIST test set)")
-    p.add_argument("--calib", help="calibration images: folder, .npy/.npz "
-                                   "(default: the first --num-calib images of the shipped 2k train split)")
+    p.add_argument("--calib", help="calibration images: folder, .npy/.npz (default: the first "
+                                   "--num-calib images of the shipped 2k train split)")
     p.add_argument("--methods", default=",".join(Defaults.methods),
                    help="comma list of calibration methods (default: all)")
     p.add_argument("--engines", help="comma list (default: every engine available here)")

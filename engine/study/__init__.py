@@ -31,9 +31,11 @@ validation split (the worst drop over the CPU engines that run the layout counts
 ``quantize_with_accuracy_control`` to the same budget on the same split.
 
 Defaults study the shipped subject: Inception-ResNet-v2 at width 0.25 trained on Fashion-MNIST
-(75x75), its bundled checkpoint, the shipped 10k test set and the first ``num_calib`` (1,000) images of the
-2k calibration split drawn from the train set. ``--model inception_v4_fmnist`` / ``inception_resnet_v1_fmnist`` study the
-other shipped subjects, ``--model all`` all three, with a comparison (:func:`run_study`). ``--model/--weights/--data/--calib`` study a user's model and data.
+(75x75), its bundled checkpoint, the shipped 10k test set and the first ``num_calib`` (1,000)
+images of the 2k calibration split drawn from the train set. ``--model inception_v4_fmnist`` /
+``inception_resnet_v1_fmnist`` study the other shipped subjects, ``--model all`` all three,
+with a comparison (:func:`run_study`). ``--model/--weights/--data/--calib`` study a user's
+model and data.
 
 The package, one module per job: :mod:`~engine.study.options` (every option and its default), :mod:`~engine.study.row` (a row), :mod:`~engine.study.grid`
 (the engines and files studied), :mod:`~engine.study.evaluation` (measuring a row),

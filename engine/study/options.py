@@ -19,9 +19,9 @@ class StudyOptions:
 
     methods: calibration methods of our files. engines: the engines to study (None: every
     one usable here, from the engine table). num_test / num_calib / num_val: the first N
-    test, calibration and validation images (num_test and num_val None: all). threads, iters (timed calls per
-    latency figure), eval_batch: how rows are measured. big: also the latency at 299.
-    auto_exclude: add ``+autoK`` files keeping the K most sensitive layers float.
+    test, calibration and validation images (num_test and num_val None: all). threads,
+    iters (timed calls per latency figure), eval_batch: how rows are measured. big: also the
+    latency at 299. auto_exclude: add ``+autoK`` files keeping the K most sensitive layers float.
     cpu_uint8: also OpenVINO's uint8-after-ReLU files. anchors: the third-party quantizers
     (None: every installed one; ``()``: none). max_drop, confidence, val: the accuracy-budget
     rows (points lost at that confidence, chosen on the validation split ``val``).

@@ -55,7 +55,8 @@ def write_comparison(out: Path, rows: List[dict], log: Callable[[str], None] = p
     log(f"wrote {out}/comparison.md, comparison.json, comparison.png")
 
 
-COLUMNS = ["cpu_class", "engine", "precision", "quantizer", "method", "target", "top1", "top1_delta_vs_fp32",
+COLUMNS = ["cpu_class", "engine", "precision", "quantizer", "method", "target", "top1",
+           "top1_delta_vs_fp32",
            "agreement",
            "latency_ms", "latency_vs_torch", "latency_ms_299", "latency_299_vs_torch",
            "throughput", "throughput_b8", "throughput_b8_streams", "streams_b8", "file_mb", "calib_seconds", "excluded", "note"]

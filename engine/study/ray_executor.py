@@ -23,7 +23,9 @@ A node's CPU class is what it reports (:func:`engine.study.timing.cpu_class`: IS
 model name), or the label it was started with as a custom resource ``cpu_class:NAME``
 (``ray start --resources '{"cpu_class:avx2-fleet": 1}'``). A task whose worker or node dies
 is retried by Ray (``max_retries``); a task held to a node (a timed one, a shard of a
-per-class trial) whose node is gone moves to another node of its class. A trial that keeps failing becomes a row carrying the error, and the study goes on.
+per-class trial) whose node is gone moves to another node of its class. A trial that keeps
+failing becomes a row carrying the error, and the study goes on (it is not stored, so a
+rerun tries it again).
 """
 from __future__ import annotations
 
