@@ -183,10 +183,21 @@ def _raw_http(port: int, payload: bytes, read: bool = False) -> None:
             s.recv(1)
 
 
+def _still_serves(server, x, want, grpc) -> None:
+    """The server is up and gives exact answers over HTTP and gRPC."""
+    time.sleep(1.0)
+    assert server.process.poll() is None and server.ready()
+    http = httpclient.InferenceServerClient(server.url)
+    for _ in range(5):
+        np.testing.assert_allclose(http.infer("m", _inputs(httpclient, x)).as_numpy("logits"),
+                                   want, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(grpc.infer("m", _inputs(grpcclient, x)).as_numpy("logits"),
+                                   want, atol=ATOL, rtol=0)
+
+
 def test_clients_that_hang_up_leave_it_healthy(no_leftovers):
-    """Sixty clients hang up: mid-body, right after a whole request, mid-headers, and as
-    soon as they connect; and gRPC calls cancelled by their deadline. The server stays up,
-    and the next requests get exact answers."""
+    """Sixty HTTP clients hang up: mid-body, right after a whole request, mid-headers, and as
+    soon as they connect. The server stays up, and the next requests get exact answers."""
     tmp = no_leftovers
     x, want = _tiny_repository(tmp, queue_delay_us=1000, images=4)
     body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape),
@@ -201,17 +212,26 @@ def test_clients_that_hang_up_leave_it_healthy(no_leftovers):
             _raw_http(port, head[:20])                         # headers cut short
             _raw_http(port, b"")                               # connect, close
         grpc = grpcclient.InferenceServerClient(server.endpoints["grpc"])
+        _still_serves(server, x, want, grpc)
+        grpc.close()
+
+
+@pytest.mark.slow
+def test_grpc_calls_cancelled_by_their_deadline_leave_it_healthy(no_leftovers):
+    """Ten gRPC calls cancelled by a 0.1 ms deadline; the server stays up and answers exactly.
+
+    Not in the default run: the server bundled with nvidia-pytriton 0.7.0 (2.51) can crash
+    with SIGSEGV when a cancellation races a response. Upstream, that is
+    triton-inference-server/server#7368, fixed by #7840 in r24.12 (2.53). It was seen here
+    once in a full-suite run, so this test stays strict and runs with ``-m slow``."""
+    tmp = no_leftovers
+    x, want = _tiny_repository(tmp, queue_delay_us=1000, images=4)
+    with tritonserver.Server(tmp / "repo", 0, 0, 0) as server:
+        grpc = grpcclient.InferenceServerClient(server.endpoints["grpc"])
         for _ in range(10):
             with pytest.raises(InferenceServerException, match="Deadline"):
                 grpc.infer("m", _inputs(grpcclient, _x(8)), client_timeout=0.0001)
-        time.sleep(1.0)
-        assert server.process.poll() is None and server.ready()
-        http = httpclient.InferenceServerClient(server.url)
-        for _ in range(5):
-            np.testing.assert_allclose(http.infer("m", _inputs(httpclient, x)).as_numpy("logits"),
-                                       want, atol=ATOL, rtol=0)
-            np.testing.assert_allclose(grpc.infer("m", _inputs(grpcclient, x)).as_numpy("logits"),
-                                       want, atol=ATOL, rtol=0)
+        _still_serves(server, x, want, grpc)
         grpc.close()
 
 
